@@ -1,0 +1,276 @@
+"""Schema v1 of a training sample: one target frame t with its neighbours t-1 and t+1.
+
+A sample is stored as WebDataset members under the key ``{sequence}_{camera}_{frame:06d}``:
+
+============== =====================================================================
+member         content
+============== =====================================================================
+prev.jpg       frame t-1, JPEG, already resized to the dataset's training size
+cur.jpg        frame t
+next.jpg       frame t+1
+K.npy          (3, 3) float64 pinhole intrinsics in pixels of the stored images
+poses.npy      (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes)
+depth.npy.zst  zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres
+motion.npy.zst optional zstd .npy, (N,) uint8 per depth point (see ``MotionLabel``)
+meta.json      ``SampleMeta`` as canonical JSON
+============== =====================================================================
+
+Nothing here ever unpickles: every ``np.load`` uses ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zstandard
+
+SCHEMA_VERSION = 1
+ZSTD_LEVEL = 3
+
+IMAGE_MEMBERS = ("prev.jpg", "cur.jpg", "next.jpg")
+REQUIRED_MEMBERS = (*IMAGE_MEMBERS, "K.npy", "poses.npy", "depth.npy.zst", "meta.json")
+OPTIONAL_MEMBERS = ("motion.npy.zst",)
+ALL_MEMBERS = (*REQUIRED_MEMBERS, *OPTIONAL_MEMBERS)
+DATASETS = ("kitti", "nuscenes", "waymo")
+_KEY_RE = re.compile(r"^[A-Za-z0-9\-]+(?:_[A-Za-z0-9\-]+)*_\d{6,}$")
+
+
+class MotionLabel(enum.IntEnum):
+    """Per-LiDAR-point motion class (``motion.npy.zst``)."""
+
+    BACKGROUND = 0
+    MOVING = 1
+    STATIC_MOVABLE = 2
+    UNLABELED = 3
+
+
+class SampleError(ValueError):
+    """A sample (or one of its members) breaks the schema; the message names key and member."""
+
+    def __init__(self, key: str, member: str, reason: str) -> None:
+        super().__init__(f"sample {key!r}, member {member!r}: {reason}")
+        self.key, self.member, self.reason = key, member, reason
+
+
+def make_key(sequence: str, camera: str, frame: int) -> str:
+    """Return ``{sequence}_{camera}_{frame:06d}``; dots and slashes are replaced by ``-``."""
+    clean = [re.sub(r"[^A-Za-z0-9_\-]", "-", part) for part in (sequence, camera)]
+    return f"{clean[0]}_{clean[1]}_{frame:06d}"
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """``meta.json``: everything about a triplet that is not an array.
+
+    Attributes:
+        dataset: one of ``DATASETS``.
+        split: e.g. ``train`` / ``val`` / ``test``.
+        sequence: Waymo segment, nuScenes scene or KITTI drive name.
+        camera: camera name (``FRONT``, ``CAM_FRONT``, ``image_02``...).
+        frame_indices: indices of t-1, t, t+1 within the sequence's frame list.
+        timestamps_us: capture times of t-1, t, t+1 in microseconds.
+        original_size: [H, W] of the raw image in pixels.
+        original_K: 3x3 intrinsics in pixels of the raw (undistorted) image.
+        distortion: source distortion coefficients (Waymo k1, k2, p1, p2, k3) or ``None``.
+        ego_from_camera: 4x4 camera-to-ego/vehicle transform (OpenCV camera axes).
+        builder: builder name; builder_version: its version string.
+        extra: dataset-specific JSON-able facts (gaps, lidar sweep used, ...).
+    """
+
+    dataset: str
+    split: str
+    sequence: str
+    camera: str
+    frame_indices: tuple[int, int, int]
+    timestamps_us: tuple[int, int, int]
+    original_size: tuple[int, int]
+    original_K: tuple[tuple[float, ...], ...]
+    ego_from_camera: tuple[tuple[float, ...], ...]
+    builder: str
+    builder_version: str
+    distortion: tuple[float, ...] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["extra"] = dict(self.extra)
+        return _listify(out)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SampleMeta:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - names)
+        if unknown:
+            raise ValueError(f"unknown meta.json fields {unknown}; allowed: {sorted(names)}")
+        kw = dict(obj)
+        for name in ("frame_indices", "timestamps_us", "original_size"):
+            kw[name] = tuple(int(v) for v in kw[name])
+        for name in ("original_K", "ego_from_camera"):
+            kw[name] = tuple(tuple(float(v) for v in row) for row in kw[name])
+        if kw.get("distortion") is not None:
+            kw["distortion"] = tuple(float(v) for v in kw["distortion"])
+        kw["extra"] = dict(kw.get("extra") or {})
+        return cls(**kw)
+
+
+def _listify(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _listify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_listify(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _listify(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def matrix_tuple(m: Any) -> tuple[tuple[float, ...], ...]:
+    """A 2-D array-like as a tuple of float tuples (for ``SampleMeta`` matrix fields)."""
+    arr = np.asarray(m, dtype=np.float64)
+    return tuple(tuple(float(v) for v in row) for row in arr)
+
+
+@dataclass(frozen=True, eq=False)
+class TripletSample:
+    """One training triplet.
+
+    Attributes:
+        key: ``{sequence}_{camera}_{frame:06d}`` (no dots).
+        images: JPEG bytes of frames (t-1, t, t+1) at the training size.
+        K: (3, 3) float64 intrinsics in pixels of the stored (resized) images.
+        poses: (3, 4, 4) float64 world_from_camera for t-1, t, t+1; metres, OpenCV camera axes.
+        depth: (N, 3) float32 [u, v, z]; u (column), v (row) in pixels of the ORIGINAL image,
+            z the camera z-depth in metres of LiDAR points of frame t.
+        meta: ``SampleMeta``.
+        motion: optional (N,) uint8 ``MotionLabel`` per depth point.
+    """
+
+    key: str
+    images: tuple[bytes, bytes, bytes]
+    K: np.ndarray
+    poses: np.ndarray
+    depth: np.ndarray
+    meta: SampleMeta
+    motion: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def validate(sample: TripletSample) -> None:
+    """Raise ``SampleError`` naming key and member on any schema violation."""
+    key = sample.key
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        raise SampleError(str(key), "__key__", "key must look like {sequence}_{camera}_{frame:06d} with no dots")
+    if len(sample.images) != 3:
+        raise SampleError(key, "images", f"need 3 JPEG frames, got {len(sample.images)}")
+    for name, data in zip(IMAGE_MEMBERS, sample.images):
+        if not isinstance(data, (bytes, bytearray)) or not bytes(data[:3]) == b"\xff\xd8\xff":
+            raise SampleError(key, name, "not JPEG data (missing SOI marker)")
+    _check_array(key, "K.npy", sample.K, np.float64, (3, 3))
+    _check_array(key, "poses.npy", sample.poses, np.float64, (3, 4, 4))
+    _check_array(key, "depth.npy.zst", sample.depth, np.float32, (None, 3))
+    if sample.motion is not None:
+        _check_array(key, "motion.npy.zst", sample.motion, np.uint8, (sample.depth.shape[0],))
+    meta = sample.meta
+    if meta.schema_version != SCHEMA_VERSION:
+        raise SampleError(key, "meta.json", f"schema_version {meta.schema_version}, this reader knows {SCHEMA_VERSION}")
+    if meta.dataset not in DATASETS:
+        raise SampleError(key, "meta.json", f"dataset {meta.dataset!r}; allowed: {DATASETS}")
+    if not np.allclose(sample.poses[:, 3], [0.0, 0.0, 0.0, 1.0]):
+        raise SampleError(key, "poses.npy", "last row of each pose must be [0, 0, 0, 1]")
+
+
+def _check_array(key: str, member: str, arr: Any, dtype: type, shape: tuple[int | None, ...]) -> None:
+    if not isinstance(arr, np.ndarray):
+        raise SampleError(key, member, f"expected a numpy array, got {type(arr).__name__}")
+    if arr.dtype != dtype:
+        raise SampleError(key, member, f"dtype {arr.dtype}, expected {np.dtype(dtype)}")
+    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+        want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
+        raise SampleError(key, member, f"shape {arr.shape}, expected {want}")
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """``.npy`` bytes of a C-contiguous copy of ``arr`` (never pickled)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """Parse ``.npy`` bytes without ever unpickling."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def zstd_npy_bytes(arr: np.ndarray) -> bytes:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(npy_bytes(arr))
+
+
+def load_zstd_npy(data: bytes) -> np.ndarray:
+    return load_npy(zstandard.ZstdDecompressor().decompress(data))
+
+
+def encode(sample: TripletSample) -> dict[str, bytes]:
+    """Member name -> bytes for one sample (deterministic: same sample, same bytes)."""
+    validate(sample)
+    members = {name: bytes(data) for name, data in zip(IMAGE_MEMBERS, sample.images)}
+    members["K.npy"] = npy_bytes(sample.K)
+    members["poses.npy"] = npy_bytes(sample.poses)
+    members["depth.npy.zst"] = zstd_npy_bytes(sample.depth)
+    if sample.motion is not None:
+        members["motion.npy.zst"] = zstd_npy_bytes(sample.motion)
+    meta = json.dumps(sample.meta.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    members["meta.json"] = meta.encode("utf-8")
+    return members
+
+
+def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSample:
+    """Rebuild a ``TripletSample`` from its member bytes.
+
+    ``members`` maps member names (``cur.jpg``...) to bytes; a WebDataset dict with ``__key__``
+    works too. Raises ``SampleError`` naming the key and member on a missing member, an unknown
+    member, a corrupt array, a wrong shape or dtype, or an unknown schema version.
+    """
+    key = str(key if key is not None else members.get("__key__", "?"))
+    names = {n for n in members if not n.startswith("__")}
+    for name in REQUIRED_MEMBERS:
+        if name not in names:
+            raise SampleError(key, name, "missing member")
+    unknown = sorted(names - set(ALL_MEMBERS))
+    if unknown:
+        raise SampleError(key, unknown[0], f"unknown member; schema v{SCHEMA_VERSION} allows {ALL_MEMBERS}")
+    meta = _decode_member(key, "meta.json", members, lambda b: SampleMeta.from_json(json.loads(b)))
+    if meta.schema_version != SCHEMA_VERSION:
+        raise SampleError(key, "meta.json", f"unknown schema_version {meta.schema_version} (this reader knows {SCHEMA_VERSION})")
+    motion = None
+    if "motion.npy.zst" in names:
+        motion = _decode_member(key, "motion.npy.zst", members, load_zstd_npy)
+    return TripletSample(
+        key=key,
+        images=tuple(bytes(members[n]) for n in IMAGE_MEMBERS),  # type: ignore[arg-type]
+        K=_decode_member(key, "K.npy", members, load_npy),
+        poses=_decode_member(key, "poses.npy", members, load_npy),
+        depth=_decode_member(key, "depth.npy.zst", members, load_zstd_npy),
+        meta=meta,
+        motion=motion,
+    )
+
+
+def _decode_member(key: str, name: str, members: Mapping[str, bytes], parse: Any) -> Any:
+    try:
+        return parse(bytes(members[name]))
+    except SampleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse failure becomes a named SampleError
+        raise SampleError(key, name, f"cannot parse: {type(exc).__name__}: {exc}") from exc
