@@ -1,0 +1,230 @@
+"""KITTI raw -> schema v1 triplet shards: ``python -m builders.kitti RAW OUT [--workers N]``.
+
+One unit per (drive, camera). What a sample holds, matching the original Dynamo-Depth / monodepth2
+preprocessing:
+
+- images: the raw PNG resized to 640x192 (PIL bilinear, JPEG quality 90);
+- ``K``: the rectified projection ``P_rect_0X[:, :3]`` scaled to 640x192;
+- depth: velodyne points of frame t with x >= 0, projected through P_rect_0X @ R_rect_00 @
+  cam0_from_velo; pixel = round(projection) - 1; kept inside the image; depth = velodyne x; where
+  several points land on one pixel the nearest wins. Stored [u=column, v=row, z] in row-major pixel
+  order (the original stored [row, column, depth]);
+- poses: world_from_camera from OXTS (Mercator with the scale of the drive's first packet, world =
+  the IMU frame of the drive's first packet) composed with imu -> velodyne -> rectified camera;
+- timestamps from the camera's ``timestamps.txt`` (microseconds).
+A frame whose velodyne scan, OXTS packet or neighbour image is missing yields no sample (reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
+from dynamo_depth.formats import kitti as kf
+from dynamo_depth.geometry import invert_se3, resize_intrinsics
+from dynamo_depth.schema import SampleMeta, TripletSample, make_key, matrix_tuple
+
+VERSION = "1.0.0"
+TRAIN_HW = (192, 640)
+JPEG_QUALITY = 90
+SIDES = {"l": "image_02", "r": "image_03"}
+
+
+# ---------------------------------------------------------------------------------------- units
+def list_units(raw_root: str, options: Mapping[str, Any]) -> list[Unit]:
+    """One unit per (drive, camera) found under ``raw_root/<date>/<date>_drive_<NNNN>_sync``."""
+    root = Path(raw_root)
+    if not root.is_dir():
+        raise ValueError(f"{raw_root}: not a folder (expected the KITTI raw root holding <date>/ folders)")
+    wanted = _split_frames(options.get("split_file"))
+    units = []
+    for drive_dir in sorted(root.glob("*/*_drive_*_sync")):
+        drive = f"{drive_dir.parent.name}/{drive_dir.name}"
+        for camera in options.get("cameras", ("image_02", "image_03")):
+            frames = None
+            if wanted is not None:
+                frames = sorted(wanted.get((drive, camera), ()))
+                if not frames:
+                    continue
+            units.append(Unit(name=f"{drive_dir.name}/{camera}", params={"drive": drive, "camera": camera,
+                                                                      "frames": frames}))
+    return units
+
+
+def _split_frames(split_file: str | None) -> dict[tuple[str, str], set[int]] | None:
+    """monodepth2-style split lines ``<date>/<drive> <frame> <l|r>`` -> {(drive, camera): frames}."""
+    if not split_file:
+        return None
+    out: dict[tuple[str, str], set[int]] = {}
+    for number, line in enumerate(Path(split_file).read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 3 or parts[2] not in SIDES or not parts[1].isdigit():
+            raise ValueError(f"{split_file}: line {number}: expected '<date>/<drive> <frame> <l|r>', got {line!r}")
+        out.setdefault((parts[0], SIDES[parts[2]]), set()).add(int(parts[1]))
+    return out
+
+
+# -------------------------------------------------------------------------------------- helpers
+def read_png_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a PNG; ValueError naming the file if it is missing or corrupt."""
+    import cv2
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read image ({exc.strerror})") from None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None or not data.endswith(b"IEND\xaeB`\x82"):
+        raise ValueError(f"{path}: corrupt or truncated PNG ({len(data)} bytes)")
+    return image[:, :, ::-1]
+
+
+def resized_jpeg(rgb: np.ndarray, hw: tuple[int, int] = TRAIN_HW) -> bytes:
+    from PIL import Image
+
+    image = Image.fromarray(np.ascontiguousarray(rgb)).resize((hw[1], hw[0]), Image.BILINEAR)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def project_velodyne(velo: np.ndarray, velo_to_pixels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(N, 3) float32 [u, v, z] of velodyne points on the image, exactly as the original preprocessing.
+
+    Args:
+        velo: (M, 4) float32 [x, y, z, reflectance] in the velodyne frame.
+        velo_to_pixels: (3, 4) P_rect @ R_rect_00 @ cam0_from_velo.
+        hw: original image (H, W).
+    Returns: one point per pixel hit, row-major pixel order; z = velodyne x (m). Where several points
+    land on one pixel the nearest wins. Bit-exactness with the original needs one quirk of it: it finds
+    those pixels through the linear index ``row * (W - 1) + col - 1``, which also joins pixel (r, 0)
+    with (r - 1, W - 1); such a group's minimum depth is written at its first point's pixel.
+    """
+    height, width = hw
+    front = velo[velo[:, 0] >= 0]
+    homogeneous = np.concatenate([front[:, :3].astype(np.float64), np.ones((len(front), 1))], axis=1)
+    projected = homogeneous @ velo_to_pixels.T
+    uv = projected[:, :2] / projected[:, 2:3]
+    u = np.round(uv[:, 0]) - 1
+    v = np.round(uv[:, 1]) - 1
+    keep = (u >= 0) & (v >= 0) & (u < width) & (v < height)
+    u, v, depth = u[keep].astype(np.int64), v[keep].astype(np.int64), front[keep, 0]
+    depth_map = np.zeros(hw, dtype=np.float32)
+    pixel = v * width + u
+    last = len(pixel) - 1 - np.unique(pixel[::-1], return_index=True)[1]  # later points overwrite earlier
+    depth_map[v[last], u[last]] = depth[last]
+    group = v * (width - 1) + u - 1
+    order = np.argsort(group, kind="stable")
+    _, starts, counts = np.unique(group[order], return_index=True, return_counts=True)
+    nearest = np.minimum.reduceat(depth[order], starts)
+    first = order[starts]
+    shared = counts > 1
+    depth_map[v[first[shared]], u[first[shared]]] = nearest[shared]
+    rows, cols = np.nonzero(depth_map > 0)
+    return np.stack([cols, rows, depth_map[rows, cols]], axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------- build
+def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterator[TripletSample | SkippedFrame]:
+    drive, camera = unit.params["drive"], unit.params["camera"]
+    drive_dir = Path(raw_root) / drive
+    calib = kf.load_kitti_calib(drive_dir.parent)
+    image_dir = drive_dir / camera / "data"
+    frames = sorted(int(p.stem) for p in image_dir.glob("*.png"))
+    if not frames:
+        raise ValueError(f"{image_dir}: no PNG frames")
+    stamps = kf.read_timestamps(drive_dir / camera / "timestamps.txt")
+    world_from_imu = _oxts_poses(drive_dir)
+    camera_from_velo = calib.camera_from_velo(camera)
+    imu_from_camera = invert_se3(calib.velo_from_imu) @ invert_se3(camera_from_velo)
+    velo_to_pixels = calib.velo_to_pixels(camera)
+    available = set(frames)
+    targets = unit.params.get("frames") or frames
+    cache: dict[int, tuple[bytes, tuple[int, int]]] = {}
+    for t in targets:
+        reason = _missing(t, available, drive_dir, world_from_imu, stamps)
+        if reason:
+            yield SkippedFrame(frame=t, reason=reason)
+            continue
+        for i in [i for i in cache if i < t - 1]:
+            del cache[i]
+        for i in (t - 1, t, t + 1):
+            if i not in cache:
+                rgb = read_png_rgb(image_dir / f"{i:010d}.png")
+                cache[i] = (resized_jpeg(rgb), rgb.shape[:2])
+        hw = cache[t][1]
+        velo = kf.read_velodyne(drive_dir / "velodyne_points" / "data" / f"{t:010d}.bin")
+        depth = project_velodyne(velo, velo_to_pixels, hw)
+        K_original = calib.K(camera)
+        poses = np.stack([world_from_imu[i] @ imu_from_camera for i in (t - 1, t, t + 1)])
+        meta = SampleMeta(
+            dataset="kitti", split=options.get("split", "train"), sequence=drive_dir.name, camera=camera,
+            frame_indices=(t - 1, t, t + 1), timestamps_us=tuple(int(stamps[i]) for i in (t - 1, t, t + 1)),
+            original_size=hw, original_K=matrix_tuple(K_original), ego_from_camera=matrix_tuple(imu_from_camera),
+            builder="builders.kitti", builder_version=VERSION,
+            extra={"date": drive_dir.parent.name, "ego_frame": "oxts imu", "world": "imu of the drive's first oxts"},
+        )
+        yield TripletSample(
+            key=make_key(drive_dir.name, camera, t), images=tuple(cache[i][0] for i in (t - 1, t, t + 1)),
+            K=resize_intrinsics(K_original, from_hw=hw, to_hw=TRAIN_HW), poses=poses,
+            depth=depth, meta=meta,
+        )
+
+
+def _oxts_poses(drive_dir: Path) -> dict[int, np.ndarray]:
+    """frame -> (4, 4) world_from_imu; world = IMU frame of the drive's first OXTS packet."""
+    paths = sorted((drive_dir / "oxts" / "data").glob("*.txt"))
+    if not paths:
+        raise ValueError(f"{drive_dir / 'oxts' / 'data'}: no OXTS packets")
+    packets = [kf.read_oxts(p) for p in paths]
+    poses = kf.oxts_to_world_from_imu(packets, relative_to_first=True)
+    return {int(p.stem): pose for p, pose in zip(paths, poses)}
+
+
+def _missing(t: int, images: set[int], drive_dir: Path, poses: Mapping[int, Any], stamps: np.ndarray) -> str:
+    for i in (t - 1, t + 1):
+        if i not in images:
+            return f"neighbour frame {i} has no image"
+    for i in (t - 1, t, t + 1):
+        if i not in poses:
+            return f"frame {i} has no OXTS packet"
+        if i >= len(stamps):
+            return f"frame {i} has no timestamp"
+    if not (drive_dir / "velodyne_points" / "data" / f"{t:010d}.bin").is_file():
+        return "no velodyne scan"
+    if t not in images:
+        return "no image"
+    return ""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split-file", default=None,
+                        help="monodepth2-style split file ('<date>/<drive> <frame> <l|r>' per line)")
+    parser.add_argument("--cameras", nargs="+", default=["image_02", "image_03"], choices=["image_02", "image_03"])
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    split_file = os.path.abspath(args.split_file) if args.split_file else None
+    return {"cameras": list(args.cameras), "split": args.split, "split_file": split_file}
+
+
+SPEC = BuilderSpec(name="kitti", dataset="kitti", version=VERSION, list_units=list_units, build_unit=build_unit,
+                   add_arguments=add_arguments, options_from_args=options_from_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(SPEC, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

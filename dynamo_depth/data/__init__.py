@@ -1,0 +1,177 @@
+"""Streaming loader: ``make_dataset()`` (samples) and ``make_loader()`` (batches), local disk or S3.
+
+Order and split (details in ``dynamo_depth.data.plan``): the epoch's global sample order is a seeded
+shard permutation of (seed, epoch) followed by a seeded shuffle inside consecutive windows of
+``shuffle_buffer`` samples. Every rank gets ``N // world_size`` consecutive samples of that order;
+the REMAINDER IS DROPPED (the last ``N % world_size`` samples of the global order; listed by
+``loader.plan.dropped_keys``, different each epoch). DataLoader workers take the rank stream's
+batches round-robin, so batches come out in the same order for any ``num_workers`` and a
+``state()`` (epoch, samples consumed) resumes exactly at the next batch, with any worker count.
+
+Reading: each worker streams the shards holding its samples front to back, checks size, keys and
+sha256 against the manifest at each shard's end (``ShardIntegrityError`` names the shard) and
+retries transient errors, resuming at the byte offset. Without a cache every worker reads each of
+its rank's shards (``num_workers`` times the bytes); pass ``cache_dir`` for remote data so that a
+machine fetches each shard once (LRU, ``cache_bytes``). Nothing read is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from dynamo_depth.data.augment import AugmentParams, augment_params, color_jitter, flip_sample
+from dynamo_depth.data.collate import collate_batch, scaled_intrinsics
+from dynamo_depth.data.pipeline import (
+    StreamingDataset,
+    augment_samples,
+    batch_samples,
+    decode_samples,
+    read_samples,
+)
+from dynamo_depth.data.plan import EpochPlan, make_plan
+from dynamo_depth.data.sources import RetryPolicy, ShardCache, ShardIntegrityError, ShardStore, load_index
+
+__all__ = [
+    "AugmentParams", "EpochPlan", "LoaderState", "RetryPolicy", "ShardCache", "ShardIntegrityError",
+    "StreamingDataset", "StreamingLoader", "augment_params", "collate_batch", "color_jitter", "flip_sample",
+    "make_dataset", "make_loader", "read_samples", "scaled_intrinsics",
+]
+
+DEFAULT_SHUFFLE_BUFFER = 256
+DEFAULT_CACHE_BYTES = 8 * 2**30
+
+
+@dataclass(frozen=True)
+class LoaderState:
+    """A resumable position: ``consumed`` samples of ``epoch`` already yielded by this rank.
+
+    ``seed`` and ``world_size`` must match on resume (they define the order); the batch size and
+    the number of workers may change.
+    """
+
+    epoch: int
+    consumed: int
+    seed: int
+    world_size: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> LoaderState:
+        fields = {"epoch", "consumed", "seed", "world_size"}
+        if set(obj) != fields or not all(isinstance(obj[f], int) and obj[f] >= 0 for f in fields):
+            raise ValueError(f"loader state {dict(obj)!r} must hold non-negative integers {sorted(fields)}")
+        return cls(**{f: int(obj[f]) for f in fields})
+
+
+def _resume_position(resume_from: LoaderState | Mapping[str, Any] | None, plan: EpochPlan) -> int:
+    if resume_from is None:
+        return 0
+    state = resume_from if isinstance(resume_from, LoaderState) else LoaderState.from_dict(resume_from)
+    for name in ("epoch", "seed", "world_size"):
+        if getattr(state, name) != getattr(plan, name):
+            raise ValueError(f"resume_from has {name}={getattr(state, name)} but the loader has "
+                             f"{name}={getattr(plan, name)}; a state resumes only the same order")
+    if state.consumed > plan.rank_length:
+        raise ValueError(f"resume_from consumed {state.consumed} samples, the rank stream has {plan.rank_length}")
+    return state.consumed
+
+
+def _build(url: str, *, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
+           cache_dir: str | os.PathLike[str] | None, cache_bytes: int, retry: RetryPolicy,
+           ) -> tuple[EpochPlan, ShardStore]:
+    base, entries = load_index(url)
+    plan = make_plan(entries, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
+                     shuffle_buffer=shuffle_buffer)
+    cache = ShardCache(cache_dir, max_bytes=cache_bytes) if cache_dir is not None else None
+    return plan, ShardStore(base, retry=retry, cache=cache)
+
+
+def make_dataset(url: str, *, rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0,
+                 shuffle: bool = True, decode: bool = True, augment: bool = False,
+                 resume_from: LoaderState | Mapping[str, Any] | None = None,
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, block: int = 1,
+                 cache_dir: str | os.PathLike[str] | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 retry: RetryPolicy = RetryPolicy()) -> StreamingDataset:
+    """An IterableDataset of this rank's samples for one epoch (each a dict with ``__key__``).
+
+    Args:
+        url: ``.../manifest.json`` or a shard folder; a local path or ``s3://bucket/prefix`` (any fsspec URL).
+        decode: False yields raw members (name -> bytes); True yields numpy samples (see
+            ``pipeline.decode_sample``), with ``images_aug`` and the augmentations when ``augment``.
+        resume_from: a ``LoaderState`` (or its dict) to continue after ``consumed`` samples.
+        block: samples per DataLoader-worker block; use ``DataLoader(ds, batch_size=None)``
+            to keep the order independent of ``num_workers``.
+    """
+    plan, store = _build(url, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
+                         shuffle_buffer=shuffle_buffer, cache_dir=cache_dir, cache_bytes=cache_bytes, retry=retry)
+    stages: list[Any] = []
+    if decode:
+        stages = [decode_samples, partial(augment_samples, seed=seed, epoch=epoch, enabled=augment)]
+    return StreamingDataset(plan=plan, store=store, start=_resume_position(resume_from, plan), block=block,
+                            stages=stages)
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class StreamingLoader:
+    """A thin wrapper of a torch ``DataLoader`` of batches that knows its position (``state()``)."""
+
+    def __init__(self, dataset: StreamingDataset, loader: DataLoader, *, batch_size: int) -> None:
+        self.dataset, self.dataloader, self.batch_size = dataset, loader, batch_size
+        self.consumed = dataset.start
+
+    @property
+    def plan(self) -> EpochPlan:
+        return self.dataset.plan
+
+    def __len__(self) -> int:
+        """Batches one pass yields (the same on every rank)."""
+        return math.ceil((self.plan.rank_length - self.dataset.start) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.consumed = self.dataset.start
+        for batch in self.dataloader:
+            self.consumed += len(batch["keys"])
+            yield batch
+
+    def state(self) -> LoaderState:
+        """Where to resume: samples of this epoch this rank has handed out so far."""
+        return LoaderState(epoch=self.plan.epoch, consumed=self.consumed, seed=self.plan.seed,
+                           world_size=self.plan.world_size)
+
+
+def make_loader(url: str, *, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1,
+                seed: int = 0, epoch: int = 0, augment: bool = False, scales: int = 4,
+                resume_from: LoaderState | Mapping[str, Any] | None = None, shuffle: bool = True,
+                shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, cache_dir: str | os.PathLike[str] | None = None,
+                cache_bytes: int = DEFAULT_CACHE_BYTES, retry: RetryPolicy = RetryPolicy(),
+                prefetch_factor: int | None = None, pin_memory: bool = False) -> StreamingLoader:
+    """Batches of this rank's stream for one epoch (see ``collate.collate_batch`` for the keys).
+
+    Every rank yields ``ceil((N // world_size) / batch_size)`` batches; only the last may be short.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size {batch_size!r} must be a positive integer")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers {num_workers!r} must be a non-negative integer")
+    if not isinstance(scales, int) or scales < 1:
+        raise ValueError(f"scales {scales!r} must be a positive integer")
+    dataset = make_dataset(url, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
+                           decode=True, augment=augment, resume_from=resume_from, shuffle_buffer=shuffle_buffer,
+                           block=batch_size, cache_dir=cache_dir, cache_bytes=cache_bytes, retry=retry)
+    dataset.append(partial(batch_samples, batch_size=batch_size, scales=scales))
+    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
+                        pin_memory=pin_memory, **extra)
+    return StreamingLoader(dataset, loader, batch_size=batch_size)

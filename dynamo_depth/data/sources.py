@@ -1,0 +1,347 @@
+"""Where shard bytes come from: the shard index, local / S3 / fsspec streams, retries, hashing, cache.
+
+* ``load_index(url)``: the shards of a dataset from ``.../manifest.json`` or a shard folder
+  (its ``manifest.json``, or, without one, a scan of its ``*.tar`` files).
+* ``ShardStore.samples(entry)``: stream one shard front to back, yielding ``(key, members)``;
+  the sha256 and size are computed while streaming and checked at the shard's end
+  (``ShardIntegrityError`` naming the shard). Transient read errors (connection reset/refused,
+  timeouts, HTTP 5xx) are retried with exponential backoff and the read resumes at its byte offset
+  (HTTP Range). S3 goes through boto3 ``get_object`` (``AWS_ENDPOINT_URL[_S3]`` and the usual
+  credential variables); other fsspec URLs through ``dynamo_depth.storage``.
+* ``ShardCache``: optional local copies of remote shards, named by sha256, evicted least recently
+  used first once their total passes ``max_bytes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from dynamo_depth import manifest as manifest_mod
+from dynamo_depth import shards as shards_mod
+from dynamo_depth import storage
+
+__all__ = ["RetryPolicy", "ShardCache", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index"]
+
+_CHUNK = 1 << 20
+
+
+class ShardIntegrityError(ValueError):
+    """A shard's bytes differ from its manifest entry (size, sha256 or sample keys)."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order."""
+
+    name: str
+    bytes: int
+    sha256: str | None
+    keys: tuple[str, ...]
+
+
+def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
+    """(base URL of the shards, shard entries) for a manifest URL or a shard folder (local or remote)."""
+    url = os.fspath(url).rstrip("/")
+    if url.endswith(".json") or storage.exists(storage.join(url, manifest_mod.MANIFEST_NAME)):
+        manifest_url = manifest_mod.find_manifest(url)
+        manifest = manifest_mod.load_manifest(manifest_url)
+        entries = tuple(ShardEntry(s.name, s.bytes, s.sha256, tuple(sp.key for sp in s.samples))
+                        for s in manifest.shards)
+        base = storage.dirname(manifest_url)
+    else:
+        base, entries = url, _scan_folder(url)
+    if not entries:
+        raise ValueError(f"dataset {url}: no shards found")
+    keys = [k for e in entries for k in e.keys]
+    if len(set(keys)) != len(keys):
+        repeated = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        raise ValueError(f"dataset {url}: sample keys appear more than once: {repeated}")
+    return base, entries
+
+
+def _scan_folder(url: str) -> tuple[ShardEntry, ...]:
+    """Entries of the ``*.tar`` files of a folder without a manifest (sizes and keys read, no hash to check)."""
+    if storage.is_local(url) and not os.path.isdir(storage._local_path(url)):
+        raise ValueError(f"dataset {url}: neither a manifest (.json) nor a folder")
+    names = sorted(n for n in storage.listdir(url) if n.endswith(".tar"))
+    entries = []
+    for name in names:
+        shard_url = storage.join(url, name)
+        keys = tuple(key for key, _ in shards_mod.iter_shard(shard_url))
+        entries.append(ShardEntry(name, storage.size(shard_url), None, keys))
+    return tuple(entries)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of transient read errors: delay ``min(max_delay_s, base_delay_s * 2**attempt)``.
+
+    ``max_attempts`` counts consecutive failures without any byte of progress; a read that makes
+    progress resets the count.
+    """
+
+    max_attempts: int = 10
+    base_delay_s: float = 0.2
+    max_delay_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay_s, self.base_delay_s * 2.0**attempt)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: connection errors, timeouts, truncated bodies, HTTP 5xx / throttling."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    try:
+        import botocore.exceptions as bce
+        import urllib3.exceptions as u3
+    except ImportError:  # pragma: no cover - boto3 is optional for local reads
+        return False
+    if isinstance(exc, (bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError,
+                        u3.ProtocolError, u3.ReadTimeoutError, u3.IncompleteRead)):
+        return True
+    if isinstance(exc, bce.ClientError):
+        meta = exc.response.get("ResponseMetadata", {})
+        code = exc.response.get("Error", {}).get("Code", "")
+        return int(meta.get("HTTPStatusCode", 0)) >= 500 or code in ("SlowDown", "RequestTimeout", "Throttling")
+    return False
+
+
+class RetryingReader:
+    """A read-only byte stream of ``size`` bytes that reopens at its current offset after transient errors.
+
+    ``open_at(offset)`` must return a binary stream positioned at ``offset``. A stream ending early
+    (fewer than ``size`` bytes) counts as a transient error too.
+    """
+
+    def __init__(self, open_at: Callable[[int], IO[bytes]], *, size: int, name: str, retry: RetryPolicy,
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_retry: Callable[[str, int, BaseException], None] | None = None) -> None:
+        self._open_at, self.size, self.name, self.retry, self._sleep = open_at, size, name, retry, sleep
+        self._on_retry = on_retry
+        self.offset = 0
+        self.reopen_offsets: list[int] = []  # where each retry resumed (for logs and tests)
+        self._stream: IO[bytes] | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        want = self.size - self.offset if n is None or n < 0 else min(n, self.size - self.offset)
+        if want <= 0:
+            return b""
+        failures = 0
+        while True:
+            try:
+                if self._stream is None:
+                    self._stream = self._open_at(self.offset)
+                data = self._stream.read(want)
+                if not data:
+                    raise ConnectionError(f"stream ended at byte {self.offset} of {self.size}")
+                self.offset += len(data)
+                return data
+            except Exception as exc:  # noqa: BLE001 - classified right below
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                self.close()
+                if failures >= self.retry.max_attempts:
+                    raise OSError(f"shard {self.name}: read failed at byte {self.offset} after "
+                                  f"{failures} attempts: {type(exc).__name__}: {exc}") from exc
+                self._sleep(self.retry.delay(failures - 1))
+                self.reopen_offsets.append(self.offset)
+                if self._on_retry is not None:
+                    self._on_retry(self.name, self.offset, exc)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
+                pass
+            self._stream = None
+
+
+class _HashingReader:
+    """Counts and hashes every byte read; optionally copies them into ``tee``."""
+
+    def __init__(self, raw: Any, tee: IO[bytes] | None) -> None:
+        self.raw, self.tee = raw, tee
+        self.digest, self.count = hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        self.count += len(data)
+        if self.tee is not None:
+            self.tee.write(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+class ShardCache:
+    """Local copies of remote shards as ``{sha256}.tar`` in ``directory``; LRU by bytes, at most ``max_bytes``."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int) -> None:
+        self.directory, self.max_bytes = Path(directory), int(max_bytes)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        return self.directory / f"{sha256}.tar"
+
+    def lookup(self, sha256: str) -> Path | None:
+        """The cached file (its use time refreshed), or None."""
+        path = self.path(sha256)
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return None
+        return path
+
+    def temporary(self, sha256: str) -> Path:
+        return self.directory / f"{sha256}.tar.{os.getpid()}.tmp"
+
+    def commit(self, tmp: Path, sha256: str) -> None:
+        """Move a verified temporary copy into the cache, then evict the least recently used shards."""
+        os.replace(tmp, self.path(sha256))
+        self.evict(keep=self.path(sha256))
+
+    def evict(self, *, keep: Path | None = None) -> None:
+        files = []
+        for path in self.directory.glob("*.tar"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # another worker evicted it
+            files.append((stat.st_mtime_ns, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_bytes:
+                break
+            if path != keep:
+                path.unlink(missing_ok=True)
+                total -= size
+
+
+class ShardStore:
+    """Opens the shards under ``base_url`` as verified streams (see the module docstring)."""
+
+    def __init__(self, base_url: str, *, retry: RetryPolicy = RetryPolicy(), cache: ShardCache | None = None) -> None:
+        self.base_url, self.retry, self.cache = base_url.rstrip("/"), retry, cache
+        self.local = storage.is_local(base_url)
+        self.retry_events: list[tuple[str, int, str]] = []  # (shard, resume offset, error) in this process
+
+    def _note_retry(self, name: str, offset: int, exc: BaseException) -> None:
+        self.retry_events.append((name, offset, f"{type(exc).__name__}: {exc}"))
+
+    def open_at(self, entry: ShardEntry, offset: int) -> IO[bytes]:
+        """A raw binary stream of shard ``entry`` from byte ``offset`` (no retries)."""
+        url = storage.join(self.base_url, shards_mod.check_shard_name(entry.name))
+        if self.local:
+            f = open(storage._local_path(url), "rb")  # noqa: SIM115 - returned to the caller
+            f.seek(offset)
+            return f
+        if url.startswith(("s3://", "s3a://")):
+            body, total = _s3_open_at(url, offset)
+            if total is not None and total != entry.bytes:
+                body.close()
+                raise ShardIntegrityError(f"shard {entry.name} (in {self.base_url}): {total} bytes on the server, "
+                                          f"the manifest says {entry.bytes}")
+            return body
+        f = storage.open_read(url)
+        f.seek(offset)
+        return f
+
+    def samples(self, entry: ShardEntry) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """Stream ``(key, members)`` of ``entry``; at its end check size, sha256 and keys against the entry."""
+        cached = self.cache.lookup(entry.sha256) if self.cache and entry.sha256 and not self.local else None
+        tmp = None
+        if cached is not None:
+            raw: Any = open(cached, "rb")  # noqa: SIM115 - closed in finally
+        elif self.local:
+            raw = self.open_at(entry, 0)
+        else:
+            raw = RetryingReader(lambda off: self.open_at(entry, off), size=entry.bytes,
+                                 name=entry.name, retry=self.retry, on_retry=self._note_retry)
+            use_cache = self.cache is not None and entry.sha256 and not self.local and entry.bytes <= self.cache.max_bytes
+            tmp = self.cache.temporary(entry.sha256) if use_cache else None
+        tee = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed in finally
+        try:
+            reader = _HashingReader(raw, tee)
+            yield from _checked_samples(reader, entry, self.base_url)
+            if tee is not None:
+                tee.close()
+                self.cache.commit(tmp, entry.sha256)  # type: ignore[union-attr, arg-type]
+                tmp = None
+        finally:
+            raw.close()
+            if tee is not None and not tee.closed:
+                tee.close()
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+
+def _checked_samples(reader: _HashingReader, entry: ShardEntry, base_url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    where = f"shard {entry.name} (in {base_url})"
+    ordinal = 0
+    try:
+        for key, members in shards_mod.iter_shard(reader):  # type: ignore[arg-type]
+            if ordinal >= len(entry.keys) or key != entry.keys[ordinal]:
+                expected = entry.keys[ordinal] if ordinal < len(entry.keys) else "<end of shard>"
+                raise ShardIntegrityError(f"{where}: sample #{ordinal} is {key!r}, the manifest says {expected!r}")
+            ordinal += 1
+            yield key, members
+        reader.drain()
+    except ShardIntegrityError:
+        raise
+    except ValueError as exc:
+        raise ShardIntegrityError(f"{where}: unreadable tar ({exc}); the shard differs from its manifest entry") from exc
+    if ordinal != len(entry.keys):
+        raise ShardIntegrityError(f"{where}: {ordinal} samples, the manifest says {len(entry.keys)}")
+    if reader.count != entry.bytes:
+        raise ShardIntegrityError(f"{where}: {reader.count} bytes, the manifest says {entry.bytes}")
+    if entry.sha256 is not None and reader.digest.hexdigest() != entry.sha256:
+        raise ShardIntegrityError(f"{where}: sha256 {reader.digest.hexdigest()} differs from the manifest's "
+                                  f"{entry.sha256}: the shard was altered or corrupted")
+
+
+_S3_CLIENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def _s3_client() -> Any:
+    """One boto3 S3 client per process and endpoint (clients are not fork-safe; workers make their own)."""
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    ident = (os.getpid(), endpoint, env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_DEFAULT_REGION"))
+    if ident not in _S3_CLIENTS:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(connect_timeout=5, read_timeout=30, retries={"total_max_attempts": 2, "mode": "standard"})
+        _S3_CLIENTS[ident] = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    return _S3_CLIENTS[ident]
+
+
+def _s3_open_at(url: str, offset: int) -> tuple[IO[bytes], int | None]:
+    """(streaming body of ``GET url`` with ``Range: bytes=offset-``, total object size from Content-Range)."""
+    bucket, _, key = url.split("://", 1)[1].partition("/")
+    import botocore.exceptions as bce
+
+    try:
+        response = _s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-")
+    except bce.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "404", "NoSuchBucket"):
+            raise FileNotFoundError(f"shard {url}: not found on the server") from exc
+        if code == "InvalidRange":
+            raise ShardIntegrityError(f"shard {url}: shorter than byte {offset} the manifest promises") from exc
+        raise
+    content_range = str(response.get("ContentRange") or "")
+    total = content_range.rpartition("/")[2]
+    return response["Body"], int(total) if total.isdigit() else None

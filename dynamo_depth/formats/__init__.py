@@ -1,0 +1,1 @@
+"""Raw dataset formats shared by the synthetic writers and the builder readers."""

@@ -1,0 +1,427 @@
+"""Byte-reproducible WebDataset tar shards: writer, streaming reader, per-sample byte spans.
+
+Tar layout written here (POSIX ustar, 512-byte blocks)::
+
+    for each sample (in write order), for each member (sorted by member name):
+        header block: name "{key}.{member}", size, mtime 0, uid/gid 0, uname/gname "", mode 0o444
+        data, zero-padded to a multiple of 512 bytes
+    end of archive: two zero blocks (1024 bytes)
+
+Nothing else goes into the bytes (no clock, user, host or pid), so identical input gives
+identical shards. A shard is written to ``<name>.tmp`` (a local temporary file for remote
+outputs), fsynced, and renamed (uploaded) to ``<name>``; only then is ``on_shard`` called.
+
+A sample's ``SampleSpan`` gives the byte offset of its first header and the length up to the end
+of its last member's padding: ``shard[offset:offset + length]`` is a tar fragment holding exactly
+that sample's members. Key rule (WebDataset's): the key is the member name up to the first dot
+of its last path component; the rest is the member name. Member names are never used as paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+from dynamo_depth import storage
+
+__all__ = [
+    "BLOCK", "SampleSpan", "ShardRecord", "ShardWriter", "check_shard_name", "count_samples", "iter_shard",
+    "parse_sample_bytes", "read_sample", "sha256_of", "shard_name", "split_member_name",
+]
+
+BLOCK = 512
+_END_OF_ARCHIVE = bytes(2 * BLOCK)
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
+
+
+def _padded(size: int) -> int:
+    return (size + BLOCK - 1) // BLOCK * BLOCK
+
+
+def shard_name(prefix: str, index: int) -> str:
+    """``{prefix}-{index:06d}.tar``, e.g. ``kitti-train-000003.tar``."""
+    return f"{prefix}-{index:06d}.tar"
+
+
+def check_shard_name(name: Any) -> str:
+    """Return ``name`` if it is a plain file name; raise ``ValueError`` if it could escape its folder."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"shard name {name!r} must be a non-empty string")
+    if "/" in name or "\\" in name or ".." in name or os.path.isabs(name) or ":" in name:
+        raise ValueError(f"shard name {name!r} must be a plain file name (no '/', '\\', '..', ':' or absolute path)")
+    return name
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """(key, member) of a tar member name by WebDataset's rule; ``ValueError`` if it has no dot."""
+    match = _MEMBER_RE.match(name)
+    if not match:
+        raise ValueError(f"tar member {name!r} has no '.': cannot split it into key and member")
+    return match.group(1), match.group(2)
+
+
+@dataclass(frozen=True)
+class SampleSpan:
+    """Where one sample lies in its shard: bytes ``[offset, offset + length)``."""
+
+    key: str
+    offset: int
+    length: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "offset": self.offset, "length": self.length}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> SampleSpan:
+        _check_fields(obj, {"key", "offset", "length"}, "sample span")
+        key, offset, length = obj["key"], obj["offset"], obj["length"]
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"sample span key {key!r} must be a non-empty string")
+        for field, value in (("offset", offset), ("length", length)):
+            if not _is_int(value) or value < 0 or value % BLOCK:
+                raise ValueError(f"sample {key!r}: {field} {value!r} must be a non-negative multiple of {BLOCK}")
+        if length == 0:
+            raise ValueError(f"sample {key!r}: length must be positive")
+        return cls(key=key, offset=offset, length=length)
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One committed shard: file name, size in bytes, sha256 hex, sample count, keys and spans."""
+
+    name: str
+    bytes: int
+    sha256: str
+    count: int
+    first_key: str
+    last_key: str
+    samples: tuple[SampleSpan, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "bytes": self.bytes, "sha256": self.sha256, "count": self.count,
+            "first_key": self.first_key, "last_key": self.last_key,
+            "samples": [s.to_json() for s in self.samples],
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ShardRecord:
+        """Parse and check one manifest entry; ``ValueError`` naming the shard on any inconsistency."""
+        fields = {"name", "bytes", "sha256", "count", "first_key", "last_key", "samples"}
+        _check_fields(obj, fields, "shard record")
+        name = check_shard_name(obj["name"])
+        try:
+            return _record_from_json(name, obj)
+        except ValueError as exc:
+            raise ValueError(f"shard {name!r}: {exc}") from None
+
+
+def _record_from_json(name: str, obj: Mapping[str, Any]) -> ShardRecord:
+    size, sha, count = obj["bytes"], obj["sha256"], obj["count"]
+    if not _is_int(size) or size < 0:
+        raise ValueError(f"bytes {size!r} must be a non-negative integer")
+    if not isinstance(sha, str) or not _SHA256_RE.match(sha):
+        raise ValueError(f"sha256 {sha!r} must be 64 lowercase hex digits")
+    if not isinstance(obj["samples"], list):
+        raise ValueError("samples must be a list")
+    spans = tuple(SampleSpan.from_json(s) for s in obj["samples"])
+    if not _is_int(count) or count != len(spans) or count < 1:
+        raise ValueError(f"count {count!r} must equal the number of samples listed ({len(spans)}) and be >= 1")
+    if obj["first_key"] != spans[0].key or obj["last_key"] != spans[-1].key:
+        raise ValueError(f"first_key/last_key {obj['first_key']!r}/{obj['last_key']!r} "
+                         f"disagree with the samples list ({spans[0].key!r}/{spans[-1].key!r})")
+    end = 0
+    for span in spans:
+        if span.offset < end:
+            raise ValueError(f"sample {span.key!r} at offset {span.offset} overlaps the previous sample")
+        end = span.offset + span.length
+    if end > size:
+        raise ValueError(f"samples run to byte {end}, past the shard size {size}")
+    return ShardRecord(name=name, bytes=size, sha256=sha, count=count,
+                       first_key=spans[0].key, last_key=spans[-1].key, samples=spans)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fields(obj: Any, fields: set[str], what: str) -> None:
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{what} must be a JSON object, got {type(obj).__name__}")
+    missing, unknown = sorted(fields - set(obj)), sorted(set(obj) - fields)
+    if missing or unknown:
+        raise ValueError(f"{what} {obj.get('name', obj.get('key', ''))!r}: missing fields {missing}, unknown fields {unknown}")
+
+
+def _member_blocks(key: str, members: Mapping[str, bytes]) -> list[bytes]:
+    """Header + padded data of each member, sorted by member name."""
+    if not isinstance(key, str) or not key or "." in key or "/" in key or "\\" in key:
+        raise ValueError(f"sample key {key!r} must be a non-empty string without '.', '/' or '\\'")
+    if not members:
+        raise ValueError(f"sample {key!r} has no members")
+    blocks = []
+    for member in sorted(members):
+        data = members[member]
+        if not isinstance(member, str) or not member or "/" in member or "\\" in member:
+            raise ValueError(f"sample {key!r}: member name {member!r} must be a non-empty name without '/' or '\\'")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValueError(f"sample {key!r}, member {member!r}: expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+        info = tarfile.TarInfo(f"{key}.{member}")
+        info.size, info.mtime, info.mode = len(data), 0, 0o444
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.type = tarfile.REGTYPE
+        try:
+            header = info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+        except ValueError as exc:
+            raise ValueError(f"sample {key!r}, member {member!r}: cannot write a ustar header: {exc}") from None
+        blocks.append(header + data + bytes(_padded(len(data)) - len(data)))
+    return blocks
+
+
+class _OpenShard:
+    """One shard being written: temporary file, running sha256, byte count and spans."""
+
+    def __init__(self, final_url: str, name: str) -> None:
+        self.final_url, self.name = final_url, name
+        if storage.is_local(final_url):
+            self.tmp_path = final_url + ".tmp"
+            os.makedirs(os.path.dirname(os.path.abspath(self.tmp_path)), exist_ok=True)
+            self.file: IO[bytes] = open(self.tmp_path, "wb")
+        else:
+            fd, self.tmp_path = tempfile.mkstemp(prefix=name + ".", suffix=".tmp")
+            self.file = os.fdopen(fd, "wb")
+        self.hash = hashlib.sha256()
+        self.size = 0
+        self.spans: list[SampleSpan] = []
+
+    def append(self, key: str, blocks: list[bytes]) -> None:
+        start = self.size
+        for block in blocks:
+            self._write(block)
+        self.spans.append(SampleSpan(key=key, offset=start, length=self.size - start))
+
+    def _write(self, data: bytes) -> None:
+        self.file.write(data)
+        self.hash.update(data)
+        self.size += len(data)
+
+    def commit(self) -> ShardRecord:
+        """End the archive, fsync, rename (or upload) to the final name; return its record."""
+        self._write(_END_OF_ARCHIVE)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        if storage.is_local(self.final_url):
+            os.chmod(self.tmp_path, 0o644)
+            os.replace(self.tmp_path, self.final_url)
+            storage._fsync_dir(os.path.dirname(os.path.abspath(self.final_url)))
+        else:
+            try:
+                storage.put_file(self.tmp_path, self.final_url)
+            finally:
+                os.unlink(self.tmp_path)
+        return ShardRecord(name=self.name, bytes=self.size, sha256=self.hash.hexdigest(), count=len(self.spans),
+                           first_key=self.spans[0].key, last_key=self.spans[-1].key, samples=tuple(self.spans))
+
+    def abort(self) -> None:
+        self.file.close()
+        if os.path.exists(self.tmp_path):
+            os.unlink(self.tmp_path)
+
+
+class ShardWriter:
+    """Write samples into ``{prefix}-{index:06d}.tar`` shards under ``out_url`` (local folder or URL).
+
+    A shard is committed (renamed / uploaded) when adding the next sample would pass ``max_count``
+    samples or ``max_bytes`` bytes (a single sample larger than ``max_bytes`` gets a shard of its
+    own), and on ``close()``. ``on_shard(record)`` runs right after each commit. Use as a context
+    manager: on an exception the open shard's temporary file is removed and nothing is committed.
+    """
+
+    def __init__(self, out_url: str, *, prefix: str, start_index: int = 0, max_count: int = 1000,
+                 max_bytes: int = 256 * 2**20, on_shard: Callable[[ShardRecord], Any] | None = None) -> None:
+        check_shard_name(shard_name(prefix, 0))
+        if not _is_int(start_index) or start_index < 0:
+            raise ValueError(f"start_index {start_index!r} must be a non-negative integer")
+        if not _is_int(max_count) or max_count < 1:
+            raise ValueError(f"max_count {max_count!r} must be a positive integer")
+        if not _is_int(max_bytes) or max_bytes < 1:
+            raise ValueError(f"max_bytes {max_bytes!r} must be a positive integer")
+        self.out_url, self.prefix = os.fspath(out_url), prefix
+        self.max_count, self.max_bytes, self.on_shard = max_count, max_bytes, on_shard
+        self._next_index = start_index
+        self._current: _OpenShard | None = None
+        self._records: list[ShardRecord] = []
+        self._keys: set[str] = set()
+        self._closed = False
+
+    def write(self, key: str, members: Mapping[str, bytes]) -> None:
+        """Append one sample; members are written in sorted name order as ``{key}.{member}``."""
+        if self._closed:
+            raise ValueError(f"ShardWriter for {self.out_url!r} is closed")
+        blocks = _member_blocks(key, members)
+        if key in self._keys:
+            raise ValueError(f"sample key {key!r} written twice to {self.out_url!r}")
+        self._keys.add(key)
+        sample_size = sum(len(b) for b in blocks)
+        current = self._current
+        if current is not None and (
+            len(current.spans) >= self.max_count
+            or current.size + sample_size + len(_END_OF_ARCHIVE) > self.max_bytes
+        ):
+            self._commit()
+        if self._current is None:
+            name = shard_name(self.prefix, self._next_index)
+            self._next_index += 1
+            self._current = _OpenShard(storage.join(self.out_url, name), name)
+        self._current.append(key, blocks)
+
+    def _commit(self) -> None:
+        assert self._current is not None  # internal invariant, not user input
+        record = self._current.commit()
+        self._current = None
+        self._records.append(record)
+        if self.on_shard is not None:
+            self.on_shard(record)
+
+    def close(self) -> list[ShardRecord]:
+        """Commit the open shard (if any) and return the records of all shards written, in order."""
+        if not self._closed:
+            self._closed = True
+            if self._current is not None:
+                self._commit()
+        return list(self._records)
+
+    def abort(self) -> None:
+        """Drop the open shard's temporary file without committing it."""
+        self._closed = True
+        if self._current is not None:
+            self._current.abort()
+            self._current = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _read_exact(f: IO[bytes], size: int) -> bytes:
+    chunks, left = [], size
+    while left > 0:
+        chunk = f.read(min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _iter_members(f: IO[bytes], source: str, *, require_end: bool) -> Iterator[tuple[str, bytes]]:
+    """(member name, data) of each regular file in a tar stream, checking every read."""
+    pos = 0
+    while True:
+        block = _read_exact(f, BLOCK)
+        if not block and not require_end:
+            return
+        if len(block) < BLOCK:
+            raise ValueError(f"shard {source}: truncated at byte {pos + len(block)} (no end-of-archive marker)")
+        if block == bytes(BLOCK):
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise ValueError(f"shard {source}: bad tar header at byte {pos}: {exc}") from None
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise ValueError(f"shard {source}: member {info.name!r} at byte {pos} is not a regular file "
+                             f"(tar type {info.type!r}); shards hold regular files only")
+        data = _read_exact(f, info.size)
+        padding = _read_exact(f, _padded(info.size) - info.size)
+        if len(data) + len(padding) < _padded(info.size):
+            raise ValueError(f"shard {source}: truncated inside member {info.name!r} (header at byte {pos})")
+        pos += BLOCK + _padded(info.size)
+        yield info.name, data
+
+
+def _group_samples(members: Iterator[tuple[str, bytes]], source: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    seen: set[str] = set()
+    key: str | None = None
+    sample: dict[str, bytes] = {}
+    for name, data in members:
+        try:
+            member_key, member = split_member_name(name)
+        except ValueError as exc:
+            raise ValueError(f"shard {source}: {exc}") from None
+        if member_key != key:
+            if key is not None:
+                yield key, sample
+            if member_key in seen:
+                raise ValueError(f"shard {source}: key {member_key!r} appears in two separate runs of members")
+            seen.add(member_key)
+            key, sample = member_key, {}
+        if member in sample:
+            raise ValueError(f"shard {source}: key {key!r} has member {member!r} twice")
+        sample[member] = data
+    if key is not None:
+        yield key, sample
+
+
+def iter_shard(url_or_fileobj: str | os.PathLike[str] | IO[bytes]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream ``(key, {member: bytes})`` from one tar (local path, fsspec URL or binary file object).
+
+    Memory holds one member at a time plus the current sample. A truncated or corrupt tar raises
+    ``ValueError`` naming the shard.
+    """
+    if isinstance(url_or_fileobj, (str, os.PathLike)):
+        url = os.fspath(url_or_fileobj)
+        with storage.open_read(url) as f:
+            yield from _group_samples(_iter_members(f, url, require_end=True), url)
+    else:
+        source = str(getattr(url_or_fileobj, "name", "<stream>"))
+        yield from _group_samples(_iter_members(url_or_fileobj, source, require_end=True), source)
+
+
+def count_samples(url: str) -> int:
+    """Number of samples in the shard at ``url`` (reads it through; ``ValueError`` if corrupt)."""
+    return sum(1 for _ in iter_shard(url))
+
+
+def parse_sample_bytes(data: bytes, *, key: str, source: str = "<bytes>") -> dict[str, bytes]:
+    """Members of one sample from its span bytes ``shard[offset:offset + length]``."""
+    samples = list(_group_samples(_iter_members(io.BytesIO(data), source, require_end=False), source))
+    if len(samples) != 1 or samples[0][0] != key:
+        found = [k for k, _ in samples]
+        raise ValueError(f"shard {source}: span of {key!r} holds samples {found}, expected exactly [{key!r}]")
+    return samples[0][1]
+
+
+def read_sample(shard_url: str, span: SampleSpan) -> dict[str, bytes]:
+    """Range-read one sample's members from ``shard_url`` using its ``SampleSpan``."""
+    data = storage.read_range(shard_url, offset=span.offset, length=span.length)
+    return parse_sample_bytes(data, key=span.key, source=shard_url)
+
+
+def sha256_of(url: str, *, chunk: int = 1 << 20) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of the file at ``url``, streamed ``chunk`` bytes at a time."""
+    digest, size = hashlib.sha256(), 0
+    with storage.open_read(url) as f:
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            digest.update(data)
+            size += len(data)
+    return size, digest.hexdigest()

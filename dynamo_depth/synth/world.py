@@ -1,0 +1,466 @@
+"""A small analytic 3D driving world: ground plane, oriented boxes, sky, and a moving ego.
+
+Frames and units: world is z-up, metres; the ground is the plane z = 0. The ego frame has x forward,
+y left, z up with its origin on the ground. Cameras use OpenCV axes (x right, y down, z forward).
+Transforms are ``target_from_source`` 4x4 float64 matrices. Times are seconds from t = 0.
+
+Everything is vectorised numpy and deterministic: the same seed gives the same bytes. Large
+per-pixel arithmetic is written element-wise (no BLAS) so results never depend on thread count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SKY_HORIZON = np.array([205.0, 215.0, 230.0])
+SKY_ZENITH = np.array([70.0, 115.0, 190.0])
+FOG_DISTANCE_M = 350.0  # surface colour fades towards the horizon colour with this e-folding distance
+_NOMINAL_FOCAL_PX = 1000.0  # used to fade texture octaves finer than a pixel (anti-aliasing)
+_EPS = 1e-9
+
+
+# ----------------------------------------------------------------------------------------------- poses
+def _rot_z(yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _pose(rotation: np.ndarray, translation: np.ndarray | tuple[float, ...]) -> np.ndarray:
+    out = np.eye(4)
+    out[:3, :3] = rotation
+    out[:3, 3] = translation
+    return out
+
+
+@dataclass(frozen=True)
+class Box:
+    """An oriented box resting on the ground, moving with constant velocity (no turning).
+
+    The box frame has its origin at the geometric centre (height/2 above the ground), x along the
+    length, y along the width, z up; the box occupies |x| <= l/2, |y| <= w/2, |z| <= h/2.
+    """
+
+    center_xy: tuple[float, float]  # world x, y of the box centre at t=0 (metres)
+    size: tuple[float, float, float]  # length (box x), width (box y), height (z), metres
+    yaw: float  # radians about world z
+    velocity_xy: tuple[float, float] = (0.0, 0.0)  # m/s in world frame; (0, 0) = static
+    category: str = "vehicle.car"
+    texture_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 3 or min(self.size) <= 0:
+            raise ValueError(f"Box.size must be three positive lengths in metres, got {self.size!r}")
+        if len(self.center_xy) != 2 or len(self.velocity_xy) != 2:
+            raise ValueError("Box.center_xy and Box.velocity_xy must have two components (x, y)")
+
+    @property
+    def is_moving(self) -> bool:
+        return self.velocity_xy[0] != 0.0 or self.velocity_xy[1] != 0.0
+
+    def center_at(self, t_s: float) -> np.ndarray:
+        """(3,) world position of the box centre at time ``t_s`` seconds (z = height/2)."""
+        return np.array([self.center_xy[0] + self.velocity_xy[0] * t_s,
+                         self.center_xy[1] + self.velocity_xy[1] * t_s, 0.5 * self.size[2]])
+
+    def world_from_box(self, t_s: float) -> np.ndarray:
+        """(4, 4) world_from_box at time ``t_s`` seconds."""
+        return _pose(_rot_z(self.yaw), self.center_at(t_s))
+
+
+@dataclass(frozen=True)
+class RayHits:
+    """Result of ``World.ray_cast`` for N rays.
+
+    distance: (N,) float64 metres along the unit ray direction, inf on a miss.
+    surface: (N,) int32, -1 sky/miss, 0 ground, k >= 1 box k-1.
+    points: (N, 3) float64 world hit points, nan on a miss.
+    directions: (N, 3) float64 unit world directions of the rays (used to shade the sky).
+    """
+
+    distance: np.ndarray
+    surface: np.ndarray
+    points: np.ndarray
+    directions: np.ndarray | None = field(default=None)
+
+
+# ------------------------------------------------------------------------------------------- textures
+def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """Smooth lattice value noise in [0, 1] at (x, y) (lattice spacing 1), seeded."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(256)
+    perm = np.concatenate([perm, perm])
+    values = rng.random(256)
+    xf_floor, yf_floor = np.floor(x), np.floor(y)
+    fx, fy = x - xf_floor, y - yf_floor
+    ix = xf_floor.astype(np.int64) & 255
+    iy = yf_floor.astype(np.int64) & 255
+    ix1, iy1 = (ix + 1) & 255, (iy + 1) & 255
+    px0, px1 = perm[ix], perm[ix1]
+    v00, v10 = values[perm[px0 + iy]], values[perm[px1 + iy]]
+    v01, v11 = values[perm[px0 + iy1]], values[perm[px1 + iy1]]
+    sx = fx * fx * (3.0 - 2.0 * fx)
+    sy = fy * fy * (3.0 - 2.0 * fy)
+    top = v00 + (v10 - v00) * sx
+    bottom = v01 + (v11 - v01) * sx
+    return top + (bottom - top) * sy
+
+
+def _octaves(u: np.ndarray, v: np.ndarray, distance: np.ndarray, wavelengths: tuple[float, ...],
+             seed: int) -> np.ndarray:
+    """Sum of value-noise octaves in [-1, 1]; octaves finer than ~2 pixels fade out with distance."""
+    total = np.zeros_like(u)
+    weight_sum = 0.0
+    pixel_m = distance / _NOMINAL_FOCAL_PX
+    for i, wavelength in enumerate(wavelengths):
+        fade = np.clip(1.5 - 2.0 * pixel_m / wavelength, 0.0, 1.0)
+        noise = _value_noise(u / wavelength, v / wavelength, seed * 7919 + i)
+        total += fade * (2.0 * noise - 1.0)
+        weight_sum += 1.0
+    return total / weight_sum
+
+
+def _ground_colour(points: np.ndarray, distance: np.ndarray, seed: int) -> np.ndarray:
+    """(M, 3) float colours of ground points: asphalt noise at several scales plus painted lines."""
+    x, y = points[:, 0], points[:, 1]
+    texture = _octaves(x, y, distance, (9.0, 2.3, 0.61, 0.17), seed)
+    grey = 112.0 + 95.0 * texture
+    tint = 6.0 * _octaves(y, x, distance, (13.0,), seed + 101)
+    colour = np.stack([grey + tint, grey, grey - tint], axis=1)
+    # painted lines: a dashed line along world x every 7 m in y, and cross lines every 23 m in x
+    along = np.abs(((y + 3.5) % 7.0) - 3.5) < 0.09
+    dashed = along & (((x % 6.0) < 3.5))
+    across = np.abs(((x + 11.5) % 23.0) - 11.5) < 0.25
+    line_fade = np.clip(1.5 - 2.0 * (distance / _NOMINAL_FOCAL_PX) / 0.2, 0.0, 1.0)
+    paint = (dashed | across) * line_fade
+    colour = colour * (1.0 - paint[:, None]) + np.array([235.0, 228.0, 200.0]) * paint[:, None]
+    return colour
+
+
+def _box_face_colour(local: np.ndarray, box: Box, distance: np.ndarray) -> np.ndarray:
+    """(M, 3) float colours of points ``local`` (M, 3) in the box frame; one texture per face."""
+    half = 0.5 * np.asarray(box.size)
+    ratio = np.abs(local) / half
+    axis = np.argmax(ratio, axis=1)
+    sign = (np.take_along_axis(local, axis[:, None], axis=1)[:, 0] > 0).astype(np.int64)
+    face = 2 * axis + sign  # 0..5: -x, +x, -y, +y, -z, +z
+    rng = np.random.default_rng(10007 + box.texture_seed)
+    base = rng.uniform(40.0, 220.0, size=(6, 3))
+    u = np.where(axis == 0, local[:, 1], local[:, 0])
+    v = np.where(axis == 2, local[:, 1], local[:, 2])
+    noise = _octaves(u + 3.1 * face, v - 1.7 * face, distance, (0.9, 0.23, 0.07), box.texture_seed)
+    stripes = 0.25 * (np.abs(((v * 2.5) % 1.0) - 0.5) < 0.08)
+    shade = 1.0 + 0.45 * noise - stripes
+    return base[face] * shade[:, None]
+
+
+def sky_colour(directions: np.ndarray) -> np.ndarray:
+    """(N, 3) float colours of the sky for unit world directions (N, 3): a vertical gradient."""
+    up = np.sqrt(np.clip(directions[:, 2], 0.0, 1.0))[:, None]
+    return SKY_HORIZON + (SKY_ZENITH - SKY_HORIZON) * up
+
+
+# -------------------------------------------------------------------------------------- camera model
+def _check_distortion(distortion: tuple[float, ...] | None) -> tuple[float, float, float, float, float]:
+    if distortion is None:
+        return (0.0, 0.0, 0.0, 0.0, 0.0)
+    values = tuple(float(d) for d in distortion)
+    if len(values) not in (4, 5):
+        raise ValueError(f"distortion must be (k1, k2, p1, p2[, k3]) (OpenCV), got {len(values)} values")
+    return (*values, 0.0) if len(values) == 4 else values  # type: ignore[return-value]
+
+
+def distort_normalized(xy: np.ndarray, distortion: tuple[float, ...] | None) -> np.ndarray:
+    """Apply the OpenCV (k1, k2, p1, p2, k3) model to normalized points (N, 2) -> (N, 2)."""
+    k1, k2, p1, p2, k3 = _check_distortion(distortion)
+    x, y = xy[:, 0], xy[:, 1]
+    r2 = x * x + y * y
+    radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    xd = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
+    yd = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
+    return np.stack([xd, yd], axis=1)
+
+
+def undistort_normalized(xy_distorted: np.ndarray, distortion: tuple[float, ...] | None,
+                         *, iterations: int = 30, tolerance: float = 1e-13) -> np.ndarray:
+    """Invert ``distort_normalized`` by fixed-point iteration (as OpenCV's undistortPoints).
+
+    xy_distorted: (N, 2) normalized distorted coordinates. Returns (N, 2) undistorted coordinates.
+    """
+    k1, k2, p1, p2, k3 = _check_distortion(distortion)
+    xd, yd = xy_distorted[:, 0], xy_distorted[:, 1]
+    x, y = xd.copy(), yd.copy()
+    if not any((k1, k2, p1, p2, k3)):
+        return np.stack([x, y], axis=1)
+    for _ in range(iterations):
+        r2 = x * x + y * y
+        radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+        dx = 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
+        dy = p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
+        x_new, y_new = (xd - dx) / radial, (yd - dy) / radial
+        change = max(float(np.max(np.abs(x_new - x), initial=0.0)), float(np.max(np.abs(y_new - y), initial=0.0)))
+        x, y = x_new, y_new
+        if change < tolerance:
+            break
+    return np.stack([x, y], axis=1)
+
+
+_RAY_CACHE: dict[bytes, np.ndarray] = {}
+
+
+def camera_directions(*, K: np.ndarray, hw: tuple[int, int],
+                      distortion: tuple[float, ...] | None = None) -> np.ndarray:
+    """(H*W, 3) camera-frame ray directions [x_n, y_n, 1] (OpenCV axes, z = 1) for every pixel.
+
+    Row-major pixel order (index = v * W + u); integer (u, v) is the pixel centre. With
+    ``distortion`` the pixel is first undistorted (the distorted camera's view). Read-only, cached.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise ValueError(f"K must be a (3, 3) pinhole matrix with positive focal lengths, got {K!r}")
+    height, width = int(hw[0]), int(hw[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"hw must be positive (H, W), got {hw!r}")
+    dist = _check_distortion(distortion)
+    key = K.tobytes() + np.array([height, width], np.int64).tobytes() + np.array(dist).tobytes()
+    cached = _RAY_CACHE.get(key)
+    if cached is not None:
+        return cached
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    y_n = (v.ravel() - K[1, 2]) / K[1, 1]
+    x_n = (u.ravel() - K[0, 2] - K[0, 1] * y_n) / K[0, 0]
+    xy = undistort_normalized(np.stack([x_n, y_n], axis=1), dist)
+    rays = np.concatenate([xy, np.ones((xy.shape[0], 1))], axis=1)
+    rays.flags.writeable = False
+    if len(_RAY_CACHE) >= 8:
+        _RAY_CACHE.pop(next(iter(_RAY_CACHE)))
+    _RAY_CACHE[key] = rays
+    return rays
+
+
+def rotate(rotation: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """(N, 3) ``rotation @ v`` for each row, element-wise (deterministic, no BLAS)."""
+    r = np.asarray(rotation, dtype=np.float64)
+    x, y, z = vectors[:, 0], vectors[:, 1], vectors[:, 2]
+    return np.stack([r[i, 0] * x + r[i, 1] * y + r[i, 2] * z for i in range(3)], axis=1)
+
+
+def transform_points(target_from_source: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 3) points moved by a (4, 4) transform, element-wise."""
+    return rotate(target_from_source[:3, :3], points) + target_from_source[:3, 3]
+
+
+def camera_rays(*, K: np.ndarray, world_from_camera: np.ndarray, hw: tuple[int, int],
+                distortion: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """World rays of every pixel: (origins (H*W, 3), unit directions (H*W, 3)), row-major.
+
+    The camera z-depth of a hit at ``distance`` metres along a ray is
+    ``distance * (directions @ world_from_camera[:3, 2])``.
+    """
+    world_from_camera = np.asarray(world_from_camera, dtype=np.float64)
+    if world_from_camera.shape != (4, 4):
+        raise ValueError(f"world_from_camera must be (4, 4), got {world_from_camera.shape}")
+    cam = camera_directions(K=K, hw=hw, distortion=distortion)
+    unit = cam / np.sqrt(cam[:, 0] ** 2 + cam[:, 1] ** 2 + 1.0)[:, None]
+    directions = rotate(world_from_camera[:3, :3], unit)
+    origins = np.broadcast_to(world_from_camera[:3, 3], directions.shape)
+    return origins, directions
+
+
+def hdl64_directions(*, azimuth_step_deg: float = 0.35, beams: int = 64, up_deg: float = 2.0,
+                     down_deg: float = -24.8) -> np.ndarray:
+    """(beams * n_azimuth, 3) unit LiDAR ray directions in the sensor frame (x fwd, y left, z up).
+
+    Elevations are evenly spread from ``up_deg`` to ``down_deg`` (HDL-64E-like); azimuths go
+    once around starting straight ahead, counter-clockwise. Order: azimuth-major, then beam.
+    """
+    if azimuth_step_deg <= 0 or beams <= 0:
+        raise ValueError("azimuth_step_deg and beams must be positive")
+    elevation = np.radians(np.linspace(up_deg, down_deg, beams))
+    azimuth = np.radians(np.arange(0.0, 360.0, azimuth_step_deg))
+    az, el = np.meshgrid(azimuth, elevation, indexing="ij")
+    cos_el = np.cos(el)
+    out = np.stack([cos_el * np.cos(az), cos_el * np.sin(az), np.sin(el)], axis=-1)
+    return out.reshape(-1, 3)
+
+
+# ---------------------------------------------------------------------------------------- ray casting
+Columns = tuple[np.ndarray | float, np.ndarray | float, np.ndarray | float]
+
+
+def _ray_box(origin: Columns, direction: Columns, box: Box, t_s: float,
+             max_distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Entry distances of unit rays into ``box`` at ``t_s`` that are closer than ``max_distance``.
+
+    ``origin`` and ``direction`` are (x, y, z) columns, each (N,) or a scalar shared by all rays.
+    Returns (indices (M,) of the rays that hit, distances (M,) metres). Rays starting inside the
+    box do not hit it. A bounding-sphere test first keeps the slab test to the few candidate rays.
+    """
+    world_from_box = box.world_from_box(t_s)
+    centre = world_from_box[:3, 3]
+    radius = 0.5 * math.sqrt(sum(s * s for s in box.size))
+    rel = [centre[i] - origin[i] for i in range(3)]
+    along = rel[0] * direction[0] + rel[1] * direction[1] + rel[2] * direction[2]
+    off_axis2 = (rel[0] * rel[0] + rel[1] * rel[1] + rel[2] * rel[2]) - along * along
+    candidates = np.flatnonzero((off_axis2 <= radius * radius) & (along > -radius)
+                                & (along - radius < max_distance))
+    if candidates.size == 0:
+        return candidates, np.empty(0)
+    pick = [np.broadcast_to(c, max_distance.shape)[candidates] for c in (*rel, *direction)]
+    box_from_world_rot = world_from_box[:3, :3].T
+    local_o = -rotate(box_from_world_rot, np.stack(pick[:3], axis=1))
+    local_d = rotate(box_from_world_rot, np.stack(pick[3:], axis=1))
+    half = 0.5 * np.asarray(box.size)
+    safe_d = np.where(np.abs(local_d) < 1e-12, np.where(local_d < 0, -1e-12, 1e-12), local_d)
+    t1 = (-half - local_o) / safe_d
+    t2 = (half - local_o) / safe_d
+    t_near = np.max(np.minimum(t1, t2), axis=1)
+    t_far = np.min(np.maximum(t1, t2), axis=1)
+    hit = (t_far >= t_near) & (t_near > _EPS) & (t_near < max_distance[candidates])
+    return candidates[hit], t_near[hit]
+
+
+def _columns(values: np.ndarray) -> Columns:
+    """(N, 3) -> three contiguous columns, or three scalars when every row is the same."""
+    if len(values) and (values.strides[0] == 0 or bool(np.all(values == values[0]))):
+        return float(values[0, 0]), float(values[0, 1]), float(values[0, 2])
+    return values[:, 0].copy(), values[:, 1].copy(), values[:, 2].copy()
+
+
+def _ego_arc(speed: float, yaw_rate: float, t_s: float) -> tuple[float, float, float]:
+    """(x, y, yaw) of a constant-speed, constant-yaw-rate path starting at the origin along +x."""
+    angle = yaw_rate * t_s
+    if abs(angle) < 1e-6:  # series of sin(a)/w and (1 - cos(a))/w, exact to double precision here
+        x = speed * t_s * (1.0 - angle * angle / 6.0)
+        y = speed * t_s * (angle / 2.0 - angle ** 3 / 24.0)
+    else:
+        x = speed * math.sin(angle) / yaw_rate
+        y = speed * (1.0 - math.cos(angle)) / yaw_rate
+    return x, y, angle
+
+
+@dataclass(frozen=True)
+class World:
+    """Ground plane z = 0, boxes, sky, and an ego moving on a circular arc (x forward, y left, z up)."""
+
+    boxes: tuple[Box, ...]
+    seed: int
+    ego_speed: float  # m/s along the trajectory
+    ego_yaw_rate: float  # rad/s, constant (circular arc; 0 = straight line)
+
+    def world_from_ego(self, t_s: float) -> np.ndarray:
+        """(4, 4) world_from_ego at ``t_s`` seconds; ego at the world origin heading +x at t = 0."""
+        x, y, yaw = _ego_arc(self.ego_speed, self.ego_yaw_rate, t_s)
+        return _pose(_rot_z(yaw), (x, y, 0.0))
+
+    def ray_cast(self, origins: np.ndarray, directions: np.ndarray, t_s: float) -> RayHits:
+        """Nearest hit of N rays (origins, directions (N, 3) world; directions need not be unit)."""
+        origins = np.asarray(origins, dtype=np.float64)
+        directions = np.asarray(directions, dtype=np.float64)
+        if origins.ndim != 2 or origins.shape[1] != 3 or directions.shape != origins.shape:
+            raise ValueError(f"origins and directions must both be (N, 3), got {origins.shape}, {directions.shape}")
+        dx, dy, dz = (directions[:, i].copy() for i in range(3))
+        norm = np.sqrt(dx * dx + dy * dy + dz * dz)
+        if np.any(norm == 0):
+            raise ValueError("ray directions must be non-zero")
+        dx, dy, dz = dx / norm, dy / norm, dz / norm
+        origin = _columns(origins)
+        oz = np.broadcast_to(origin[2], norm.shape)
+        distance = np.full(len(norm), np.inf)
+        surface = np.full(len(norm), -1, dtype=np.int32)
+        down = (dz < -1e-12) & (oz > 0)
+        distance[down] = -oz[down] / dz[down]
+        surface[down] = 0
+        for k, box in enumerate(self.boxes):
+            index, box_t = _ray_box(origin, (dx, dy, dz), box, t_s, distance)
+            distance[index], surface[index] = box_t, k + 1
+        unit = np.stack([dx, dy, dz], axis=1)
+        points = np.full(origins.shape, np.nan)
+        solid = surface >= 0
+        points[solid] = origins[solid] + distance[solid, None] * unit[solid]
+        points[surface == 0, 2] = 0.0  # exactly on the ground plane
+        return RayHits(distance=distance, surface=surface, points=points, directions=unit)
+
+    def surface_colour(self, hits: RayHits, t_s: float) -> np.ndarray:
+        """(N, 3) float64 colours in [0, 255] before fog and quantisation."""
+        colour = np.empty((len(hits.surface), 3))
+        sky = hits.surface < 0
+        directions = hits.directions if hits.directions is not None else np.tile([1.0, 0.0, 0.0], (len(sky), 1))
+        colour[sky] = sky_colour(directions[sky])
+        ground = hits.surface == 0
+        colour[ground] = _ground_colour(hits.points[ground], hits.distance[ground], self.seed)
+        for k, box in enumerate(self.boxes):
+            mine = hits.surface == k + 1
+            if np.any(mine):
+                box_from_world = np.linalg.inv(box.world_from_box(t_s))
+                local = transform_points(box_from_world, hits.points[mine])
+                colour[mine] = _box_face_colour(local, box, hits.distance[mine])
+        return colour
+
+    def shade(self, hits: RayHits, t_s: float) -> np.ndarray:
+        """(N, 3) uint8 colours of ``hits``: textured surfaces with distance fog, sky gradient on a miss."""
+        colour = self.surface_colour(hits, t_s)
+        solid = hits.surface >= 0
+        if np.any(solid) and hits.directions is not None:
+            fog = 1.0 - np.exp(-hits.distance[solid] / FOG_DISTANCE_M)
+            colour[solid] += (SKY_HORIZON - colour[solid]) * fog[:, None]
+        return np.clip(np.rint(colour), 0, 255).astype(np.uint8)
+
+    def reflectance(self, hits: RayHits, t_s: float) -> np.ndarray:
+        """(N,) float32 LiDAR reflectance in [0, 1] (surface brightness; 0 on a miss)."""
+        colour = self.surface_colour(hits, t_s)
+        value = (0.299 * colour[:, 0] + 0.587 * colour[:, 1] + 0.114 * colour[:, 2]) / 255.0
+        return np.where(hits.surface >= 0, np.clip(value, 0.0, 1.0), 0.0).astype(np.float32)
+
+    def render(self, *, K: np.ndarray, world_from_camera: np.ndarray, hw: tuple[int, int], t_s: float,
+               distortion: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Render a camera (OpenCV axes): (image (H, W, 3) uint8, z_depth (H, W) float64 metres, inf = sky)."""
+        origins, directions = camera_rays(K=K, world_from_camera=world_from_camera, hw=hw, distortion=distortion)
+        hits = self.ray_cast(origins, directions, t_s)
+        optical_axis = np.asarray(world_from_camera, dtype=np.float64)[:3, 2]
+        cos_axis = directions[:, 0] * optical_axis[0] + directions[:, 1] * optical_axis[1] \
+            + directions[:, 2] * optical_axis[2]
+        z_depth = hits.distance * cos_axis
+        height, width = int(hw[0]), int(hw[1])
+        image = self.shade(hits, t_s).reshape(height, width, 3)
+        return image, z_depth.reshape(height, width)
+
+
+# ---------------------------------------------------------------------------------------------- scene
+def _place(world: World, *, ahead_m: float, left_m: float) -> tuple[float, float, float]:
+    """World (x, y, heading) of a point ``ahead_m`` along the ego path and ``left_m`` to its left."""
+    pose = world.world_from_ego(ahead_m / world.ego_speed)
+    heading = math.atan2(pose[1, 0], pose[0, 0])
+    return (pose[0, 3] - math.sin(heading) * left_m, pose[1, 3] + math.cos(heading) * left_m, heading)
+
+
+def make_world(seed: int = 0) -> World:
+    """A deterministic driving scene for ``seed``.
+
+    Ego at 8-10 m/s on a gentle arc; a car ahead in the ego lane driving away slower (5-8 m/s, so it
+    moves independently), an oncoming car in the left lane, parked cars on the right and a truck and
+    a wall-like block on the left; all within ~5-40 m of the path during the first few seconds.
+    """
+    rng = np.random.default_rng([seed, 20231])
+    speed = float(rng.uniform(8.0, 10.0))
+    yaw_rate = float(rng.uniform(0.02, 0.06) * rng.choice([-1.0, 1.0]))
+    ego_only = World(boxes=(), seed=seed, ego_speed=speed, ego_yaw_rate=yaw_rate)
+    specs = [  # (ahead m, left m, size (l, w, h), speed along path m/s, category)
+        (float(rng.uniform(16.0, 22.0)), 0.0, (4.5, 1.9, 1.6), float(rng.uniform(5.0, 8.0)), "vehicle.car"),
+        (float(rng.uniform(45.0, 60.0)), 3.6, (4.8, 2.0, 1.7), -float(rng.uniform(5.0, 8.0)), "vehicle.car"),
+        (float(rng.uniform(8.0, 11.0)), -3.8, (4.2, 1.8, 1.5), 0.0, "vehicle.car"),
+        (float(rng.uniform(20.0, 26.0)), -4.0, (4.6, 1.9, 1.6), 0.0, "vehicle.car"),
+        (float(rng.uniform(33.0, 40.0)), -3.9, (4.4, 1.8, 1.5), 0.0, "vehicle.car"),
+        (float(rng.uniform(14.0, 20.0)), 8.0, (8.0, 2.5, 3.2), 0.0, "vehicle.truck"),
+        (float(rng.uniform(30.0, 36.0)), 11.0, (12.0, 3.0, 4.5), 0.0, "static_object.bicycle_rack"),
+    ]
+    boxes = []
+    for k, (ahead, left, size, along_speed, category) in enumerate(specs):
+        x, y, heading = _place(ego_only, ahead_m=ahead, left_m=left)
+        yaw = heading + float(rng.uniform(-0.05, 0.05))
+        velocity = (along_speed * math.cos(heading), along_speed * math.sin(heading))
+        boxes.append(Box(center_xy=(x, y), size=size, yaw=yaw, velocity_xy=velocity, category=category,
+                         texture_seed=seed * 1000 + k))
+    return World(boxes=tuple(boxes), seed=seed, ego_speed=speed, ego_yaw_rate=yaw_rate)

@@ -1,0 +1,140 @@
+"""``python -m dynamo_depth verify SHARDS [--reference MANIFEST]``: re-hash a shard set and compare.
+
+SHARDS is a folder (local or ``s3://...``) holding ``*.tar`` shards and ``manifest.json``, or the
+URL of that manifest. Every shard listed in the expected manifest (``--reference`` if given, else
+the one beside the shards) is checked: missing, truncated (smaller than recorded), grown or
+altered (different sha256; then its samples are counted from the tar) and extra ``*.tar`` files
+in the folder are reported, one line each, then a one-line summary. With ``--reference`` the
+sample counts of the manifest beside the shards are compared with the reference too.
+Exit status: 0 all match, 1 any difference, 2 the manifest cannot be read or arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from dynamo_depth import storage
+from dynamo_depth.manifest import Manifest, find_manifest, load_manifest
+from dynamo_depth.shards import ShardRecord, count_samples, sha256_of
+
+__all__ = ["Problem", "verify_shards", "main"]
+
+PROBLEM_KINDS = ("missing", "extra", "truncated", "altered", "count")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One difference between a shard set and its manifest.
+
+    Attributes:
+        kind: one of ``PROBLEM_KINDS``.
+        shard: the shard's file name.
+        detail: human-readable facts (sizes, hashes, counts).
+    """
+
+    kind: str
+    shard: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.upper()} {self.shard}: {self.detail}"
+
+
+def _check_shard(folder: str, record: ShardRecord) -> list[Problem]:
+    url = storage.join(folder, record.name)
+    size = storage.size(url)
+    if size < record.bytes:
+        return [Problem("truncated", record.name, f"{size} bytes, manifest says {record.bytes}")]
+    if size > record.bytes:
+        problem = Problem("altered", record.name, f"{size} bytes, manifest says {record.bytes}")
+    else:
+        _, sha = sha256_of(url)
+        if sha == record.sha256:
+            return []
+        problem = Problem("altered", record.name, f"sha256 {sha}, manifest says {record.sha256} (same size)")
+    try:
+        count = count_samples(url)
+    except ValueError as exc:
+        return [Problem(problem.kind, problem.shard, f"{problem.detail}; tar unreadable: {exc}")]
+    if count != record.count:
+        return [problem, Problem("count", record.name, f"{count} samples in the tar, manifest says {record.count}")]
+    return [problem]
+
+
+def _compare_counts(beside: Manifest, reference: Manifest) -> list[Problem]:
+    problems = []
+    reference_counts = {s.name: s.count for s in reference.shards}
+    for record in beside.shards:
+        expected = reference_counts.get(record.name)
+        if expected is not None and expected != record.count:
+            problems.append(Problem("count", record.name,
+                                    f"manifest beside the shards says {record.count} samples, reference says {expected}"))
+    return problems
+
+
+def verify_shards(shards_url: str, *, reference: str | None = None) -> list[Problem]:
+    """All differences between the shards at ``shards_url`` and the expected manifest.
+
+    ``shards_url``: folder or ``.../manifest.json`` (local or any fsspec URL). ``reference``: a
+    manifest (or its folder) to compare against instead of the one beside the shards. Raises
+    ``ValueError`` / ``FileNotFoundError`` naming the manifest when it cannot be read.
+    """
+    return _verify(shards_url, reference=reference)[1]
+
+
+def _verify(shards_url: str, *, reference: str | None) -> tuple[Manifest, list[Problem]]:
+    manifest_url = find_manifest(shards_url)
+    folder = storage.dirname(manifest_url)
+    beside = None
+    if reference is None or storage.exists(manifest_url):
+        beside = load_manifest(manifest_url)
+    expected = load_manifest(reference) if reference is not None else beside
+    if expected is None:
+        raise FileNotFoundError(f"manifest {manifest_url}: not found")
+    present = set(storage.listdir(folder))
+    problems: list[Problem] = []
+    for record in expected.shards:
+        if record.name not in present:
+            problems.append(Problem("missing", record.name, f"not found in {folder}"))
+        else:
+            problems.extend(_check_shard(folder, record))
+    expected_names = {s.name for s in expected.shards}
+    for name in sorted(present):
+        if name.endswith(".tar") and name not in expected_names:
+            problems.append(Problem("extra", name, f"in {folder} but not in the manifest"))
+    if reference is not None and beside is not None:
+        problems.extend(_compare_counts(beside, expected))
+    return expected, problems
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dynamo_depth verify",
+        description="Re-hash every shard and compare with the manifest beside the shards (or a reference "
+                    "manifest). Reports missing, extra, truncated and altered shards and sample-count "
+                    "mismatches; exit 1 on any difference, 0 when all match, 2 if the manifest is unreadable.",
+    )
+    parser.add_argument("shards", metavar="SHARDS", help="shard folder or its manifest.json (local path or s3://...)")
+    parser.add_argument("--reference", metavar="MANIFEST", default=None,
+                        help="reference manifest (file or folder) to compare against, e.g. manifests/kitti-train.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        expected, problems = _verify(args.shards, reference=args.reference)
+    except (ValueError, OSError) as exc:
+        print(f"verify: error: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem)
+    verdict = "FAILED" if problems else "OK"
+    print(f"verify: {len(expected.shards)} shards, {len(problems)} problems: {verdict}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

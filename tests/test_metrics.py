@@ -1,0 +1,276 @@
+"""Hand-computed checks of dynamo_depth.metrics: depth metrics, protocol, pooling, PR/F1, ATE."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynamo_depth import metrics as m
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REFERENCE = SHARED / "reference"
+needs_shared = pytest.mark.skipif(not SHARED.exists(), reason="../shared (reference outputs) is absent")
+
+
+def _depth_map(hw, points_uvz, fill=1.0):
+    """A depth map of size hw holding each point's z at its (integer) pixel."""
+    depth = np.full(hw, fill, dtype=np.float64)
+    pts = np.asarray(points_uvz, dtype=np.float64)
+    depth[pts[:, 1].astype(int), pts[:, 0].astype(int)] = pts[:, 2]
+    return depth
+
+
+# ---- depth metrics ------------------------------------------------------------------------------
+
+
+def test_four_point_example_hand_computed():
+    gt = np.array([1.0, 2.0, 4.0, 8.0])
+    pred = np.array([1.2, 2.0, 6.8, 10.0])  # ratios 1.2, 1, 1.7, 1.25 (1.25 is NOT < 1.25)
+    got = m.compute_depth_metrics(gt=gt, pred=pred)
+    assert got.abs_rel == pytest.approx((0.2 / 1 + 0 + 2.8 / 4 + 2 / 8) / 4)  # 0.2875
+    assert got.sq_rel == pytest.approx((0.04 / 1 + 0 + 7.84 / 4 + 4 / 8) / 4)  # 0.625
+    assert got.rmse == pytest.approx(math.sqrt((0.04 + 0 + 7.84 + 4) / 4))
+    assert got.rmse_log == pytest.approx(math.sqrt((math.log(1.2) ** 2 + math.log(1.7) ** 2 + math.log(1.25) ** 2) / 4))
+    assert (got.a1, got.a2, got.a3) == (0.5, 0.75, 1.0)
+
+
+def test_perfect_prediction():
+    gt = np.array([3.0, 7.5, 20.0, 61.0])
+    got = m.compute_depth_metrics(gt=gt, pred=gt.copy())
+    assert got == m.DepthMetrics(abs_rel=0.0, sq_rel=0.0, rmse=0.0, rmse_log=0.0, a1=1.0, a2=1.0, a3=1.0)
+
+
+def test_known_distortion():
+    gt = np.array([2.0, 4.0, 10.0, 20.0])
+    pred = gt * np.array([1.1, 0.9, 1.1, 0.9])
+    got = m.compute_depth_metrics(gt=gt, pred=pred)
+    assert got.abs_rel == pytest.approx(0.1)
+    assert got.sq_rel == pytest.approx(0.01 * gt.mean())  # (0.1 g)^2 / g = 0.01 g
+    assert got.rmse == pytest.approx(0.1 * math.sqrt(np.mean(gt**2)))
+    assert got.rmse_log == pytest.approx(math.sqrt((math.log(1.1) ** 2 + math.log(0.9) ** 2) / 2))
+    assert (got.a1, got.a2, got.a3) == (1.0, 1.0, 1.0)
+
+
+def test_median_scaling_removes_constant_factor_and_clamps():
+    gt = np.array([5.0, 10.0, 30.0])
+    assert m.median_scale(gt=gt, pred=gt * 4.0) == pytest.approx(0.25)
+    scaled, ratio = m.apply_median_scaling(gt=gt, pred=gt * 4.0, min_depth=1e-3, max_depth=75.0)
+    assert ratio == pytest.approx(0.25) and scaled == pytest.approx(gt)
+    clamped, _ = m.apply_median_scaling(gt=gt, pred=np.array([5.0, 10.0, 300.0]), min_depth=1e-3, max_depth=75.0)
+    assert clamped.tolist() == [5.0, 10.0, 75.0]
+
+
+@pytest.mark.parametrize(
+    ("gt", "pred", "match"),
+    [([1.0, 2.0], [1.0], "equal length"), ([1.0, 0.0], [1.0, 1.0], "gt depths"),
+     ([1.0], [np.nan], "pred depths"), ([], [], "empty")],
+)
+def test_bad_depth_arrays_raise(gt, pred, match):
+    with pytest.raises(ValueError, match=match):
+        m.compute_depth_metrics(gt=np.array(gt), pred=np.array(pred))
+
+
+# ---- Garg crop and caps -------------------------------------------------------------------------
+
+
+def test_garg_crop_bounds_at_kitti_size():
+    assert m.garg_crop_bounds(h=375, w=1242) == (153, 371, 44, 1197)
+    mask = m.garg_crop_mask(h=375, w=1242)
+    assert mask.sum() == (371 - 153) * (1197 - 44)
+    assert mask[153, 44] and mask[370, 1196]
+    assert not mask[152, 500] and not mask[371, 500] and not mask[200, 43] and not mask[200, 1197]
+    u = np.array([44.0, 43.4, 43.6, 1196.0, 1196.5, 600.0, 600.0, 600.0, 600.0])
+    v = np.array([153.0, 200.0, 200.0, 370.0, 200.0, 152.4, 152.5, 370.49, 370.5])
+    expected = [True, False, True, True, False, False, True, True, False]
+    assert m.in_garg_crop(u=u, v=v, h=375, w=1242).tolist() == expected
+
+
+def test_kitti_crop_and_80m_cap_in_evaluate_image():
+    hw = (375, 1242)
+    pts = np.array([
+        [44.0, 153.0, 10.0],  # top-left corner of the crop: in
+        [1196.0, 370.0, 80.0],  # bottom-right corner, gt exactly at the cap: in
+        [600.0, 200.0, 80.0001],  # just above the cap: out
+        [43.0, 200.0, 10.0],  # column left of the crop: out
+        [600.0, 371.0, 10.0],  # row below the crop: out
+        [600.0, 152.0, 10.0],  # row above the crop: out
+        [700.0, 300.0, 1e-3],  # at min depth (exclusive): out
+        [1500.0, 300.0, 10.0],  # outside the image: out
+    ])
+    result = m.evaluate_image(points_uvz=pts, prediction=_depth_map(hw, pts[[0, 1]]), original_hw=hw,
+                              dataset="kitti", kind="depth")
+    assert result.num_points == 2
+    assert result.metrics.abs_rel == pytest.approx(0.0)
+    assert [s.count for s in result.distance_sums] == [1, 0, 0, 0, 0, 0, 0, 1]  # 10 m in (0, 10], 80 m in (70, 80]
+
+
+def test_waymo_75m_cap_no_crop():
+    hw = (4, 6)
+    pts = np.array([[0.0, 0.0, 75.0], [5.0, 3.0, 20.0], [2.0, 1.0, 75.001], [3.0, 2.0, 5.0]])
+    depth = _depth_map(hw, pts)
+    for dataset in ("waymo", "nuscenes"):  # 75.0 in, 75.001 out, no crop: the corner pixel (0, 0) counts
+        result = m.evaluate_image(points_uvz=pts, prediction=depth, original_hw=hw, dataset=dataset, kind="depth")
+        assert result.num_points == 3
+        assert result.distance_edges == tuple(float(x) for x in range(0, 81, 10))
+        assert [s.count for s in result.distance_sums] == [1, 1, 0, 0, 0, 0, 0, 1]  # 5, 20 (10, 20], 75 (70, 80]
+
+
+def test_prediction_above_cap_is_clamped():
+    hw = (1, 3)
+    pts = np.array([[0.0, 0.0, 10.0], [1.0, 0.0, 10.0], [2.0, 0.0, 70.0]])
+    pred_depth = np.array([[10.0, 10.0, 140.0]])
+    result = m.evaluate_image(points_uvz=pts, prediction=pred_depth, original_hw=hw, dataset="waymo", kind="depth")
+    assert result.median_ratio == pytest.approx(1.0)
+    assert result.metrics.abs_rel == pytest.approx((75.0 - 70.0) / 70.0 / 3)
+
+
+# ---- evaluate_image: upsampling, disparity, median scaling ---------------------------------------
+
+
+def test_bilinear_upsampling_half_pixel_centres():
+    up = m.upsample_map(prediction=np.array([[1.0, 3.0]]), original_hw=(1, 4))
+    assert up[0].tolist() == pytest.approx([1.0, 1.5, 2.5, 3.0])
+
+
+def test_perfect_and_scaled_disparity_from_training_resolution():
+    # Original 4x8, training 2x4: a depth that is constant per 2x2 block upsamples to a blend, so use
+    # a disparity constant along rows: each training row covers two original rows.
+    disparity = np.array([[0.1] * 4, [0.1] * 4])  # depth 10 m everywhere
+    pts = np.array([[0.0, 0.0, 10.0], [7.0, 3.0, 10.0], [3.6, 1.4, 10.0]])
+    perfect = m.evaluate_image(points_uvz=pts, prediction=disparity, original_hw=(4, 8), dataset="nuscenes")
+    assert perfect.metrics.abs_rel == pytest.approx(0.0) and perfect.metrics.a1 == 1.0
+    ramp = np.array([[1 / 5, 1 / 10, 1 / 20, 1 / 40]])  # depths 5, 10, 20, 40 per training column
+    pts = np.array([[0.0, 0.0, 5.0], [7.0, 0.0, 40.0]])  # extreme columns keep the exact values
+    scaled = m.evaluate_image(points_uvz=pts, prediction=ramp * 3.0, original_hw=(1, 8), dataset="waymo")
+    assert scaled.median_ratio == pytest.approx(3.0)
+    assert scaled.metrics.abs_rel == pytest.approx(0.0, abs=1e-12) and scaled.metrics.rmse == pytest.approx(0.0, abs=1e-12)
+
+
+def test_per_class_errors_pooled_by_point_count():
+    # image A: labels [moving, bg, bg], pred of the moving point 2x too far (median ratio stays 1)
+    pts_a = np.array([[0.0, 0.0, 10.0], [1.0, 0.0, 10.0], [2.0, 0.0, 10.0]])
+    res_a = m.evaluate_image(points_uvz=pts_a, prediction=np.array([[20.0, 10.0, 10.0]]), original_hw=(1, 3),
+                             dataset="waymo", kind="depth", labels=np.array([1, 0, 0], dtype=np.uint8))
+    # image B: labels [moving, moving, bg, bg, unlabeled], first moving point 1.5x too far
+    pts_b = np.array([[float(i), 0.0, 10.0] for i in range(5)])
+    res_b = m.evaluate_image(points_uvz=pts_b, prediction=np.array([[15.0, 10, 10, 10, 10]]), original_hw=(1, 5),
+                             dataset="waymo", kind="depth", labels=np.array([1, 1, 0, 0, 3], dtype=np.uint8))
+    report = m.aggregate([res_a, res_b])
+    moving = report["per_class"]["moving"]
+    assert moving["num_points"] == 3
+    assert moving["abs_rel"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)  # not the image mean 0.625
+    assert moving["rmse"] == pytest.approx(math.sqrt((100.0 + 25.0) / 3))
+    assert moving["a1"] == pytest.approx(1 / 3)
+    assert report["per_class"]["background"]["num_points"] == 4
+    assert report["per_class"]["background"]["abs_rel"] == 0.0
+    assert report["per_class"]["static"]["num_points"] == 4
+    assert report["per_class"]["static_movable"] == {**dict.fromkeys(m.METRIC_NAMES), "num_points": 0}
+    assert report["overall"]["abs_rel"] == pytest.approx((1.0 / 3 + 0.5 / 5) / 2)
+    assert report["num_images"] == 2 and report["num_points"] == 8
+    assert report["by_distance"][0]["num_points"] == 8  # all gt 10 m in (0, 10]
+
+
+def test_evaluate_image_bad_input():
+    pts = np.array([[0.0, 0.0, 10.0]])
+    good = {"points_uvz": pts, "prediction": np.ones((2, 2)), "original_hw": (2, 2), "dataset": "waymo"}
+    with pytest.raises(ValueError, match="unknown dataset"):
+        m.evaluate_image(**{**good, "dataset": "argo"})
+    with pytest.raises(ValueError, match="positive 2-D"):
+        m.evaluate_image(**{**good, "prediction": np.zeros((2, 2))})
+    with pytest.raises(ValueError, match=r"'k0'.*motion labels"):
+        m.evaluate_image(**good, labels=np.array([1, 2]), key="k0")
+    with pytest.raises(m.NoValidPointsError, match="no LiDAR point"):
+        m.evaluate_image(**{**good, "points_uvz": np.array([[0.0, 0.0, 90.0]])})
+    with pytest.raises(ValueError, match="no image results"):
+        m.aggregate([])
+
+
+# ---- motion segmentation ------------------------------------------------------------------------
+
+
+def test_pr_curve_hand_example():
+    scores = np.array([0.9, 0.8, 0.3, 0.1])
+    is_moving = np.array([True, False, True, False])
+    thresholds = np.array([0.0, 0.5, 0.85, 0.95])
+    precision, recall, f1 = m.pr_curve(scores=scores, is_moving=is_moving, thresholds=thresholds)
+    assert precision.tolist() == [0.5, 0.5, 1.0, 1.0]  # nothing predicted at 0.95: precision 1
+    assert recall.tolist() == [1.0, 0.5, 0.5, 0.0]
+    assert f1 == pytest.approx([2 / 3, 0.5, 2 / 3, 0.0])
+    assert m.best_f1(f1=f1, thresholds=thresholds) == (pytest.approx(2 / 3), 0.0)
+    with pytest.raises(ValueError, match="no moving point"):
+        m.pr_curve(scores=scores, is_moving=np.zeros(4, dtype=bool), thresholds=thresholds)
+
+
+# ---- odometry -----------------------------------------------------------------------------------
+
+
+def _rot_z(angle):
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _pose(rotation, translation):
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = rotation, translation
+    return pose
+
+
+def test_ate_zero_for_scaled_copy_of_gt():
+    gt = np.stack([_pose(_rot_z(0.1 * i), [math.cos(i), 0.5 * i, 0.2 * i * i]) for i in range(7)])
+    rel = np.stack([np.linalg.inv(gt[i]) @ gt[i + 1] for i in range(6)])
+    rel[:, :3, 3] *= 2.5  # monocular scale ambiguity
+    mean, std = m.ate_5frame(gt_poses=gt, pred_relative=rel)
+    assert mean == pytest.approx(0.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ate_known_offset():
+    # gt drives 1 m forward per frame; pred's first step also slides a = sqrt(7.5) m sideways.
+    # Window 0: pred = (0,0,0), (a,0,k) k=1..4; scale = 30 / (30 + 4 a^2) = 0.5;
+    # squared errors sum 4 (0.5 a)^2 + 30 (0.5 - 1)^2 = 15 -> ATE sqrt(15 / 5) = sqrt(3).
+    gt = np.stack([_pose(np.eye(3), [0.0, 0.0, float(i)]) for i in range(6)])
+    rel = np.stack([_pose(np.eye(3), [0.0, 0.0, 1.0]) for _ in range(5)])
+    rel[0, 0, 3] = math.sqrt(7.5)
+    mean5, std5 = m.ate_5frame(gt_poses=gt[:5], pred_relative=rel[:4])
+    assert mean5 == pytest.approx(math.sqrt(3.0)) and std5 == 0.0
+    mean6, std6 = m.ate_5frame(gt_poses=gt, pred_relative=rel)  # window 1 is exact
+    assert mean6 == pytest.approx(math.sqrt(3.0) / 2) and std6 == pytest.approx(math.sqrt(3.0) / 2)
+    sfm, _ = m.ate_5frame(gt_poses=gt[:5], pred_relative=rel[:4], convention="sfmlearner")
+    assert sfm == pytest.approx(math.sqrt(15.0) / 5)
+    with pytest.raises(ValueError, match=r"pred_relative must have shape \(5, 4, 4\)"):
+        m.ate_5frame(gt_poses=gt, pred_relative=rel[:3])
+    with pytest.raises(ValueError, match="at least snippet=5"):
+        m.ate_5frame(gt_poses=gt[:4], pred_relative=rel[:3])
+
+
+# ---- real reference outputs ---------------------------------------------------------------------
+
+
+@needs_shared
+def test_kitti_reference_depth_crop_and_cap_counts():
+    rcd = np.load(REFERENCE / "kitti_drive_0009_original_outputs/image_02/depth/0000000000.npy", allow_pickle=False)
+    hw = (375, 1242)
+    pts = np.stack([rcd[:, 1], rcd[:, 0], rcd[:, 2]], axis=1)  # [row, col, z] -> [u, v, z]
+    result = m.evaluate_image(points_uvz=pts, prediction=_depth_map(hw, pts), original_hw=hw,
+                              dataset="kitti", kind="depth")
+    crop = m.garg_crop_mask(h=375, w=1242)[rcd[:, 0].astype(int), rcd[:, 1].astype(int)]
+    expected = int(np.sum(crop & (rcd[:, 2] > 1e-3) & (rcd[:, 2] <= 80.0)))
+    assert 1000 < result.num_points == expected < len(rcd)
+    assert result.metrics.abs_rel == pytest.approx(0.0) and result.metrics.a1 == 1.0
+
+
+@needs_shared
+def test_nuscenes_reference_labels_per_class_counts():
+    scene = REFERENCE / "dynamo_depth_assets/tiny_nuscenes/scenes/scene-0001/FRONT"
+    pts = np.load(scene / "depth/000000.npy", allow_pickle=False)
+    with np.load(scene / "mask/000000.npz", allow_pickle=False) as npz:
+        labels = npz["motion_label"]
+    result = m.evaluate_image(points_uvz=pts, prediction=np.full((288, 512), 0.05), original_hw=(900, 1600),
+                              dataset="nuscenes", labels=labels)
+    in_range = (pts[:, 2] > 1e-3) & (pts[:, 2] <= 75.0)
+    assert result.num_points == int(in_range.sum())
+    for name, members in m.MOTION_CLASSES.items():
+        assert result.class_sums[name].count == int(np.sum(in_range & np.isin(labels, members)))
+    assert result.median_ratio == pytest.approx(np.median(pts[in_range, 2]) / 20.0)
