@@ -242,8 +242,37 @@ def _automask_errors(images: torch.Tensor, settings: LossSettings) -> torch.Tens
     return errors + settings.automask_noise * noise
 
 
-def _scale_terms(images, K, inv_K, outputs, scale, phase, settings) -> dict[str, torch.Tensor]:
-    """Unweighted terms of one scale (see module docstring)."""
+def _smoothness_terms(
+    target: torch.Tensor, outputs: Mapping[str, torch.Tensor], scale: int, active: tuple[str, ...]
+) -> dict[str, torch.Tensor]:
+    """Edge-aware smoothness of the scale's own disparity / flow / mask maps, times 1/2^scale.
+
+    The target image (B, 3, H, W) is area-resized to each map's resolution for the edge weights.
+    """
+    factor = 1.0 / 2**scale
+    terms: dict[str, torch.Tensor] = {}
+    for term, key, fn in (
+        ("smoothness", f"disp_{scale}", disparity_smoothness),
+        ("flow_smoothness", f"flow_{scale}", edge_aware_smoothness),
+        ("mask_smoothness", f"mask_{scale}", edge_aware_smoothness),
+    ):
+        if term in active:
+            value = _get(outputs, key)
+            image = F.interpolate(target, size=value.shape[2:], mode="area")
+            terms[term] = factor * fn(value, image)
+    return terms
+
+
+def _scale_terms(
+    images: torch.Tensor,
+    K: torch.Tensor,
+    inv_K: torch.Tensor,
+    outputs: Mapping[str, torch.Tensor],
+    scale: int,
+    phase: str,
+    settings: LossSettings,
+) -> dict[str, torch.Tensor]:
+    """Unweighted terms of one scale (module docstring); ``photometric_errors`` is (B, 2, H, W)."""
     active, model = PHASE_TERMS[phase], MOTION_MODEL[phase]
     size = tuple(images.shape[3:])
     batch, n_pix = images.shape[0], size[0] * size[1]
@@ -258,25 +287,26 @@ def _scale_terms(images, K, inv_K, outputs, scale, phase, settings) -> dict[str,
         moved = source_points(points, source_from_target=transform, ts=ts, model=model, flow=flow, mask=mask)
         warped = sample_image(images[:, index], project_to_grid(moved, K, height=size[0], width=size[1]))
         errors.append(photometric_error(warped, images[:, 1], ssim_weight=settings.ssim_weight))
-    terms = {"photometric_errors": torch.cat(errors, dim=1)}
-    small_image = F.interpolate(images[:, 1], size=outputs[f"disp_{scale}"].shape[2:], mode="area")
-    factor = 1.0 / 2**scale
-    if "smoothness" in active:
-        terms["smoothness"] = factor * disparity_smoothness(outputs[f"disp_{scale}"], small_image)
+    terms = {"photometric_errors": torch.cat(errors, dim=1), **_smoothness_terms(images[:, 1], outputs, scale, active)}
     if "ground" in active:
         terms["ground"] = ground_plane_loss(depth, inv_K, settings=settings)
-    if "flow_smoothness" in active:
-        terms["flow_smoothness"] = factor * edge_aware_smoothness(outputs[f"flow_{scale}"], small_image)
-    if "mask_smoothness" in active:
-        terms["mask_smoothness"] = factor * edge_aware_smoothness(outputs[f"mask_{scale}"], small_image)
     if "consistency" in active or "mask_sparsity" in active:
         logits = _full(outputs, f"mask_logits_{scale}", size).reshape(batch, n_pix)
         terms.update(_flow_terms(points, flow, mask, logits, inverse_depth.reshape(batch, n_pix), outputs, settings))
     return terms
 
 
-def _flow_terms(points, flow, mask, logits, inverse_depth, outputs, settings) -> dict[str, torch.Tensor]:
-    """Consistency and mask sparsity at full resolution; all (B, ., N) with N = H * W.
+def _flow_terms(
+    points: torch.Tensor,
+    flow: torch.Tensor,
+    mask: torch.Tensor,
+    logits: torch.Tensor,
+    inverse_depth: torch.Tensor,
+    outputs: Mapping[str, torch.Tensor],
+    settings: LossSettings,
+) -> dict[str, torch.Tensor]:
+    """Consistency and mask sparsity at full resolution: points, flow (B, 3, N), mask (B, 1, N),
+    logits and inverse_depth (B, N), N = H * W.
 
     consistency = mean over sources s and over static pixels (mask < 0.5 and 1/depth > 0.03) of the L1
     norm |ts * C - ego_flow_s|_1 (metres), ego_flow_s = T_s X - X with X, T_s detached.

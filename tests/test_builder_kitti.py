@@ -229,3 +229,12 @@ def test_cli_help() -> None:
     assert result.returncode == 0 and "--workers" in result.stdout and "--split-file" in result.stdout
     assert json.dumps(kitti.SPEC.name) == '"kitti"'
     assert shutil.which(sys.executable)
+
+
+@needs_shared
+def test_real_fixture_build_matches_reference_manifest(real_build: Path) -> None:
+    reference = REPO / "manifests" / "kitti-drive0009-fixture.json"
+    result = subprocess.run([sys.executable, "-m", "dynamo_depth", "verify", str(real_build), "--reference",
+                             str(reference)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

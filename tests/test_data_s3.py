@@ -11,10 +11,12 @@ import pytest
 
 from dynamo_depth.data import RetryPolicy, ShardIntegrityError, make_dataset, make_loader
 from dynamo_depth.data.sources import RetryingReader, ShardStore, load_index
-from tests.s3server import BUCKET, SeaweedS3, s3_env, s3_server  # noqa: F401  (pytest fixtures)
+from tests import s3server
+from tests.s3server import BUCKET, SeaweedS3
 from tests.test_data_local import check_exactly_once, write_dataset
 
 _PREFIXES = itertools.count()
+s3_server, s3_env = s3server.s3_server, s3server.s3_env  # the fixtures, used by name
 FAST_RETRY = RetryPolicy(max_attempts=40, base_delay_s=0.1, max_delay_s=0.5)
 
 

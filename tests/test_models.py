@@ -201,8 +201,8 @@ def _subnetwork_grads(model: DynamoDepthModel) -> dict[str, bool]:
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_gradients_reach_exactly_the_trained_subnetworks(model, phase):
     torch.manual_seed(1)
-    images = torch.rand(2, 3, 3, 64, 192)
-    K = torch.tensor([[96.0, 0, 96], [0, 96.0, 32], [0, 0, 1]]).expand(2, 3, 3)
+    images = torch.rand(2, 3, 3, 64, 128)
+    K = torch.tensor([[64.0, 0, 63.5], [0, 64.0, 31.5], [0, 0, 1]]).expand(2, 3, 3)
     model.zero_grad(set_to_none=True)
     model.train()
     outputs = model(images, phase=phase)

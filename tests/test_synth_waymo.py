@@ -29,8 +29,8 @@ def _world_time(timestamp_us: int) -> float:
     return (timestamp_us - sw.BASE_TIMESTAMP_US) * 1e-6
 
 
-def _surface_distance(world: World, points: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) distance of world points to the nearest surface (ground, boxes at each point's time), (N,) its id."""
+def _surface_distances(world: World, points: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(N, 1 + boxes) distance of world points to the ground and to each box at each point's time."""
     distances = [np.abs(points[:, 2])]
     for box in world.boxes:
         half = 0.5 * np.asarray(box.size)
@@ -40,8 +40,24 @@ def _surface_distance(world: World, points: np.ndarray, times: np.ndarray) -> tu
         excess = np.abs(local) - half
         outside = np.linalg.norm(np.maximum(excess, 0.0), axis=1)
         distances.append(np.abs(outside + np.minimum(excess.max(axis=1), 0.0)))
-    stacked = np.stack(distances, axis=1)
-    return stacked.min(axis=1), stacked.argmin(axis=1)
+    return np.stack(distances, axis=1)
+
+
+def _world_points_and_times(frame) -> tuple[np.ndarray, np.ndarray]:
+    """All first-return points of a frame in the world frame, (N, 3), and their capture times (N,) s."""
+    start = _world_time(frame.timestamp_micros)
+    images = wf.range_images(frame, returns=(1,))
+    points, times = [], []
+    for name, vehicle_points in wf.lidar_points(frame).items():
+        if name == "TOP":
+            _, cols = np.nonzero(images[name].returns[1][..., 0] > 0)
+            times.append(sw.top_column_times_s(start, images[name].returns[1].shape[1])[cols])
+        else:
+            times.append(np.full(len(vehicle_points), start + 0.05))
+        points.append(vehicle_points)
+    world_from_vehicle = wf.frame_pose(frame)
+    stacked = np.concatenate(points)
+    return stacked @ world_from_vehicle[:3, :3].T + world_from_vehicle[:3, 3], np.concatenate(times)
 
 
 def test_layout_and_crcs(small_segments: list[Path]) -> None:
@@ -73,11 +89,12 @@ def test_points_lie_on_world_surfaces(small_segments: list[Path]) -> None:
             else:
                 times = np.full(len(vehicle_points), start + 0.05)
             world_points = vehicle_points @ world_from_vehicle[:3, :3].T + world_from_vehicle[:3, 3]
-            distance, surface = _surface_distance(world, world_points, times)
+            distances = _surface_distances(world, world_points, times)
+            distance, surface = distances.min(axis=1), distances.argmin(axis=1)
             assert distance.max() <= 0.01, (name, distance.max())
             assert np.any(surface == 0) and (name == "REAR" or np.any(surface > 0)), name
-            reach = np.linalg.norm(vehicle_points - wf.laser_calibrations(frame)[name].vehicle_from_laser[:3, 3], axis=1)
-            assert reach.max() <= sw.MAX_RANGE_M[name] + 1e-3
+            ranges = images[name].returns[1][..., 0]
+            assert ranges.max() <= sw.MAX_RANGE_M[name] and np.all((ranges > 0) | (ranges == -1))
 
 
 def test_front_projection_matches_rendered_depth(small_segments: list[Path]) -> None:
@@ -90,25 +107,38 @@ def test_front_projection_matches_rendered_depth(small_segments: list[Path]) -> 
     world_from_camera = image.world_from_vehicle @ calib.vehicle_from_opencv_camera
     rendered, z_depth = world.render(K=calib.K, world_from_camera=world_from_camera, hw=(320, 480), t_s=t_image,
                                      distortion=calib.distortion)
-    vehicle_points = np.concatenate(list(wf.lidar_points(frame).values()))
-    world_points = vehicle_points @ wf.frame_pose(frame)[:3, :3].T + wf.frame_pose(frame)[:3, 3]
-    distance, surface = _surface_distance(world, world_points, np.full(len(world_points), t_image))
-    static = np.array([True] + [not box.is_moving for box in world.boxes])[surface] & (distance < 0.01)
+    world_points, times = _world_points_and_times(frame)
+    distances = _surface_distances(world, world_points, times)
+    moving = [k + 1 for k, box in enumerate(world.boxes) if box.is_moving]
+    static = (distances.min(axis=1) < 0.01) & np.all(distances[:, moving] > 0.05, axis=1)
     camera_from_world = np.linalg.inv(world_from_camera)
     cam = world_points[static] @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
     cam = cam[cam[:, 2] > 1.0]
+    pinhole = cam[:, :2] / cam[:, 2:] * [calib.f_u, calib.f_v] + [calib.c_u, calib.c_v]
+    cam = cam[np.all((pinhole > -50) & (pinhole < [530, 370]), axis=1)]  # no fold-back of the polynomial model
     uv, _ = cv2.projectPoints(cam, np.zeros(3), np.zeros(3), calib.K, np.array(calib.distortion))
     uv = uv.reshape(-1, 2)
     inside = (uv[:, 0] >= 0) & (uv[:, 0] <= 478.99) & (uv[:, 1] >= 0) & (uv[:, 1] <= 318.99)
     uv, z = uv[inside], cam[inside, 2]
     u0, v0 = np.floor(uv).astype(int).T
-    corners = np.stack([z_depth[v0, u0], z_depth[v0, u0 + 1], z_depth[v0 + 1, u0], z_depth[v0 + 1, u0 + 1]], axis=1)
-    smooth = np.all(np.isfinite(corners), axis=1) & (corners.max(axis=1) / corners.min(axis=1) < 1.02)
+    # Inverse depth is affine in the image over a plane: interpolate it bilinearly, and call a 2x2 cell
+    # smooth (one surface) when its cross difference vanishes; depth edges are left out.
+    inverse = 1.0 / z_depth
+    c00, c01, c10, c11 = inverse[v0, u0], inverse[v0, u0 + 1], inverse[v0 + 1, u0], inverse[v0 + 1, u0 + 1]
+    smooth = (np.minimum.reduce([c00, c01, c10, c11]) > 0) & (np.abs(c00 + c11 - c01 - c10) < 2e-3 * c00)
     fu, fv = uv[:, 0] - u0, uv[:, 1] - v0
-    weights = np.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv], axis=1)
-    interpolated = (corners * weights).sum(axis=1)
-    assert len(z) > 2000 and smooth.mean() > 0.8
-    assert np.max(np.abs(interpolated[smooth] / z[smooth] - 1.0)) < 0.01
+    interpolated = 1.0 / ((1 - fu) * (1 - fv) * c00 + fu * (1 - fv) * c01 + (1 - fu) * fv * c10 + fu * fv * c11)
+    assert len(z) > 2000 and smooth.mean() > 0.8, (len(z), smooth.mean())
+    # LiDAR and camera sit at different places: a few LiDAR points are hidden from the camera behind a closer
+    # surface, or lie within a pixel of a depth edge (a car roof seen at grazing angle). Everything else matches.
+    relative = interpolated[smooth] / z[smooth] - 1.0
+    matched = np.abs(relative) < 0.01
+    assert matched.mean() > 0.99 and np.median(np.abs(relative)) < 1e-4, matched.mean()
+    padded = np.pad(z_depth, 2, mode="edge")
+    for index in np.flatnonzero(~matched):
+        u, v = u0[smooth][index] + 2, v0[smooth][index] + 2
+        window = padded[v - 1:v + 3, u - 1:u + 3]
+        assert relative[index] < 0 or window.max() / window.min() > 1.5, (uv[smooth][index], relative[index])
     decoded = np.asarray(Image.open(io.BytesIO(image.jpeg)).convert("RGB"), dtype=np.float64)
     undistorted, _ = world.render(K=calib.K, world_from_camera=world_from_camera, hw=(320, 480), t_s=t_image)
     error_distorted = np.abs(decoded - rendered).mean()

@@ -46,6 +46,7 @@ __all__ = [
 
 DEFAULT_SHUFFLE_BUFFER = 256
 DEFAULT_CACHE_BYTES = 8 * 2**30
+DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def make_dataset(url: str, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  resume_from: LoaderState | Mapping[str, Any] | None = None,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, block: int = 1,
                  cache_dir: str | os.PathLike[str] | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 retry: RetryPolicy = RetryPolicy()) -> StreamingDataset:
+                 retry: RetryPolicy = DEFAULT_RETRY) -> StreamingDataset:
     """An IterableDataset of this rank's samples for one epoch (each a dict with ``__key__``).
 
     Args:
@@ -155,7 +156,7 @@ def make_loader(url: str, *, batch_size: int, num_workers: int, rank: int = 0, w
                 seed: int = 0, epoch: int = 0, augment: bool = False, scales: int = 4,
                 resume_from: LoaderState | Mapping[str, Any] | None = None, shuffle: bool = True,
                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, cache_dir: str | os.PathLike[str] | None = None,
-                cache_bytes: int = DEFAULT_CACHE_BYTES, retry: RetryPolicy = RetryPolicy(),
+                cache_bytes: int = DEFAULT_CACHE_BYTES, retry: RetryPolicy = DEFAULT_RETRY,
                 prefetch_factor: int | None = None, pin_memory: bool = False) -> StreamingLoader:
     """Batches of this rank's stream for one epoch (see ``collate.collate_batch`` for the keys).
 

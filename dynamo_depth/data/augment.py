@@ -72,16 +72,17 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
 
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """(..., 3, H, W) HSV in [0, 1] -> RGB in [0, 1]."""
+    """(..., 3, H, W) HSV in [0, 1] -> RGB in [0, 1].
+
+    Channel n in (R, G, B) = v - v*s*clip(min(k, 4 - k), 0, 1) with k = (n' + 6h) mod 6, n' = 5, 3, 1.
+    """
     h, s, v = np.moveaxis(hsv, -3, 0)
-    sector = np.floor(h * 6.0)
-    f = h * 6.0 - sector
-    p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
-    i = sector.astype(np.int64) % 6
-    r = np.choose(i, [v, q, p, p, t, v])
-    g = np.choose(i, [t, v, v, q, p, p])
-    b = np.choose(i, [p, p, t, v, v, q])
-    return np.stack([r, g, b], axis=-3).astype(hsv.dtype)
+    chroma = v * s
+    channels = []
+    for offset in (5.0, 3.0, 1.0):
+        k = (offset + 6.0 * h) % 6.0
+        channels.append(v - chroma * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+    return np.stack(channels, axis=-3).astype(hsv.dtype, copy=False)
 
 
 def color_jitter(images: np.ndarray, *, brightness: float, contrast: float, saturation: float,

@@ -89,7 +89,7 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     ``original_size`` (H, W), ``meta`` (``SampleMeta``), ``flipped`` False, ``__key__``, ``__shard__``."""
     key = raw["__key__"]
     sample = schema.decode({k: v for k, v in raw.items() if not k.startswith("__")}, key=key)
-    frames = [decode_jpeg(data, key=key, member=name) for name, data in zip(schema.IMAGE_MEMBERS, sample.images)]
+    frames = [decode_jpeg(data, key=key, member=name) for name, data in zip(schema.IMAGE_MEMBERS, sample.images, strict=True)]
     if len({f.shape for f in frames}) != 1:
         raise schema.SampleError(key, "next.jpg", f"frames differ in size: {[f.shape for f in frames]}")
     images = np.stack(frames).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from dynamo_depth import storage
 __all__ = ["RetryPolicy", "ShardCache", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index"]
 
 _CHUNK = 1 << 20
+_LOG = logging.getLogger(__name__)
 
 
 class ShardIntegrityError(ValueError):
@@ -239,6 +241,7 @@ class ShardStore:
 
     def _note_retry(self, name: str, offset: int, exc: BaseException) -> None:
         self.retry_events.append((name, offset, f"{type(exc).__name__}: {exc}"))
+        _LOG.warning("shard %s: transient read error (%s: %s); resuming at byte %d", name, type(exc).__name__, exc, offset)
 
     def open_at(self, entry: ShardEntry, offset: int) -> IO[bytes]:
         """A raw binary stream of shard ``entry`` from byte ``offset`` (no retries)."""

@@ -130,7 +130,7 @@ def load_torchvision_weights(encoder: ResNet18Encoder, path: str | Path) -> None
         raise WeightLoadError(f"weights file {path}: not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
+    except Exception as err:  # any read failure is re-raised naming the file
         raise WeightLoadError(f"weights file {path}: cannot be read as a tensor state dict ({err})") from err
     if not isinstance(state, Mapping):
         raise WeightLoadError(f"weights file {path}: expected a state dict, got {type(state).__name__}")

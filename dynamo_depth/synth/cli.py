@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 from collections.abc import Callable
 
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = load_writer(args.dataset)
     print(f"synth {args.dataset}: writing {args.sequences} sequence(s) x {args.frames} frame(s), "
           f"seed {args.seed} -> {args.out}", flush=True)
-    summary = writer(args.out, sequences=args.sequences, frames=args.frames, seed=args.seed)
+    options = {"progress": True} if "progress" in inspect.signature(writer).parameters else {}
+    summary = writer(args.out, sequences=args.sequences, frames=args.frames, seed=args.seed, **options)
     print(json.dumps(summary, sort_keys=True, default=str))
     return 0

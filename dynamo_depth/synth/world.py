@@ -87,39 +87,49 @@ class RayHits:
 
 
 # ------------------------------------------------------------------------------------------- textures
+_NOISE_TABLES: dict[int, np.ndarray] = {}
+
+
+def _noise_table(seed: int) -> np.ndarray:
+    """(65536,) seeded lattice values in [0, 1), flat index (ix << 8) | iy; cached."""
+    table = _NOISE_TABLES.get(seed)
+    if table is None:
+        if len(_NOISE_TABLES) > 256:
+            _NOISE_TABLES.clear()
+        table = _NOISE_TABLES[seed] = np.random.default_rng([seed, 77]).random(65536)
+    return table
+
+
 def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Smooth lattice value noise in [0, 1] at (x, y) (lattice spacing 1), seeded."""
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(256)
-    perm = np.concatenate([perm, perm])
-    values = rng.random(256)
-    xf_floor, yf_floor = np.floor(x), np.floor(y)
-    fx, fy = x - xf_floor, y - yf_floor
-    ix = xf_floor.astype(np.int64) & 255
-    iy = yf_floor.astype(np.int64) & 255
-    ix1, iy1 = (ix + 1) & 255, (iy + 1) & 255
-    px0, px1 = perm[ix], perm[ix1]
-    v00, v10 = values[perm[px0 + iy]], values[perm[px1 + iy]]
-    v01, v11 = values[perm[px0 + iy1]], values[perm[px1 + iy1]]
+    """Smooth lattice value noise in [0, 1] at (x, y) (lattice spacing 1, period 256), seeded."""
+    table = _noise_table(seed)
+    x_floor, y_floor = np.floor(x), np.floor(y)
+    fx, fy = x - x_floor, y - y_floor
+    ix = (x_floor.astype(np.int64) & 255) << 8
+    iy = y_floor.astype(np.int64) & 255
+    ix1, iy1 = (ix + 256) & 0xFF00, (iy + 1) & 255
     sx = fx * fx * (3.0 - 2.0 * fx)
     sy = fy * fy * (3.0 - 2.0 * fy)
+    v00, v10 = table[ix | iy], table[ix1 | iy]
     top = v00 + (v10 - v00) * sx
+    v01, v11 = table[ix | iy1], table[ix1 | iy1]
     bottom = v01 + (v11 - v01) * sx
     return top + (bottom - top) * sy
 
 
 def _octaves(u: np.ndarray, v: np.ndarray, distance: np.ndarray, wavelengths: tuple[float, ...],
              seed: int) -> np.ndarray:
-    """Sum of value-noise octaves in [-1, 1]; octaves finer than ~2 pixels fade out with distance."""
+    """Mean of value-noise octaves in [-1, 1]; octaves finer than ~2 pixels fade out with distance."""
     total = np.zeros_like(u)
-    weight_sum = 0.0
     pixel_m = distance / _NOMINAL_FOCAL_PX
     for i, wavelength in enumerate(wavelengths):
         fade = np.clip(1.5 - 2.0 * pixel_m / wavelength, 0.0, 1.0)
-        noise = _value_noise(u / wavelength, v / wavelength, seed * 7919 + i)
-        total += fade * (2.0 * noise - 1.0)
-        weight_sum += 1.0
-    return total / weight_sum
+        active = np.flatnonzero(fade > 0.0)
+        if active.size == 0:
+            continue
+        noise = _value_noise(u[active] / wavelength, v[active] / wavelength, seed * 7919 + i)
+        total[active] += fade[active] * (2.0 * noise - 1.0)
+    return total / len(wavelengths)
 
 
 def _ground_colour(points: np.ndarray, distance: np.ndarray, seed: int) -> np.ndarray:
@@ -127,11 +137,10 @@ def _ground_colour(points: np.ndarray, distance: np.ndarray, seed: int) -> np.nd
     x, y = points[:, 0], points[:, 1]
     texture = _octaves(x, y, distance, (9.0, 2.3, 0.61, 0.17), seed)
     grey = 112.0 + 95.0 * texture
-    tint = 6.0 * _octaves(y, x, distance, (13.0,), seed + 101)
-    colour = np.stack([grey + tint, grey, grey - tint], axis=1)
+    colour = np.stack([grey + 4.0, grey, grey - 4.0], axis=1)
     # painted lines: a dashed line along world x every 7 m in y, and cross lines every 23 m in x
     along = np.abs(((y + 3.5) % 7.0) - 3.5) < 0.09
-    dashed = along & (((x % 6.0) < 3.5))
+    dashed = along & ((x % 6.0) < 3.5)
     across = np.abs(((x + 11.5) % 23.0) - 11.5) < 0.25
     line_fade = np.clip(1.5 - 2.0 * (distance / _NOMINAL_FOCAL_PX) / 0.2, 0.0, 1.0)
     paint = (dashed | across) * line_fade
@@ -303,9 +312,14 @@ def _ray_box(origin: Columns, direction: Columns, box: Box, t_s: float,
     radius = 0.5 * math.sqrt(sum(s * s for s in box.size))
     rel = [centre[i] - origin[i] for i in range(3)]
     along = rel[0] * direction[0] + rel[1] * direction[1] + rel[2] * direction[2]
-    off_axis2 = (rel[0] * rel[0] + rel[1] * rel[1] + rel[2] * rel[2]) - along * along
-    candidates = np.flatnonzero((off_axis2 <= radius * radius) & (along > -radius)
-                                & (along - radius < max_distance))
+    centre_distance2 = rel[0] * rel[0] + rel[1] * rel[1] + rel[2] * rel[2]
+    if np.ndim(centre_distance2) == 0 and centre_distance2 > radius * radius:
+        # shared origin outside the sphere: rays inside the cone around the centre direction
+        candidates = np.flatnonzero(along >= math.sqrt(centre_distance2 - radius * radius))
+        candidates = candidates[along[candidates] - radius < max_distance[candidates]]
+    else:
+        candidates = np.flatnonzero((centre_distance2 - along * along <= radius * radius) & (along > -radius)
+                                    & (along - radius < max_distance))
     if candidates.size == 0:
         return candidates, np.empty(0)
     pick = [np.broadcast_to(c, max_distance.shape)[candidates] for c in (*rel, *direction)]
