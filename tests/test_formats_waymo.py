@@ -129,7 +129,7 @@ def test_descriptor_matches_proto_text() -> None:
         for f in descriptor.fields:
             if f.message_type is not None or f.enum_type is not None:
                 target = (f.message_type or f.enum_type).full_name
-                written = next(t for l, t, n, _, _ in fields if n == f.name)
+                written = next(kind for _, kind, name, _, _ in fields if name == f.name)
                 assert target.endswith(written), (full_name, f.name, target, written)
                 kind = written
             else:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AugmentParams", "augment_params", "color_jitter", "flip_sample", "hsv_to_rgb", "rgb_to_hsv"]
+__all__ = ["AugmentParams", "augment_params", "color_jitter", "flip_sample", "rotate_hue"]
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -55,47 +55,38 @@ def augment_params(key: str, *, seed: int, epoch: int) -> AugmentParams:
 
 def _gray(images: np.ndarray) -> np.ndarray:
     """(..., 1, H, W) luma of (..., 3, H, W) RGB."""
-    return np.tensordot(_LUMA, np.moveaxis(images, -3, 0), axes=1)[..., None, :, :]
+    r, g, b = images[..., 0:1, :, :], images[..., 1:2, :, :], images[..., 2:3, :, :]
+    return _LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b
 
 
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3, H, W) RGB in [0, 1] -> HSV in [0, 1] (hue in turns)."""
-    r, g, b = np.moveaxis(rgb, -3, 0)
-    maxc, minc = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-    delta = maxc - minc
-    safe = np.where(delta > 0, delta, 1.0)
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    hue = np.where(r == maxc, bc - gc, np.where(g == maxc, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = np.where(delta > 0, (hue / 6.0) % 1.0, 0.0)
-    sat = np.where(maxc > 0, delta / np.where(maxc > 0, maxc, 1.0), 0.0)
-    return np.stack([hue, sat, maxc], axis=-3).astype(rgb.dtype)
+def rotate_hue(images: np.ndarray, hue: float) -> np.ndarray:
+    """(..., 3, H, W) float32 RGB in [0, 1] with the HSV hue of every pixel turned by ``hue`` turns (OpenCV)."""
+    import cv2
 
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """(..., 3, H, W) HSV in [0, 1] -> RGB in [0, 1].
-
-    Channel n in (R, G, B) = v - v*s*clip(min(k, 4 - k), 0, 1) with k = (n' + 6h) mod 6, n' = 5, 3, 1.
-    """
-    h, s, v = np.moveaxis(hsv, -3, 0)
-    chroma = v * s
-    channels = []
-    for offset in (5.0, 3.0, 1.0):
-        k = (offset + 6.0 * h) % 6.0
-        channels.append(v - chroma * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
-    return np.stack(channels, axis=-3).astype(hsv.dtype, copy=False)
+    flat = images.reshape(-1, *images.shape[-3:])
+    out = np.empty_like(flat)
+    for i, frame in enumerate(flat):
+        hsv = cv2.cvtColor(np.ascontiguousarray(frame.transpose(1, 2, 0), dtype=np.float32), cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0] + np.float32(360.0 * hue)) % np.float32(360.0)  # OpenCV float hue: degrees
+        out[i] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).transpose(2, 0, 1)
+    return out.reshape(images.shape)
 
 
 def color_jitter(images: np.ndarray, *, brightness: float, contrast: float, saturation: float,
                  hue: float) -> np.ndarray:
     """Jitter (..., 3, H, W) float RGB in [0, 1] with the same parameters for every image; returns a new array."""
-    out = np.clip(images * np.float32(brightness), 0.0, 1.0)
+    out = np.multiply(images, np.float32(brightness), dtype=np.float32)
+    np.clip(out, 0.0, 1.0, out=out)
     mean = _gray(out).mean(axis=(-2, -1), keepdims=True)
-    out = np.clip(np.float32(contrast) * out + np.float32(1.0 - contrast) * mean, 0.0, 1.0)
-    out = np.clip(np.float32(saturation) * out + np.float32(1.0 - saturation) * _gray(out), 0.0, 1.0)
+    out *= np.float32(contrast)
+    out += np.float32(1.0 - contrast) * mean
+    np.clip(out, 0.0, 1.0, out=out)
+    gray = _gray(out)
+    out *= np.float32(saturation)
+    out += np.float32(1.0 - saturation) * gray
+    np.clip(out, 0.0, 1.0, out=out)
     if hue != 0.0:
-        hsv = rgb_to_hsv(out)
-        hsv[..., 0, :, :] = (hsv[..., 0, :, :] + np.float32(hue)) % 1.0
-        out = np.clip(hsv_to_rgb(hsv), 0.0, 1.0)
+        out = np.clip(rotate_hue(out, hue), 0.0, 1.0)
     return out.astype(images.dtype, copy=False)
 
 

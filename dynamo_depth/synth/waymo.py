@@ -168,25 +168,59 @@ def _returns_image(world: World, hits, t_s: float, max_range: float, keep: np.nd
     return out
 
 
-def _top_range_image(world: World, start_s: float, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """TOP (64, W, 4) range image, (64, W, 6) float32 pixel pose, (64, W) surface ids (-1 none)."""
+def _near_moving_box(world: World, origins: np.ndarray, rays: np.ndarray, start_s: float) -> np.ndarray:
+    """(N,) True where a unit ray passes within the bounding sphere a moving box sweeps during the sweep."""
+    near = np.zeros(len(rays), dtype=bool)
+    mid_s = start_s + SWEEP_S / 2
+    for box in world.boxes:
+        if box.is_moving:
+            radius = 0.5 * float(np.linalg.norm(box.size)) + float(np.hypot(*box.velocity_xy)) * SWEEP_S / 2 + 0.1
+            offset = box.center_at(mid_s) - origins
+            along = np.maximum(np.sum(offset * rays, axis=1), 0.0)
+            near |= np.sum(offset * offset, axis=1) - along ** 2 <= radius ** 2
+    return near
+
+
+def _top_rays(world: World, start_s: float, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TOP world rays per pixel: origins (64, W, 3), unit directions (64, W, 3), float32 pixel pose (64, W, 6).
+
+    Column c is cast from the float32-rounded vehicle pose at its capture time (what a decoder reads back)."""
     calib = laser_calibration("TOP")
     directions, _ = _laser_directions(calib, (64, width))
-    times = top_column_times_s(start_s, width)
-    image = np.empty((64, width, 4), dtype=np.float32)
     pose = np.empty((64, width, 6), dtype=np.float32)
-    surface = np.empty((64, width), dtype=np.int32)
-    for column, t_s in enumerate(times):
+    origins = np.empty((64, width, 3))
+    rays = np.empty((64, width, 3))
+    for column, t_s in enumerate(top_column_times_s(start_s, width)):
         world_from_vehicle = world.world_from_ego(float(t_s))
         stored = np.concatenate([wf.euler_from_rotation(world_from_vehicle[:3, :3]),
                                  world_from_vehicle[:3, 3]]).astype(np.float32)
         pose[:, column] = stored
         rotation = wf.rotation_from_euler(*stored[:3].astype(np.float64))
-        origin = rotation @ calib.vehicle_from_laser[:3, 3] + stored[3:].astype(np.float64)
-        rays = directions[:, column] @ rotation.T
-        hits = world.ray_cast(np.broadcast_to(origin, rays.shape), rays, float(t_s))
-        image[:, column] = _returns_image(world, hits, float(t_s), MAX_RANGE_M["TOP"], np.ones(64, bool))
-        surface[:, column] = np.where(image[:, column, 0] > 0, hits.surface, -1)
+        origins[:, column] = rotation @ calib.vehicle_from_laser[:3, 3] + stored[3:].astype(np.float64)
+        rays[:, column] = directions[:, column] @ rotation.T
+    return origins, rays, pose
+
+
+def _top_range_image(world: World, start_s: float, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TOP (64, W, 4) range image, (64, W, 6) float32 pixel pose, (64, W) surface ids (-1 none).
+
+    Columns whose rays never come near a moving box are cast together (the rest of the world is static);
+    the others one by one at their own capture time."""
+    origins, rays, pose = _top_rays(world, start_s, width)
+    image = np.empty((64, width, 4), dtype=np.float32)
+    surface = np.empty((64, width), dtype=np.int32)
+    times = top_column_times_s(start_s, width)
+    dynamic = _near_moving_box(world, origins.reshape(-1, 3), rays.reshape(-1, 3), start_s).reshape(64, width)
+    dynamic_columns = np.flatnonzero(dynamic.any(axis=0))
+    static_columns = np.flatnonzero(~dynamic.any(axis=0))
+    groups = [(static_columns, start_s + SWEEP_S / 2)] + [(np.array([c]), float(times[c])) for c in dynamic_columns]
+    for columns, t_s in groups:
+        if columns.size == 0:
+            continue
+        hits = world.ray_cast(origins[:, columns].reshape(-1, 3), rays[:, columns].reshape(-1, 3), t_s)
+        values = _returns_image(world, hits, t_s, MAX_RANGE_M["TOP"], np.ones(len(hits.distance), bool))
+        image[:, columns] = values.reshape(64, len(columns), 4)
+        surface[:, columns] = np.where(values[:, 0] > 0, hits.surface, -1).reshape(64, len(columns))
     return image, pose, surface
 
 
