@@ -15,7 +15,10 @@ complete flow (camera t, metres per frame, towards t+1) and m the motion-mask pr
   flow   (motion_init):         X_s = X + ts * C                      (complete flow alone)
   masked (mask_init, fine_tune): X_s = (1 - m) * T_s X + m * (X + ts * C)
 ego flow: ego_flow_s = T_s X - X, the displacement a static point shows from t to s (camera t
-axes). For a static point ts * C = ego_flow_s, so C itself is the complete flow towards t+1.
+axes). For a static point ts * C = ego_flow_s, so C itself is the complete flow towards t+1, and
+the masked model reads X_s = T_s X + m * (ts * C - ego_flow_s): rigid motion plus the masked
+independent flow. (We do not use X_s = T_s (X + C): C contains the ego-motion, which the consistency
+and sparsity terms compare it with, so T_s would apply the ego-motion twice.)
 """
 
 from __future__ import annotations

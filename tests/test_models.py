@@ -11,6 +11,7 @@ from dynamo_depth.losses import compute_losses
 from dynamo_depth.models import PHASES, DynamoDepthModel, phase_spec
 from dynamo_depth.models.depth import depth_to_disp, disp_to_depth
 from dynamo_depth.models.motion import MotionNetwork
+from dynamo_depth.models.pose import PoseDecoder, predict_source_from_target
 from dynamo_depth.models.registry import build_depth_network
 from dynamo_depth.models.resnet import (
     ResNet18Encoder,
@@ -54,6 +55,11 @@ def test_resnet18_parameter_count_matches_torchvision():
     assert count_parameters(encoder) + 512 * 1000 + 1000 == 11_689_512  # torchvision's count with fc
     assert count_parameters(ResNet18Encoder(num_input_images=2)) == 11_176_512 + 64 * 3 * 7 * 7
     assert sorted(encoder.state_dict()) == sorted(k for k in _torchvision_resnet18_keys() if not k.startswith("fc."))
+
+
+def test_pose_decoder_layout_parameter_count():
+    squeeze, conv3x3, final = 512 * 256 + 256, 256 * 256 * 9 + 256, 256 * 6 + 6
+    assert count_parameters(PoseDecoder()) == squeeze + 3 * conv3x3 + final == 1_903_110
 
 
 def test_encoder_feature_shapes():
@@ -151,8 +157,6 @@ def test_pose_convention_is_source_from_target(model):
     with torch.no_grad():
         pose.decoder.out.weight.zero_()
         pose.decoder.out.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -100.0]))  # x0.01 -> -1 m
-    from dynamo_depth.models.pose import predict_source_from_target
-
     out = predict_source_from_target(pose, torch.rand(1, 3, 3, 64, 64))
     point = torch.tensor([[[0.3], [0.2], [5.0]]])
     assert torch.allclose(transform_points(out["source_from_target_prev"], point), point + torch.tensor([[[0.0], [0], [1]]]))

@@ -66,14 +66,3 @@ def learning_rate(*, optim: OptimConfig, window: PhaseWindow, step: int, iterati
         raise ValueError(f"step {step} is not in phase {window.name} [{window.start}, {window.end})")
     decays = (step - window.start) // (optim.decay_every_epochs * iterations_per_epoch)
     return optim.lr * window.lr_scale * optim.decay_factor**decays
-
-
-def lr_multiplier(*, optim: OptimConfig, iterations_per_epoch: int):
-    """``LambdaLR`` factor of a phase's i-th step (i from 0): ``decay_factor ** (i // decay_steps)``."""
-    decay_steps = optim.decay_every_epochs * iterations_per_epoch
-    factor = optim.decay_factor
-
-    def multiplier(step_in_phase: int) -> float:
-        return factor ** (step_in_phase // decay_steps)
-
-    return multiplier

@@ -24,9 +24,9 @@ POSE_SCALE = 0.01
 class PoseDecoder(nn.Module):
     """layer4 features (B, 512, h, w) -> (axis_angle (B, 1, 3) radians, translation (B, 1, 3) metres).
 
-    squeeze: 1x1 conv 512->256 + ReLU; the squeezed features of the single input are concatenated
-    (one pair, so 256 channels); 3x3 conv 256 + ReLU; 3x3 conv 256 + ReLU; 1x1 conv -> 6 channels;
-    spatial mean; x0.01.
+    squeeze: 1x1 conv 512->256 + ReLU; the squeezed features of the inputs are concatenated (one
+    pair here, so 256 channels); three 3x3 convs of 256 channels, each followed by ReLU; a final
+    1x1 conv -> 6 channels; spatial mean; x0.01.
     """
 
     def __init__(self, *, in_channels: int = 512, hidden: int = 256) -> None:
@@ -34,6 +34,7 @@ class PoseDecoder(nn.Module):
         self.squeeze = nn.Conv2d(in_channels, hidden, 1)
         self.conv1 = nn.Conv2d(hidden, hidden, 3, padding=1)
         self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1)
+        self.conv3 = nn.Conv2d(hidden, hidden, 3, padding=1)
         self.out = nn.Conv2d(hidden, 6, 1)
         self.relu = nn.ReLU()
 
@@ -41,6 +42,7 @@ class PoseDecoder(nn.Module):
         x = self.relu(self.squeeze(feature))
         x = self.relu(self.conv1(x))
         x = self.relu(self.conv2(x))
+        x = self.relu(self.conv3(x))
         vector = POSE_SCALE * self.out(x).mean(dim=(2, 3))
         return vector[:, None, :3], vector[:, None, 3:]
 

@@ -1,0 +1,303 @@
+"""Waymo Open Dataset v1 -> schema v1 triplet shards: ``python -m builders.waymo RAW OUT [--split val]``.
+
+``RAW/{train,val}/segment-*_with_camera_labels.tfrecord``; one unit (Ray task) per segment and camera
+(``FRONT`` by default). No TensorFlow: records are read with ``dynamo_depth.formats`` (protobuf + numpy),
+every record's two masked CRC32Cs are checked (a corrupt record fails its segment, naming file and byte
+offset). What a sample holds, matching the original Dynamo-Depth ``prepare_data/waymo.py``:
+
+- images: the camera JPEG decoded, undistorted with OpenCV's pinhole model (k1, k2, p1, p2, k3, the same K
+  as new camera matrix; bit-identical to ``cv2.undistort``), resized to 480x320 with ``cv2.INTER_AREA``,
+  JPEG quality 95 (OpenCV's default, as the original). Each frame's image is processed once.
+- ``K``: the calibration's pinhole K scaled to 480x320 (fx, cx * 480 / W; fy, cy * 320 / H).
+- depth: first-return points of frame t from all 5 lasers (in the order TOP, FRONT, SIDE_LEFT, SIDE_RIGHT,
+  REAR), in the vehicle frame of ``Frame.pose``, moved into the camera through inv(vehicle_from_opencv_camera),
+  projected with the pinhole K (no distortion), kept where z > 0, 0 <= u < W, 0 <= v < H (the camera's
+  original size): float32 [u, v, z] in that order.
+- poses: world_from_camera = ``CameraImage.pose`` (world_from_vehicle at the image's pose time, NOT
+  ``Frame.pose``) @ vehicle_from_opencv_camera.
+- timestamps: ``CameraImage.pose_timestamp`` in microseconds (the time of the stored pose).
+- motion (``motion.npy.zst``, only for target frames that carry laser labels): a depth point inside the 3D
+  box (vehicle frame, heading about z, faces inclusive) of a TYPE_VEHICLE / TYPE_PEDESTRIAN / TYPE_CYCLIST
+  label is 1 (moving) if the label's speed is > 1 m/s, else 2 (static movable; moving wins where boxes
+  overlap); every other point is 0 (background).
+Streaming: a segment is read once, record by record; only a 3-frame window is kept in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
+from dynamo_depth.formats import waymo as wf
+from dynamo_depth.geometry import invert_se3, resize_intrinsics
+from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
+
+VERSION = "1.0.0"
+TRAIN_HW = (320, 480)  # (H, W) of the stored images
+JPEG_QUALITY = 95
+SEGMENT_SUFFIX = "_with_camera_labels.tfrecord"
+LASER_ORDER = ("TOP", "FRONT", "SIDE_LEFT", "SIDE_RIGHT", "REAR")
+MOVABLE_TYPES = ("TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_CYCLIST")
+MOVING_SPEED_MPS = 1.0
+
+
+# ---------------------------------------------------------------------------------------- units
+def list_units(raw_root: str, options: Mapping[str, Any]) -> list[Unit]:
+    """One unit per (segment, camera) under ``raw_root/<split>/segment-*_with_camera_labels.tfrecord``."""
+    split = options.get("split", "train")
+    folder = Path(raw_root) / split
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a folder (expected RAW/<split>/segment-*{SEGMENT_SUFFIX})")
+    units = []
+    for path in sorted(folder.glob(f"segment-*{SEGMENT_SUFFIX}")):
+        sequence = path.name[: -len(SEGMENT_SUFFIX)]
+        for camera in options.get("cameras", ("FRONT",)):
+            units.append(Unit(name=f"{sequence}/{camera}",
+                              params={"path": f"{split}/{path.name}", "sequence": sequence, "camera": camera}))
+    return units
+
+
+# -------------------------------------------------------------------------------------- images
+@dataclass(frozen=True)
+class Undistorter:
+    """Per-camera OpenCV pinhole undistortion with K as the new camera matrix, maps computed once.
+
+    The maps are built stripe by stripe exactly as ``cv2.undistort`` builds them, so ``apply`` gives the
+    same pixels as ``cv2.undistort(image, K, distortion)`` at a fraction of the cost per image.
+    """
+
+    K: np.ndarray
+    distortion: tuple[float, ...]
+    hw: tuple[int, int]
+    map_xy: np.ndarray
+    map_fraction: np.ndarray
+
+    @classmethod
+    def create(cls, *, K: np.ndarray, distortion: Sequence[float], hw: tuple[int, int]) -> Undistorter:
+        return _undistorter(tuple(float(v) for v in np.asarray(K, np.float64).ravel()),
+                            tuple(float(v) for v in distortion), (int(hw[0]), int(hw[1])))
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> undistorted (H, W, 3) uint8 (bilinear, black outside the source)."""
+        import cv2
+
+        if image.shape[:2] != self.hw:
+            raise ValueError(f"image is {image.shape[:2]}, the calibration says (H, W) = {self.hw}")
+        return cv2.remap(image, self.map_xy, self.map_fraction, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
+@lru_cache(maxsize=16)
+def _undistorter(K_flat: tuple[float, ...], distortion: tuple[float, ...], hw: tuple[int, int]) -> Undistorter:
+    import cv2
+
+    K = np.array(K_flat).reshape(3, 3)
+    height, width = hw
+    stripe = min(max(1, 4096 // width), height)  # cv2.undistort's stripe height
+    parts_xy, parts_fraction = [], []
+    for top in range(0, height, stripe):
+        shifted = K.copy()
+        shifted[1, 2] -= top
+        map_xy, map_fraction = cv2.initUndistortRectifyMap(
+            K, np.array(distortion), None, shifted, (width, min(stripe, height - top)), cv2.CV_16SC2)
+        parts_xy.append(map_xy)
+        parts_fraction.append(map_fraction)
+    return Undistorter(K=K, distortion=distortion, hw=hw, map_xy=np.concatenate(parts_xy),
+                       map_fraction=np.concatenate(parts_fraction))
+
+
+def decode_jpeg(data: bytes, *, where: str) -> np.ndarray:
+    """(H, W, 3) uint8 BGR of a JPEG; ``ValueError`` naming ``where`` if it does not decode."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None:
+        raise ValueError(f"{where}: camera image is not a decodable JPEG ({len(data)} bytes)")
+    return image
+
+
+def encode_jpeg(image: np.ndarray, *, quality: int = JPEG_QUALITY) -> bytes:
+    """JPEG bytes of an (H, W, 3) uint8 BGR image (OpenCV's libjpeg, deterministic)."""
+    import cv2
+
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"cannot JPEG-encode an image of shape {image.shape}")
+    return buffer.tobytes()
+
+
+def training_jpeg(undistorted: np.ndarray, *, hw: tuple[int, int] = TRAIN_HW) -> bytes:
+    """The stored image: ``undistorted`` (H, W, 3) BGR resized to ``hw`` with INTER_AREA, JPEG q95."""
+    import cv2
+
+    return encode_jpeg(cv2.resize(undistorted, (hw[1], hw[0]), interpolation=cv2.INTER_AREA))
+
+
+# --------------------------------------------------------------------------------------- LiDAR
+def project_to_camera(points_vehicle: np.ndarray, *, camera_from_vehicle: np.ndarray, K: np.ndarray,
+                      hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pinhole projection of vehicle-frame points, as the original preprocessing does it.
+
+    Args:
+        points_vehicle: (M, 3) metres, vehicle frame. camera_from_vehicle: (4, 4), OpenCV camera axes.
+        K: (3, 3) pinhole intrinsics in pixels of the original image; hw: its (H, W).
+    Returns: ((N, 3) float32 [u, v, z] with z > 0, 0 <= u < W, 0 <= v < H, in input order;
+    (N,) int64 indices of those points in ``points_vehicle``).
+    """
+    camera = points_vehicle @ camera_from_vehicle[:3, :3].T + camera_from_vehicle[:3, 3]
+    z = camera[:, 2]
+    front = np.flatnonzero(z > 0)
+    u = K[0, 0] * camera[front, 0] / z[front] + K[0, 1] * camera[front, 1] / z[front] + K[0, 2]
+    v = K[1, 1] * camera[front, 1] / z[front] + K[1, 2]
+    inside = (u >= 0) & (u < hw[1]) & (v >= 0) & (v < hw[0])
+    depth = np.stack([u[inside], v[inside], z[front][inside]], axis=1).astype(np.float32)
+    return depth, front[inside]
+
+
+def motion_labels(points_vehicle: np.ndarray, labels: Sequence[wf.LaserLabel]) -> np.ndarray:
+    """(N,) uint8 ``MotionLabel`` of vehicle-frame points (N, 3) from 3D laser-label boxes.
+
+    Inside a box of a movable type: MOVING if |speed| > 1 m/s else STATIC_MOVABLE (MOVING wins on
+    overlap); otherwise BACKGROUND. Box test in the box frame (heading about z), faces inclusive.
+    """
+    out = np.full(len(points_vehicle), MotionLabel.BACKGROUND, dtype=np.uint8)
+    for label in labels:
+        if label.type not in MOVABLE_TYPES:
+            continue
+        cos, sin = np.cos(label.heading), np.sin(label.heading)
+        offset = points_vehicle - label.center
+        local = np.stack([cos * offset[:, 0] + sin * offset[:, 1], -sin * offset[:, 0] + cos * offset[:, 1],
+                          offset[:, 2]], axis=1)
+        inside = np.all(np.abs(local) <= 0.5 * label.size, axis=1)
+        moving = float(np.linalg.norm(label.speed)) > MOVING_SPEED_MPS
+        value = MotionLabel.MOVING if moving else MotionLabel.STATIC_MOVABLE
+        out[inside & (out != MotionLabel.MOVING)] = value
+    return out
+
+
+def frame_depth(frame, calib: wf.CameraCalibration) -> tuple[np.ndarray, np.ndarray | None]:
+    """Depth (N, 3) float32 [u, v, z] of a frame's first returns in camera ``calib``, and the motion
+    labels (N,) uint8, or None when the frame carries no laser labels."""
+    per_laser = wf.lidar_points(frame, returns=(1,))
+    points = np.concatenate([np.zeros((0, 3))] + [per_laser[name] for name in LASER_ORDER if name in per_laser])
+    depth, index = project_to_camera(points, camera_from_vehicle=invert_se3(calib.vehicle_from_opencv_camera),
+                                     K=calib.K, hw=(calib.height, calib.width))
+    labels = wf.laser_labels(frame)
+    motion = motion_labels(points[index], labels) if labels else None
+    return depth, motion
+
+
+# ---------------------------------------------------------------------------------------- build
+@dataclass(frozen=True)
+class _FrameView:
+    """What a frame contributes to the samples around it (the record itself is kept only while needed)."""
+
+    index: int
+    offset: int
+    jpeg: bytes
+    world_from_camera: np.ndarray
+    timestamp_us: int
+    lidar_timestamp_us: int
+    calib: wf.CameraCalibration
+
+
+def _view(frame, index: int, offset: int, camera: str, where: str) -> _FrameView | str:
+    """The frame's view of ``camera``, or the reason why it has none."""
+    calib = wf.camera_calibrations(frame).get(camera)
+    image = wf.camera_images(frame).get(camera)
+    if calib is None or image is None:
+        return f"no {camera} {'calibration' if calib is None else 'image'}"
+    where = f"{where} record at byte offset {offset} (frame {index}, camera {camera})"
+    bgr = decode_jpeg(image.jpeg, where=where)
+    if bgr.shape[:2] != (calib.height, calib.width):
+        raise ValueError(f"{where}: image is {bgr.shape[1]}x{bgr.shape[0]}, calibration says "
+                         f"{calib.width}x{calib.height}")
+    undistorter = Undistorter.create(K=calib.K, distortion=calib.distortion, hw=(calib.height, calib.width))
+    return _FrameView(index=index, offset=offset, jpeg=training_jpeg(undistorter.apply(bgr)),
+                      world_from_camera=image.world_from_vehicle @ calib.vehicle_from_opencv_camera,
+                      timestamp_us=int(round(image.pose_timestamp_s * 1e6)),
+                      lidar_timestamp_us=int(frame.timestamp_micros), calib=calib)
+
+
+def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterator[TripletSample | SkippedFrame]:
+    """Stream one segment: every record decoded once, a 3-frame window of views, depth for targets only."""
+    path = Path(raw_root) / unit.params["path"]
+    camera, sequence = unit.params["camera"], unit.params["sequence"]
+    if not path.is_file():
+        raise ValueError(f"{path}: segment file is missing")
+    window: list[_FrameView] = []  # consecutive usable frames, at most 3
+    records: dict[int, Any] = {}  # index -> Frame, only for frames that may still become a target
+    for index, (offset, frame) in enumerate(wf.iter_frames(path)):
+        view = _view(frame, index, offset, camera, str(path))
+        if isinstance(view, str):
+            if len(window) >= 2:
+                yield SkippedFrame(frame=window[-1].index, reason=f"no next frame (frame {index}: {view})")
+            yield SkippedFrame(frame=index, reason=view)
+            window, records = [], {}
+            continue
+        if not window:
+            yield SkippedFrame(frame=index, reason="no previous frame")
+        window = (window + [view])[-3:]
+        records = {i: f for i, f in records.items() if i > window[0].index}  # window[0] is never a target
+        if len(window) >= 2:
+            records[index] = frame
+        if len(window) == 3:
+            yield _sample(window, records.pop(window[1].index), sequence, camera, options)
+    if len(window) >= 2:
+        yield SkippedFrame(frame=window[-1].index, reason="no next frame")
+
+
+def _sample(window: list[_FrameView], frame, sequence: str, camera: str,
+            options: Mapping[str, Any]) -> TripletSample:
+    prev, cur, nxt = window
+    calib = cur.calib
+    hw = (calib.height, calib.width)
+    depth, motion = frame_depth(frame, calib)
+    stamps = (prev.timestamp_us, cur.timestamp_us, nxt.timestamp_us)
+    meta = SampleMeta(
+        dataset="waymo", split=options.get("split", "train"), sequence=sequence, camera=camera,
+        frame_indices=(prev.index, cur.index, nxt.index), timestamps_us=stamps, original_size=hw,
+        original_K=matrix_tuple(calib.K), distortion=tuple(float(v) for v in calib.distortion),
+        ego_from_camera=matrix_tuple(calib.vehicle_from_opencv_camera), builder="builders.waymo",
+        builder_version=VERSION,
+        extra={"frame_gaps_us": [stamps[1] - stamps[0], stamps[2] - stamps[1]],
+               "lidar_timestamps_us": [v.lidar_timestamp_us for v in window],
+               "pose": "CameraImage.pose @ vehicle_from_opencv_camera", "timestamps": "CameraImage.pose_timestamp",
+               "lidar": "return 1 of TOP, FRONT, SIDE_LEFT, SIDE_RIGHT, REAR in the Frame.pose vehicle frame"},
+    )
+    return TripletSample(
+        key=make_key(sequence, camera, cur.index), images=(prev.jpeg, cur.jpeg, nxt.jpeg),
+        K=resize_intrinsics(calib.K, from_hw=hw, to_hw=TRAIN_HW), poses=np.stack([v.world_from_camera for v in window]),
+        depth=depth, meta=meta, motion=motion,
+    )
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cameras", nargs="+", default=["FRONT"], choices=list(wf.CAMERA_NAMES),
+                        help="cameras to build (one unit per segment and camera; default FRONT)")
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.split not in ("train", "val"):
+        raise ValueError(f"--split must be train or val (the RAW/<split>/ folder), got {args.split!r}")
+    return {"cameras": list(dict.fromkeys(args.cameras)), "split": args.split}
+
+
+SPEC = BuilderSpec(name="waymo", dataset="waymo", version=VERSION, list_units=list_units, build_unit=build_unit,
+                   add_arguments=add_arguments, options_from_args=options_from_args, default_split="train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli_main(SPEC, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""The training loop: batches, one optimiser step, the phase loop and checkpointing.
+
+Everything takes the frozen ``RunConfig`` and a ``Runtime`` (rank, world size, device); nothing keeps
+mutable options. ``run_training`` drives the 4-phase schedule from a step (0 or a checkpoint's) to
+``max_steps`` or the end of the schedule, and returns a ``RunSummary``.
+
+Per phase: the phase's trainable parameters get ``requires_grad=True`` (all others False), a fresh
+Adam + StepLR is built over them, and the model is wrapped in a new DDP (which then only syncs the
+trainable parameters; every one of them gets a gradient in its phase, so ``find_unused_parameters``
+stays off; ``FIND_UNUSED_PARAMETERS`` holds that per phase as data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from dynamo_depth.config import PHASE_NAMES, RunConfig, config_to_dict
+from dynamo_depth.losses import TERMS, LossSettings, LossWeights, compute_losses
+from dynamo_depth.models import DynamoDepthModel
+from train.checkpoint import Checkpoint, capture_rng, model_digest, restore_rng, save_checkpoint
+from train.phases import PhaseWindow, phase_windows, total_steps
+
+FIND_UNUSED_PARAMETERS = {name: False for name in PHASE_NAMES}
+"""Per phase: whether DDP must look for trainable parameters without a gradient (none do here)."""
+LAST_CHECKPOINT = "checkpoints/last.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm became NaN/inf; training stops before the optimiser step."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: its rank among ``world_size`` processes and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's losses (averaged over ranks), learning rate and, if asked, detached outputs."""
+
+    terms: Mapping[str, float]
+    lr: float
+    grad_norm: float
+    outputs: Mapping[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Where a run stopped and how its time went (seconds, this rank)."""
+
+    step: int
+    steps_run: int
+    data_seconds: float
+    step_seconds: float
+    last_terms: Mapping[str, float]
+    checkpoint: str | None
+    model_digest: str
+
+
+# ----------------------------------------------------------------------------- batches
+def scale_intrinsics(K: torch.Tensor, *, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
+    """K (B, 3, 3) of images resized from (H, W) to (H', W'): row 0 * W'/W, row 1 * H'/H (no half-pixel shift)."""
+    factors = torch.tensor([to_hw[1] / from_hw[1], to_hw[0] / from_hw[0], 1.0], dtype=K.dtype, device=K.device)
+    return K * factors[:, None]
+
+
+def prepare_batch(batch: Mapping[str, Any], *, height: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The loader's batch -> ``images``, ``images_aug`` (B, 3, 3, height, width) in [0, 1] and ``K`` (B, 3, 3).
+
+    Images stored at another size are resized (bilinear, antialiased) and K scaled to match.
+    """
+    images, augmented = batch["images"].to(device), batch["images_aug"].to(device)
+    K = batch["K"][:, 0, :3, :3].to(device=device, dtype=torch.float32)
+    stored = tuple(images.shape[-2:])
+    if stored != (height, width):
+        def resize(x: torch.Tensor) -> torch.Tensor:
+            flat = F.interpolate(x.flatten(0, 1), size=(height, width), mode="bilinear", align_corners=False,
+                                 antialias=True)
+            return flat.clamp(0.0, 1.0).unflatten(0, x.shape[:2])
+        images, augmented = resize(images), resize(augmented)
+        K = scale_intrinsics(K, from_hw=stored, to_hw=(height, width))
+    return {"images": images, "images_aug": augmented, "K": K}
+
+
+def batch_stream(config: RunConfig, runtime: Runtime, *, start: Mapping[str, int] | None = None,
+                 ) -> Iterator[tuple[Mapping[str, Any], dict[str, int]]]:
+    """Endless (batch, loader state after it) pairs, data epoch after data epoch, from ``start``."""
+    from dynamo_depth.data import make_loader
+
+    d = config.data
+    state, epoch = (dict(start), int(start["epoch"])) if start else (None, 0)
+    while True:
+        loader = make_loader(d.url, batch_size=d.batch_size, num_workers=d.num_workers, rank=runtime.rank,
+                             world_size=runtime.world_size, seed=config.train.seed, epoch=epoch, augment=d.augment,
+                             scales=1, resume_from=state, shuffle_buffer=d.shuffle_buffer, cache_dir=d.cache_dir)
+        if state is None and len(loader) == 0:
+            raise ValueError(f"data.url {d.url!r}: no samples for rank {runtime.rank} of {runtime.world_size} "
+                             f"in epoch {epoch} (fewer samples than ranks?)")
+        for batch in loader:
+            yield batch, loader.state().to_dict()
+        epoch, state = epoch + 1, None
+
+
+# ----------------------------------------------------------------------------- model and optimiser
+def build_model(config: RunConfig, runtime: Runtime) -> DynamoDepthModel:
+    """The networks, initialised from ``train.seed`` (identical on every rank), on the runtime's device."""
+    torch.manual_seed(config.train.seed)
+    model = DynamoDepthModel(depth_network=config.model.depth_network, scales=config.model.scales)
+    model = model.to(runtime.device)
+    if runtime.device.type == "cuda" and config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def select_trainable(model: DynamoDepthModel, *, phase: str) -> list[nn.Parameter]:
+    """Turn ``requires_grad`` on for the phase's trainable parameters only; returns them."""
+    trainable = model.trainable_parameters(phase=phase)
+    chosen = {id(p) for p in trainable}
+    for parameter in model.parameters():
+        parameter.requires_grad_(id(parameter) in chosen)
+        parameter.grad = None
+    return trainable
+
+
+def make_optimizer(config: RunConfig, params: list[nn.Parameter], window: PhaseWindow,
+                   ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.StepLR]:
+    """Adam at lr * lr_scale and a StepLR decaying by decay_factor every decay_every_epochs epochs."""
+    o = config.optim
+    optimizer = torch.optim.Adam(params, lr=o.lr * window.lr_scale, betas=(o.beta1, o.beta2),
+                                 weight_decay=o.weight_decay)
+    step_size = o.decay_every_epochs * config.schedule.iterations_per_epoch
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=o.decay_factor)
+
+
+def wrap_model(model: nn.Module, runtime: Runtime, *, phase: str) -> nn.Module:
+    """DDP around ``model`` when distributed (call after ``select_trainable``), else the model itself."""
+    if not runtime.distributed:
+        return model
+    device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                               find_unused_parameters=FIND_UNUSED_PARAMETERS[phase])
+
+
+def autocast_enabled(config: RunConfig, device: torch.device) -> bool:
+    """bf16 autocast: ``amp=bf16`` always, ``auto`` on GPU only, ``off`` never."""
+    return config.train.amp == "bf16" or (config.train.amp == "auto" and device.type == "cuda")
+
+
+# ----------------------------------------------------------------------------- one step
+def _mean_over_ranks(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    if runtime.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= runtime.world_size
+    return values
+
+
+def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: Mapping[str, torch.Tensor],
+               optimizer: torch.optim.Optimizer, scheduler: Any, window: PhaseWindow, step: int,
+               config: RunConfig, runtime: Runtime, keep_outputs: bool = False) -> StepResult:
+    """Forward (bf16 autocast if enabled), losses in fp32, finiteness check on all ranks, backward, step."""
+    amp = autocast_enabled(config, runtime.device)
+    with torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16, enabled=amp):
+        outputs = module(batch["images_aug"], phase=window.name)
+    outputs = {k: v.float() for k, v in outputs.items()}
+    c = config.loss
+    weights = LossWeights(**{f: getattr(c, f) for f in LossWeights.__dataclass_fields__})
+    settings = LossSettings(scales=config.model.scales, min_depth=c.min_depth, max_depth=c.max_depth)
+    losses = compute_losses(batch, outputs, phase=window.name, phase_progress=window.progress(step),
+                            weights=weights, settings=settings)
+    names = (*TERMS, "total")
+    mean = _mean_over_ranks(torch.stack([losses[n].detach().float() for n in names]), runtime)
+    if not bool(torch.isfinite(mean).all()):
+        bad = {n: v for n, v in zip(names, mean.tolist(), strict=True) if not math.isfinite(v)}
+        raise NonFiniteLossError(f"step {step} ({window.name}): loss is not finite on some rank: {bad}")
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    max_norm = config.optim.grad_clip_norm if config.optim.grad_clip_norm is not None else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
+    if not bool(torch.isfinite(grad_norm)):
+        raise NonFiniteLossError(f"step {step} ({window.name}): gradient norm is {float(grad_norm)}")
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    kept = {k: v.detach() for k, v in outputs.items()} if keep_outputs else None
+    return StepResult(terms=dict(zip(names, mean.tolist(), strict=True)), lr=lr, grad_norm=float(grad_norm),
+                      outputs=kept)
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass(frozen=True)
+class _Position:
+    step: int
+    loader: Mapping[str, int] | None
+
+
+def _checkpoint(*, config: RunConfig, runtime: Runtime, model: nn.Module, optimizer: Any, scheduler: Any,
+                phase: str, position: _Position) -> str | None:
+    """Collective: gather RNG states; rank 0 writes ``run_dir/checkpoints/last.pt`` atomically."""
+    rng = capture_rng(world_size=runtime.world_size)
+    if not runtime.is_main:
+        return None
+    state = Checkpoint(step=position.step, phase=phase, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                       scheduler=scheduler.state_dict(), loader=dict(position.loader or {}), rng=rng,
+                       config=config_to_dict(config))
+    return str(save_checkpoint(state, Path(config.train.run_dir) / LAST_CHECKPOINT))
+
+
+def _should(every: int, step: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def run_training(*, config: RunConfig, runtime: Runtime, max_steps: int | None = None,
+                 resume: Checkpoint | None = None, logger: Any = None) -> RunSummary:
+    """Train from step 0 (or ``resume``) to ``max_steps`` (absolute, capped by the schedule)."""
+    model = build_model(config, runtime)
+    position = _Position(step=0, loader=None)
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        restore_rng(resume.rng, rank=runtime.rank, world_size=runtime.world_size)
+        position = _Position(step=resume.step, loader=resume.loader or None)
+    else:
+        _seed_runtime(config.train.seed + runtime.rank)
+    stop = min(total_steps(config), max_steps if max_steps is not None else total_steps(config))
+    stream = batch_stream(config, runtime, start=position.loader)
+    clock = {"data": 0.0, "step": 0.0, "steps": 0, "terms": {}, "checkpoint": None}
+    for window in phase_windows(config):
+        if position.step >= min(window.end, stop):
+            continue
+        position = _run_phase(window=window, config=config, runtime=runtime, model=model, stream=stream,
+                              position=position, stop=stop, resume=resume, clock=clock, logger=logger)
+    return RunSummary(step=position.step, steps_run=clock["steps"], data_seconds=clock["data"],
+                      step_seconds=clock["step"], last_terms=clock["terms"], checkpoint=clock["checkpoint"],
+                      model_digest=model_digest(model.state_dict()))
+
+
+def _seed_runtime(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _run_phase(*, window, config, runtime, model, stream, position, stop, resume, clock, logger) -> _Position:
+    """Steps of one phase from ``position`` to min(phase end, stop); checkpoints as configured."""
+    params = select_trainable(model, phase=window.name)
+    optimizer, scheduler = make_optimizer(config, params, window)
+    if resume is not None and resume.phase == window.name and resume.step == position.step:
+        optimizer.load_state_dict(resume.optimizer)
+        scheduler.load_state_dict(resume.scheduler)
+    module = wrap_model(model, runtime, phase=window.name)
+    end = min(window.end, stop)
+    while position.step < end:
+        tick = time.perf_counter()
+        raw, loader_state = next(stream)
+        batch = prepare_batch(raw, height=config.data.height, width=config.data.width, device=runtime.device)
+        fetched = time.perf_counter()
+        show = logger is not None and _should(config.train.image_every, position.step + 1)
+        result = train_step(module=module, params=params, batch=batch, optimizer=optimizer, scheduler=scheduler,
+                            window=window, step=position.step, config=config, runtime=runtime, keep_outputs=show)
+        done = time.perf_counter()
+        clock["data"] += fetched - tick
+        clock["step"] += done - tick
+        clock["steps"] += 1
+        clock["terms"] = result.terms
+        position = _Position(step=position.step + 1, loader=loader_state)
+        if logger is not None:
+            logger.log_step(step=position.step, phase=window.name, result=result, batch=batch if show else None,
+                            data_seconds=fetched - tick, step_seconds=done - tick)
+        if _should(config.train.checkpoint_every, position.step) or position.step == end:
+            clock["checkpoint"] = _checkpoint(config=config, runtime=runtime, model=model, optimizer=optimizer,
+                                              scheduler=scheduler, phase=window.name, position=position)
+    return position
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(enabled)`` for the body, restoring the previous setting."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
