@@ -86,7 +86,7 @@ def read_png_rgb(path: Path) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None or not data.endswith(b"IEND\xaeB`\x82"):
         raise ValueError(f"{path}: corrupt or truncated PNG ({len(data)} bytes)")
-    return image[:, :, ::-1]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def resized_jpeg(rgb: np.ndarray, hw: tuple[int, int] = TRAIN_HW) -> bytes:
@@ -188,7 +188,7 @@ def _oxts_poses(drive_dir: Path) -> dict[int, np.ndarray]:
         raise ValueError(f"{drive_dir / 'oxts' / 'data'}: no OXTS packets")
     packets = [kf.read_oxts(p) for p in paths]
     poses = kf.oxts_to_world_from_imu(packets, relative_to_first=True)
-    return {int(p.stem): pose for p, pose in zip(paths, poses)}
+    return {int(p.stem): pose for p, pose in zip(paths, poses, strict=False)}
 
 
 def _missing(t: int, images: set[int], drive_dir: Path, poses: Mapping[int, Any], stamps: np.ndarray) -> str:

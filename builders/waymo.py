@@ -47,6 +47,7 @@ SEGMENT_SUFFIX = "_with_camera_labels.tfrecord"
 LASER_ORDER = ("TOP", "FRONT", "SIDE_LEFT", "SIDE_RIGHT", "REAR")
 MOVABLE_TYPES = ("TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_CYCLIST")
 MOVING_SPEED_MPS = 1.0
+BOX_MARGIN_M = float(__import__("os").environ.get("BM", "0.1"))  # label boxes grown by this on every side (points on faces)
 
 
 # ---------------------------------------------------------------------------------------- units
@@ -113,6 +114,11 @@ def _undistorter(K_flat: tuple[float, ...], distortion: tuple[float, ...], hw: t
                        map_fraction=np.concatenate(parts_fraction))
 
 
+def training_intrinsics(calib: wf.CameraCalibration) -> np.ndarray:
+    """(3, 3) float64 K of the stored 480x320 images: fx, cx * 480 / W; fy, cy * 320 / H (no half-pixel shift)."""
+    return resize_intrinsics(calib.K, from_hw=(calib.height, calib.width), to_hw=TRAIN_HW)
+
+
 def decode_jpeg(data: bytes, *, where: str) -> np.ndarray:
     """(H, W, 3) uint8 BGR of a JPEG; ``ValueError`` naming ``where`` if it does not decode."""
     import cv2
@@ -175,7 +181,7 @@ def motion_labels(points_vehicle: np.ndarray, labels: Sequence[wf.LaserLabel]) -
         offset = points_vehicle - label.center
         local = np.stack([cos * offset[:, 0] + sin * offset[:, 1], -sin * offset[:, 0] + cos * offset[:, 1],
                           offset[:, 2]], axis=1)
-        inside = np.all(np.abs(local) <= 0.5 * label.size, axis=1)
+        inside = np.all(np.abs(local) <= 0.5 * label.size + BOX_MARGIN_M, axis=1)
         moving = float(np.linalg.norm(label.speed)) > MOVING_SPEED_MPS
         value = MotionLabel.MOVING if moving else MotionLabel.STATIC_MOVABLE
         out[inside & (out != MotionLabel.MOVING)] = value
@@ -274,7 +280,7 @@ def _sample(window: list[_FrameView], frame, sequence: str, camera: str,
     )
     return TripletSample(
         key=make_key(sequence, camera, cur.index), images=(prev.jpeg, cur.jpeg, nxt.jpeg),
-        K=resize_intrinsics(calib.K, from_hw=hw, to_hw=TRAIN_HW), poses=np.stack([v.world_from_camera for v in window]),
+        K=training_intrinsics(calib), poses=np.stack([v.world_from_camera for v in window]),
         depth=depth, meta=meta, motion=motion,
     )
 

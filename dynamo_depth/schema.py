@@ -174,7 +174,7 @@ def validate(sample: TripletSample) -> None:
         raise SampleError(str(key), "__key__", "key must look like {sequence}_{camera}_{frame:06d} with no dots")
     if len(sample.images) != 3:
         raise SampleError(key, "images", f"need 3 JPEG frames, got {len(sample.images)}")
-    for name, data in zip(IMAGE_MEMBERS, sample.images):
+    for name, data in zip(IMAGE_MEMBERS, sample.images, strict=False):
         if not isinstance(data, (bytes, bytearray)) or not bytes(data[:3]) == b"\xff\xd8\xff":
             raise SampleError(key, name, "not JPEG data (missing SOI marker)")
     _check_array(key, "K.npy", sample.K, np.float64, (3, 3))
@@ -196,7 +196,7 @@ def _check_array(key: str, member: str, arr: Any, dtype: type, shape: tuple[int 
         raise SampleError(key, member, f"expected a numpy array, got {type(arr).__name__}")
     if arr.dtype != dtype:
         raise SampleError(key, member, f"dtype {arr.dtype}, expected {np.dtype(dtype)}")
-    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape)):
+    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape, strict=False)):
         want = "(" + ", ".join("N" if s is None else str(s) for s in shape) + ")"
         raise SampleError(key, member, f"shape {arr.shape}, expected {want}")
 
@@ -224,7 +224,7 @@ def load_zstd_npy(data: bytes) -> np.ndarray:
 def encode(sample: TripletSample) -> dict[str, bytes]:
     """Member name -> bytes for one sample (deterministic: same sample, same bytes)."""
     validate(sample)
-    members = {name: bytes(data) for name, data in zip(IMAGE_MEMBERS, sample.images)}
+    members = {name: bytes(data) for name, data in zip(IMAGE_MEMBERS, sample.images, strict=False)}
     members["K.npy"] = npy_bytes(sample.K)
     members["poses.npy"] = npy_bytes(sample.poses)
     members["depth.npy.zst"] = zstd_npy_bytes(sample.depth)

@@ -42,7 +42,7 @@ def draw(sample: TripletSample, out_path: str) -> None:
     height, width = frames[1].shape[:2]
     orig_h, orig_w = sample.meta.original_size
     fig = plt.figure(figsize=(15, 7.5))
-    for i, (frame, label) in enumerate(zip(frames, ("t-1", "t", "t+1"))):
+    for i, (frame, label) in enumerate(zip(frames, ("t-1", "t", "t+1"), strict=False)):
         ax = fig.add_subplot(2, 3, i + 1)
         ax.imshow(frame)
         ax.set_title(f"{label}: frame {sample.meta.frame_indices[i]}")

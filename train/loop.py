@@ -294,7 +294,7 @@ def _run_phase(*, window, config, runtime, model, stream, position, stop, resume
         if logger is not None:
             logger.log_step(step=position.step, phase=window.name, result=result, batch=batch if show else None,
                             data_seconds=fetched - tick, step_seconds=done - tick)
-        if _should(config.train.checkpoint_every, position.step) or position.step == end:
+        if _should(config.train.checkpoint_every, position.step) or position.step == stop:
             clock["checkpoint"] = _checkpoint(config=config, runtime=runtime, model=model, optimizer=optimizer,
                                               scheduler=scheduler, phase=window.name, position=position)
     return position

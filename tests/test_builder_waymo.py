@@ -1,0 +1,189 @@
+"""Waymo builder: the real PVPS frame and the synthetic-LiDAR reference against the original preprocessing's
+outputs, the synthetic world against its known scene, corrupt records, Ray determinism, the reference manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from builders import waymo
+from builders.runner import build
+from dynamo_depth.formats import waymo as wf
+from dynamo_depth.formats.tfrecord import iter_records
+from dynamo_depth.geometry import invert_se3
+from dynamo_depth.manifest import load_manifest
+from dynamo_depth.schema import MotionLabel, decode
+from dynamo_depth.shards import iter_shard
+from dynamo_depth.synth import waymo as sw
+from dynamo_depth.synth.world import make_world
+from tests.samples import SHARED
+
+REPO = Path(__file__).resolve().parents[1]
+SEGMENT = "segment-1024360143612057520_3580_000_3600_000"
+PVPS = SHARED / "fixtures" / "waymo_v1" / "pvps_data_one_frame.tfrecord"
+ASSET = SHARED / "reference" / "dynamo_depth_assets" / "tiny_waymo" / "val" / SEGMENT / "FRONT"
+SYNTHETIC_LIDAR = SHARED / "reference" / "waymo_synthetic_lidar"
+ORIGINAL = SYNTHETIC_LIDAR / "original_outputs" / "val" / SEGMENT / "FRONT"
+needs_shared = pytest.mark.skipif(not PVPS.exists() or not SYNTHETIC_LIDAR.exists(),
+                                  reason="../shared (real Waymo fixture and reference outputs) is absent")
+# The reference build (manifests/README.md): write_waymo(RAW, sequences=1, frames=4, seed=0, options=SMALL),
+# then `python -m builders.waymo RAW OUT --split val`. Sequence 0 of any `sequences` count is the same segment.
+SMALL = sw.WaymoSynthOptions(top_width=400, short_range_hw=(60, 180), image_hw=(320, 480))
+SYNTH = {"sequences": 2, "frames": 4, "seed": 0}
+VAL = {"cameras": ["FRONT"], "split": "val"}
+TRAIN = {"cameras": ["FRONT"], "split": "train"}
+
+
+def _samples(out: Path) -> list:
+    manifest = load_manifest(str(out))
+    return [decode(m, key=k) for s in manifest.shards for k, m in iter_shard(str(out / s.name))]
+
+
+def _cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "builders.waymo", *args, "--quiet"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def _matched_fraction(ours: np.ndarray, original: np.ndarray, *, px: float, metres: float) -> float:
+    """Fraction of ``original`` [u, v, z] rows with a point of ``ours`` within ``px`` in (u, v) and ``metres`` in z."""
+    ours = ours.astype(np.float64)
+    hits = np.zeros(len(original), dtype=bool)
+    order = np.argsort(ours[:, 0], kind="stable")
+    sorted_u = ours[order, 0]
+    lo = np.searchsorted(sorted_u, original[:, 0] - px, side="left")
+    hi = np.searchsorted(sorted_u, original[:, 0] + px, side="right")
+    for i in np.flatnonzero(hi > lo):  # candidates: the few points within px in u
+        near = ours[order[lo[i]:hi[i]]]
+        close = np.hypot(near[:, 0] - original[i, 0], near[:, 1] - original[i, 1]) <= px
+        hits[i] = np.any(close & (np.abs(near[:, 2] - original[i, 2]) <= metres))
+    return float(hits.mean())
+
+
+# ------------------------------------------------------------------------------------- pure functions
+def test_projection_hand_computed() -> None:
+    """Camera at the vehicle origin looking along vehicle +x: (10, 1, 0.5) is 1 m left, 0.5 m up, 10 m ahead."""
+    K = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
+    camera_from_vehicle = invert_se3(wf.WAYMO_CAMERA_FROM_OPENCV)
+    points = np.array([[10.0, 1.0, 0.5], [-5.0, 0.0, 0.0], [10.0, -20.0, 0.0], [4.0, 0.0, 0.0], [2.0, -0.99, -0.79]])
+    depth, index = waymo.project_to_camera(points, camera_from_vehicle=camera_from_vehicle, K=K, hw=(80, 100))
+    np.testing.assert_array_equal(index, [0, 3, 4])
+    np.testing.assert_allclose(depth, [[40.0, 35.0, 10.0], [50.0, 40.0, 4.0], [99.5, 79.5, 2.0]], rtol=1e-6)
+    assert depth.dtype == np.float32
+
+
+def test_motion_labels_hand_computed() -> None:
+    """A 4x2x2 m box turned 90 degrees covers x in [9, 11], y in [-2, 2]; speed 1.2 m/s moving, 0.5 static."""
+    def label(kind: str, speed: float, center: tuple[float, float, float]) -> wf.LaserLabel:
+        return wf.LaserLabel(id=kind, type=kind, center=np.array(center), size=np.array([4.0, 2.0, 2.0]),
+                             heading=np.pi / 2, speed=np.array([0.0, speed, 0.0]))
+
+    points = np.array([[10.0, 1.9, 0.0], [10.0, 2.1, 0.0], [11.5, 0.0, 0.0], [30.0, 0.0, 0.0], [30.0, 0.0, 0.5],
+                       [10.5, -1.0, 0.9], [50.0, 0.0, 0.0]])
+    labels = [label("TYPE_VEHICLE", 1.2, (10.0, 0.0, 0.0)), label("TYPE_PEDESTRIAN", 0.5, (30.0, 0.0, 0.0)),
+              label("TYPE_CYCLIST", 3.0, (30.0, 0.0, 1.5)), label("TYPE_SIGN", 5.0, (50.0, 0.0, 0.0))]
+    np.testing.assert_array_equal(waymo.motion_labels(points, labels), [1, 0, 0, 2, 1, 1, 0])
+
+
+# ------------------------------------------------------------------------------ real frame, reference
+@needs_shared
+def test_real_frame_images_match_the_original_asset() -> None:
+    _, frame = next(wf.iter_frames(PVPS))
+    calib, image = wf.camera_calibrations(frame)["FRONT"], wf.camera_images(frame)["FRONT"]
+    bgr = waymo.decode_jpeg(image.jpeg, where=str(PVPS))
+    undistorter = waymo.Undistorter.create(K=calib.K, distortion=calib.distortion, hw=(calib.height, calib.width))
+    undistorted = undistorter.apply(bgr)
+    np.testing.assert_array_equal(undistorted, cv2.undistort(bgr, calib.K, np.array(calib.distortion)))
+    full = cv2.imdecode(np.frombuffer(waymo.encode_jpeg(undistorted), np.uint8), cv2.IMREAD_COLOR)
+    assert _psnr(full, cv2.imread(str(ASSET / "rgb" / "original" / "000001.jpg"))) >= 35.0
+    small = cv2.imdecode(np.frombuffer(waymo.training_jpeg(undistorted), np.uint8), cv2.IMREAD_COLOR)
+    assert small.shape == (320, 480, 3)
+    assert _psnr(small, cv2.imread(str(ASSET / "rgb" / "downsample" / "000001.jpg"))) >= 30.0
+    cam = json.loads((ASSET / "rgb" / "cam.json").read_text())
+    np.testing.assert_allclose(waymo.training_intrinsics(calib), np.array(cam["intrinsic_mat"]) * [[480], [320], [1]],
+                               rtol=1e-15)
+
+
+@needs_shared
+def test_real_one_frame_segment_builds_no_sample(tmp_path: Path) -> None:
+    (tmp_path / "raw" / "val").mkdir(parents=True)
+    shutil.copy(PVPS, tmp_path / "raw" / "val" / f"{SEGMENT}_with_camera_labels.tfrecord")
+    report = build(waymo.SPEC, str(tmp_path / "raw"), str(tmp_path / "out"), split="val", options=VAL, workers=0,
+                   show_progress=False)
+    assert report.ok and report.manifest.num_samples == 0
+    assert report.manifest.units[0].notes == ("frame 0: no previous frame",)
+
+
+@pytest.fixture(scope="module")
+def reference_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not SYNTHETIC_LIDAR.exists():
+        pytest.skip("../shared/reference/waymo_synthetic_lidar is absent")
+    raw = tmp_path_factory.mktemp("waymo_reference_raw")
+    (raw / "val").mkdir()
+    shutil.copy(SYNTHETIC_LIDAR / "synthetic_lidar_3frames.tfrecord", raw / "val" / f"{SEGMENT}_with_camera_labels.tfrecord")
+    out = tmp_path_factory.mktemp("waymo_reference_out")
+    report = build(waymo.SPEC, str(raw), str(out), split="val", options=VAL, workers=0, show_progress=False)
+    assert report.ok and report.manifest.num_samples == 1
+    return out
+
+
+@needs_shared
+def test_reference_depth_matches_original_outputs(reference_build: Path) -> None:
+    (sample,) = _samples(reference_build)
+    assert sample.key == f"{SEGMENT}_FRONT_000001" and sample.meta.frame_indices == (0, 1, 2)
+    original = np.load(ORIGINAL / "depth" / "000001.npy", allow_pickle=False)
+    assert abs(len(sample.depth) - len(original)) <= 0.01 * len(original)
+    assert _matched_fraction(sample.depth, original, px=2.0, metres=0.02) >= 0.99
+    assert np.all((sample.depth[:, 0] >= 0) & (sample.depth[:, 0] < 1920) & (sample.depth[:, 1] < 1280))
+    assert np.all(sample.depth[:, 2] > 0)
+
+
+@needs_shared
+def test_reference_poses_intrinsics_meta_match_original(reference_build: Path) -> None:
+    (sample,) = _samples(reference_build)
+    cam = json.loads((ORIGINAL / "rgb" / "cam.json").read_text())
+    np.testing.assert_allclose(sample.K, np.array(cam["intrinsic_mat"]) * [[480], [320], [1]], rtol=1e-15)
+    odometry = np.loadtxt(ORIGINAL / "odometry.txt").reshape(-1, 4, 4)
+    vehicle_from_camera = np.array(sample.meta.ego_from_camera)
+    np.testing.assert_allclose(vehicle_from_camera, np.array(cam["extrinsic"]).reshape(4, 4) @ wf.WAYMO_CAMERA_FROM_OPENCV,
+                               atol=1e-15)
+    for k in range(3):
+        np.testing.assert_allclose(sample.poses[k] @ invert_se3(vehicle_from_camera), odometry[k], rtol=0, atol=1e-9)
+    assert sample.meta.original_size == tuple(cam["dim"]) == (1280, 1920)
+    assert sample.meta.distortion == tuple(cam["intrinsic"][4:])
+    np.testing.assert_array_equal(np.array(sample.meta.original_K)[[0, 1, 0, 1], [0, 1, 2, 2]], cam["intrinsic"][:4])
+    images = [wf.camera_images(f)["FRONT"] for _, f in wf.iter_frames(SYNTHETIC_LIDAR / "synthetic_lidar_3frames.tfrecord")]
+    assert sample.meta.timestamps_us == tuple(round(i.pose_timestamp_s * 1e6) for i in images)
+    assert sample.meta.extra["frame_gaps_us"] == [100_000, 100_000]
+    assert sample.meta.extra["lidar_timestamps_us"] == [1553735853462203 + d for d in (-100_000, 0, 100_000)]
+
+
+@needs_shared
+def test_reference_motion_labels_walking_pedestrian_and_standing_truck(reference_build: Path) -> None:
+    """Scene box 1 sits in the label of a pedestrian walking at 1.46 m/s, box 2 in a standing truck's: points
+    on (within 5 cm of) those boxes, above the ground, are MOVING and STATIC_MOVABLE."""
+    (sample,) = _samples(reference_build)
+    assert sample.motion is not None and sample.motion.shape == (len(sample.depth),)
+    cam = np.c_[sample.depth[:, :2], np.ones(len(sample.depth))] @ np.linalg.inv(np.array(sample.meta.original_K)).T
+    vehicle = (cam * sample.depth[:, 2:3]) @ np.array(sample.meta.ego_from_camera)[:3, :3].T \
+        + np.array(sample.meta.ego_from_camera)[:3, 3]
+    boxes = {b["id"]: b for b in json.loads((SYNTHETIC_LIDAR / "scene.json").read_text())["boxes_axis_aligned_in_S"]}
+    inside = {k: [(b[a][0] - 0.05, b[a][1] + 0.05) for a in "xyz"] for k, b in boxes.items()}  # points on faces
+    inside = {k: [(lo if a < 2 else max(lo, 0.05), hi) for a, (lo, hi) in enumerate(v)] for k, v in inside.items()}
+    for box, want in ((1, MotionLabel.MOVING), (2, MotionLabel.STATIC_MOVABLE)):
+        mask = np.all([(vehicle[:, a] > lo) & (vehicle[:, a] < hi) for a, (lo, hi) in enumerate(inside[box])], axis=0)
+        assert mask.sum() > 500, box
+        assert np.mean(sample.motion[mask] == want) >= 0.99, (box, np.bincount(sample.motion[mask]))
