@@ -21,7 +21,8 @@ matching the original Dynamo-Depth preprocessing (``prepare_data/nuScenes.py``):
   ``original_ts_json``), ``large_gap`` (true when a gap exceeds 3x the nominal 1/12 s period: the
   sample is still written, flagged, never silently bridged), ``lidar_token``, ``lidar_dt_us`` (LiDAR
   minus camera timestamp), ``camera_token``, ``is_key_frame``;
-- motion (``motion.npy.zst``, keyframes only, when the version has annotations): each depth point,
+- motion (``motion.npy.zst``, when the version has annotations and the frame's sweep is its sample's
+  keyframe sweep: always at camera keyframes, and at a sweep frame whose nearest sweep is that one): each depth point,
   in global coordinates at the LiDAR time, is tested against the sample's annotation boxes (which are
   at that same time). A point is in a box when, in the box frame (x along the length), |x| <= l/2 + 5 cm,
   |y| <= w/2 + 5 cm, z <= h/2 + 5 cm and z > -h/2 + 5 cm (returns from the ground at the box's foot are
@@ -247,7 +248,7 @@ def points_in_annotation(points_global: np.ndarray, annotation: Mapping[str, Any
 
 
 def motion_labels(nusc: Any, lidar: Mapping[str, Any], points_global: np.ndarray) -> np.ndarray | None:
-    """(N,) uint8 ``MotionLabel`` of the points of a keyframe sweep, or None (sweep / no annotations)."""
+    """(N,) uint8 ``MotionLabel`` of points of a sample's keyframe sweep, or None (other sweeps, no annotations)."""
     sample = nusc.get("sample", lidar["sample_token"])
     if not nusc.sample_annotation or not lidar["is_key_frame"] or sample["data"][LIDAR] != lidar["token"]:
         return None

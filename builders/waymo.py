@@ -15,11 +15,16 @@ offset). What a sample holds, matching the original Dynamo-Depth ``prepare_data/
   original size): float32 [u, v, z] in that order.
 - poses: world_from_camera = ``CameraImage.pose`` (world_from_vehicle at the image's pose time, NOT
   ``Frame.pose``) @ vehicle_from_opencv_camera.
-- timestamps: ``CameraImage.pose_timestamp`` in microseconds (the time of the stored pose).
+- timestamps: ``CameraImage.pose_timestamp`` in microseconds (the time of the stored pose); meta.extra also
+  holds the frames' ``Frame.timestamp_micros`` (LiDAR sweep starts) and the gaps between the 3 image times.
+- several cameras (``--cameras FRONT SIDE_LEFT ...``): one unit per segment and camera; every camera is
+  stored at 480x320 (the 1920x886 side cameras are squeezed anisotropically; K is scaled per axis).
+A frame without the camera's image or calibration yields no sample and breaks the window (never bridged).
 - motion (``motion.npy.zst``, only for target frames that carry laser labels): a depth point inside the 3D
-  box (vehicle frame, heading about z, faces inclusive) of a TYPE_VEHICLE / TYPE_PEDESTRIAN / TYPE_CYCLIST
-  label is 1 (moving) if the label's speed is > 1 m/s, else 2 (static movable; moving wins where boxes
-  overlap); every other point is 0 (background).
+  box (vehicle frame of ``Frame.pose``, heading about z, grown by 5 cm on every side because LiDAR points lie
+  on the faces) of a TYPE_VEHICLE / TYPE_PEDESTRIAN / TYPE_CYCLIST label is 1 (moving) if the label's speed
+  is > 1 m/s, else 2 (static movable; moving wins where boxes overlap); every other point is 0 (background).
+  Camera panoptic labels are not used (the simplest rule the schema allows).
 Streaming: a segment is read once, record by record; only a 3-frame window is kept in memory.
 """
 
@@ -37,7 +42,6 @@ import numpy as np
 
 from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
 from dynamo_depth.formats import waymo as wf
-from dynamo_depth.geometry import invert_se3, resize_intrinsics
 from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
 
 VERSION = "1.0.0"
@@ -47,7 +51,7 @@ SEGMENT_SUFFIX = "_with_camera_labels.tfrecord"
 LASER_ORDER = ("TOP", "FRONT", "SIDE_LEFT", "SIDE_RIGHT", "REAR")
 MOVABLE_TYPES = ("TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_CYCLIST")
 MOVING_SPEED_MPS = 1.0
-BOX_MARGIN_M = float(__import__("os").environ.get("BM", "0.1"))  # label boxes grown by this on every side (points on faces)
+BOX_MARGIN_M = 0.05  # label boxes are grown by this on every side: LiDAR points lie ON the faces
 
 
 # ---------------------------------------------------------------------------------------- units
@@ -115,8 +119,20 @@ def _undistorter(K_flat: tuple[float, ...], distortion: tuple[float, ...], hw: t
 
 
 def training_intrinsics(calib: wf.CameraCalibration) -> np.ndarray:
-    """(3, 3) float64 K of the stored 480x320 images: fx, cx * 480 / W; fy, cy * 320 / H (no half-pixel shift)."""
-    return resize_intrinsics(calib.K, from_hw=(calib.height, calib.width), to_hw=TRAIN_HW)
+    """(3, 3) float64 K of the stored 480x320 images: fx, cx * 480 / W; fy, cy * 320 / H (no half-pixel
+    shift; normalised by the original size first, as the original's ``intrinsic_mat``)."""
+    K = calib.K.copy()
+    K[0] = K[0] / calib.width * TRAIN_HW[1]
+    K[1] = K[1] / calib.height * TRAIN_HW[0]
+    return K
+
+
+def _invert_se3(transform: np.ndarray) -> np.ndarray:
+    """Inverse of a (4, 4) rigid transform: [R^T | -R^T t] (private: dynamo_depth.geometry imports torch)."""
+    out = np.eye(4)
+    out[:3, :3] = transform[:3, :3].T
+    out[:3, 3] = -transform[:3, :3].T @ transform[:3, 3]
+    return out
 
 
 def decode_jpeg(data: bytes, *, where: str) -> np.ndarray:
@@ -155,15 +171,21 @@ def project_to_camera(points_vehicle: np.ndarray, *, camera_from_vehicle: np.nda
         points_vehicle: (M, 3) metres, vehicle frame. camera_from_vehicle: (4, 4), OpenCV camera axes.
         K: (3, 3) pinhole intrinsics in pixels of the original image; hw: its (H, W).
     Returns: ((N, 3) float32 [u, v, z] with z > 0, 0 <= u < W, 0 <= v < H, in input order;
-    (N,) int64 indices of those points in ``points_vehicle``).
+    (N,) int64 indices of those points in ``points_vehicle``). Element-wise arithmetic (no BLAS), so
+    the bytes do not depend on the machine's BLAS kernels.
     """
-    camera = points_vehicle @ camera_from_vehicle[:3, :3].T + camera_from_vehicle[:3, 3]
-    z = camera[:, 2]
+    def axis(rows: np.ndarray, k: int) -> np.ndarray:
+        r = camera_from_vehicle[k]
+        return rows[:, 0] * r[0] + rows[:, 1] * r[1] + rows[:, 2] * r[2] + r[3]
+
+    z = axis(points_vehicle, 2)
     front = np.flatnonzero(z > 0)
-    u = K[0, 0] * camera[front, 0] / z[front] + K[0, 1] * camera[front, 1] / z[front] + K[0, 2]
-    v = K[1, 1] * camera[front, 1] / z[front] + K[1, 2]
+    ahead, z = points_vehicle[front], z[front]
+    x_n, y_n = axis(ahead, 0) / z, axis(ahead, 1) / z
+    u = K[0, 0] * x_n + K[0, 1] * y_n + K[0, 2]
+    v = K[1, 1] * y_n + K[1, 2]
     inside = (u >= 0) & (u < hw[1]) & (v >= 0) & (v < hw[0])
-    depth = np.stack([u[inside], v[inside], z[front][inside]], axis=1).astype(np.float32)
+    depth = np.stack([u[inside], v[inside], z[inside]], axis=1).astype(np.float32)
     return depth, front[inside]
 
 
@@ -171,20 +193,25 @@ def motion_labels(points_vehicle: np.ndarray, labels: Sequence[wf.LaserLabel]) -
     """(N,) uint8 ``MotionLabel`` of vehicle-frame points (N, 3) from 3D laser-label boxes.
 
     Inside a box of a movable type: MOVING if |speed| > 1 m/s else STATIC_MOVABLE (MOVING wins on
-    overlap); otherwise BACKGROUND. Box test in the box frame (heading about z), faces inclusive.
+    overlap); otherwise BACKGROUND. Box test in the box frame (heading about z), each half-size grown by
+    ``BOX_MARGIN_M`` (0.05 m).
     """
     out = np.full(len(points_vehicle), MotionLabel.BACKGROUND, dtype=np.uint8)
-    for label in labels:
-        if label.type not in MOVABLE_TYPES:
-            continue
-        cos, sin = np.cos(label.heading), np.sin(label.heading)
-        offset = points_vehicle - label.center
-        local = np.stack([cos * offset[:, 0] + sin * offset[:, 1], -sin * offset[:, 0] + cos * offset[:, 1],
-                          offset[:, 2]], axis=1)
-        inside = np.all(np.abs(local) <= 0.5 * label.size + BOX_MARGIN_M, axis=1)
-        moving = float(np.linalg.norm(label.speed)) > MOVING_SPEED_MPS
-        value = MotionLabel.MOVING if moving else MotionLabel.STATIC_MOVABLE
-        out[inside & (out != MotionLabel.MOVING)] = value
+    order = np.argsort(points_vehicle[:, 0], kind="stable")  # candidates of a box: a slice in x
+    sorted_x = points_vehicle[order, 0]
+    for moving in (False, True):  # moving boxes last: MOVING wins where boxes overlap
+        for label in labels:
+            if label.type not in MOVABLE_TYPES or (float(np.linalg.norm(label.speed)) > MOVING_SPEED_MPS) != moving:
+                continue
+            half = 0.5 * label.size + BOX_MARGIN_M
+            reach = float(np.hypot(half[0], half[1]))
+            lo, hi = np.searchsorted(sorted_x, [label.center[0] - reach, label.center[0] + reach], side="left")
+            index = order[lo:hi]
+            offset = points_vehicle[index] - label.center
+            cos, sin = np.cos(label.heading), np.sin(label.heading)
+            inside = ((np.abs(cos * offset[:, 0] + sin * offset[:, 1]) <= half[0])
+                      & (np.abs(cos * offset[:, 1] - sin * offset[:, 0]) <= half[1]) & (np.abs(offset[:, 2]) <= half[2]))
+            out[index[inside]] = MotionLabel.MOVING if moving else MotionLabel.STATIC_MOVABLE
     return out
 
 
@@ -193,7 +220,7 @@ def frame_depth(frame, calib: wf.CameraCalibration) -> tuple[np.ndarray, np.ndar
     labels (N,) uint8, or None when the frame carries no laser labels."""
     per_laser = wf.lidar_points(frame, returns=(1,))
     points = np.concatenate([np.zeros((0, 3))] + [per_laser[name] for name in LASER_ORDER if name in per_laser])
-    depth, index = project_to_camera(points, camera_from_vehicle=invert_se3(calib.vehicle_from_opencv_camera),
+    depth, index = project_to_camera(points, camera_from_vehicle=_invert_se3(calib.vehicle_from_opencv_camera),
                                      K=calib.K, hw=(calib.height, calib.width))
     labels = wf.laser_labels(frame)
     motion = motion_labels(points[index], labels) if labels else None
@@ -255,17 +282,20 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
         if len(window) >= 2:
             records[index] = frame
         if len(window) == 3:
-            yield _sample(window, records.pop(window[1].index), sequence, camera, options)
+            yield _sample(window, records.pop(window[1].index), sequence, camera, options, where=str(path))
     if len(window) >= 2:
         yield SkippedFrame(frame=window[-1].index, reason="no next frame")
 
 
-def _sample(window: list[_FrameView], frame, sequence: str, camera: str,
-            options: Mapping[str, Any]) -> TripletSample:
+def _sample(window: list[_FrameView], frame, sequence: str, camera: str, options: Mapping[str, Any], *,
+            where: str) -> TripletSample:
     prev, cur, nxt = window
     calib = cur.calib
     hw = (calib.height, calib.width)
-    depth, motion = frame_depth(frame, calib)
+    try:
+        depth, motion = frame_depth(frame, calib)
+    except wf.WaymoFormatError as error:
+        raise ValueError(f"{where} record at byte offset {cur.offset} (frame {cur.index}): {error}") from error
     stamps = (prev.timestamp_us, cur.timestamp_us, nxt.timestamp_us)
     meta = SampleMeta(
         dataset="waymo", split=options.get("split", "train"), sequence=sequence, camera=camera,

@@ -35,16 +35,41 @@ Predictor = Callable[[Any], np.ndarray]
 
 
 def load_depth_predictor(ckpt_path: str) -> Predictor:
-    """Hook: a predictor from a trainer checkpoint (disparity at scale 0 of the depth network).
+    """A predictor from a trainer checkpoint (``train/checkpoint.py`` layout): scale-0 disparity of the depth network.
 
-    The trainer's checkpoint layout is not settled yet; once it is, build a
-    ``dynamo_depth.models.depth.DepthNetwork``, load its weights (``torch.load(..., weights_only=True)``)
-    and return ``lambda sample: disparity_from_network(network=net, image_rgb=rgb_from_jpeg(sample.images[1]))``.
+    The checkpoint (read with ``torch.load(..., weights_only=True)``) holds ``model`` (``depth.*`` are the
+    depth network's weights) and ``config`` (``model.depth_network``, ``model.scales`` and the training size
+    ``data.height`` x ``data.width``). Each target frame is resized (bilinear, antialiased) to the training
+    size before the network; the returned (height, width) disparity is upsampled by the metrics protocol.
     """
-    raise NotImplementedError(
-        f"--checkpoint {ckpt_path!r}: loading trainer checkpoints is not implemented yet (checkpoint format not "
-        "settled); export disparities to a .npz and pass --predictions FILE.npz instead"
-    )
+    import torch
+    import torch.nn.functional as F
+
+    from dynamo_depth.models import build_depth_network
+
+    try:
+        raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # missing, truncated or foreign files raise several types
+        raise ValueError(f"--checkpoint {ckpt_path!r}: cannot read it: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != "dynamo-depth-checkpoint":
+        raise ValueError(f"--checkpoint {ckpt_path!r}: not a dynamo-depth trainer checkpoint")
+    model_config, data_config = raw["config"]["model"], raw["config"]["data"]
+    network = build_depth_network(model_config["depth_network"], scales=tuple(model_config["scales"]))
+    weights = {name[len("depth."):]: value for name, value in raw["model"].items() if name.startswith("depth.")}
+    network.load_state_dict(weights)
+    network.eval()
+    size = (int(data_config["height"]), int(data_config["width"]))
+
+    def predict(sample: Any) -> np.ndarray:
+        rgb = rgb_from_jpeg(sample.images[1])
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+        if tuple(image.shape[-2:]) != size:
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+        with torch.no_grad():
+            disparity = network(image)[0]
+        return disparity[0, 0].double().numpy()
+
+    return predict
 
 
 def disparity_from_network(*, network: Any, image_rgb: np.ndarray) -> np.ndarray:

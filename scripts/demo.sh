@@ -27,13 +27,14 @@ $PY -m dynamo_depth show "$OUT/shards" --out "$OUT/sample.png"
 step "5/6 train a few steps: torchrun, 2 CPU processes (gloo), every phase -> $OUT/run"
 if [[ -f train/main.py && -f configs/demo.yaml ]]; then
   $PY -m torch.distributed.run --standalone --nproc_per_node 2 train/main.py --config configs/demo.yaml \
-    --set data.url="$OUT/shards" --set run.dir="$OUT/run"
+    --set data.url="$OUT/shards" train.run_dir="$OUT/run" train.threads=1
 else
   echo "NOT BUILT YET: the trainer (train/main.py, configs/demo.yaml) is not in this checkout; skipping training."
 fi
 
 step "6/6 evaluate depth (paper protocol: per-image median scaling, 80 m cap, Garg crop) -> $OUT/eval"
-CKPT=$(ls "$OUT"/run/checkpoints/*.pt 2>/dev/null | tail -1 || true)
+CKPT="$OUT/run/checkpoints/last.pt"
+[[ -f "$CKPT" ]] || CKPT=""
 if [[ -n "$CKPT" ]]; then
   $PY -m eval.depth --checkpoint "$CKPT" --data "$OUT/shards" --dataset kitti --out "$OUT/eval"
   cat "$OUT/eval/metrics.md"

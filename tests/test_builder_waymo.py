@@ -17,7 +17,7 @@ import pytest
 from builders import waymo
 from builders.runner import build
 from dynamo_depth.formats import waymo as wf
-from dynamo_depth.formats.tfrecord import iter_records
+from dynamo_depth.formats.tfrecord import iter_records, write_records
 from dynamo_depth.geometry import invert_se3
 from dynamo_depth.manifest import load_manifest
 from dynamo_depth.schema import MotionLabel, decode
@@ -86,16 +86,17 @@ def test_projection_hand_computed() -> None:
 
 
 def test_motion_labels_hand_computed() -> None:
-    """A 4x2x2 m box turned 90 degrees covers x in [9, 11], y in [-2, 2]; speed 1.2 m/s moving, 0.5 static."""
+    """A 4x2x2 m box turned 90 degrees covers x in [9, 11], y in [-2, 2] (+5 cm margin); 1.2 m/s is moving,
+    0.5 m/s static; where a static and a moving box overlap the point is moving; a sign is not movable."""
     def label(kind: str, speed: float, center: tuple[float, float, float]) -> wf.LaserLabel:
         return wf.LaserLabel(id=kind, type=kind, center=np.array(center), size=np.array([4.0, 2.0, 2.0]),
                              heading=np.pi / 2, speed=np.array([0.0, speed, 0.0]))
 
     points = np.array([[10.0, 1.9, 0.0], [10.0, 2.1, 0.0], [11.5, 0.0, 0.0], [30.0, 0.0, 0.0], [30.0, 0.0, 0.5],
-                       [10.5, -1.0, 0.9], [50.0, 0.0, 0.0]])
+                       [10.5, -1.0, 0.9], [50.0, 0.0, 0.0], [11.04, 0.0, 0.0]])
     labels = [label("TYPE_VEHICLE", 1.2, (10.0, 0.0, 0.0)), label("TYPE_PEDESTRIAN", 0.5, (30.0, 0.0, 0.0)),
               label("TYPE_CYCLIST", 3.0, (30.0, 0.0, 1.5)), label("TYPE_SIGN", 5.0, (50.0, 0.0, 0.0))]
-    np.testing.assert_array_equal(waymo.motion_labels(points, labels), [1, 0, 0, 2, 1, 1, 0])
+    np.testing.assert_array_equal(waymo.motion_labels(points, labels), [1, 0, 0, 2, 1, 1, 0, 1])
 
 
 # ------------------------------------------------------------------------------ real frame, reference
@@ -187,3 +188,174 @@ def test_reference_motion_labels_walking_pedestrian_and_standing_truck(reference
         mask = np.all([(vehicle[:, a] > lo) & (vehicle[:, a] < hi) for a, (lo, hi) in enumerate(inside[box])], axis=0)
         assert mask.sum() > 500, box
         assert np.mean(sample.motion[mask] == want) >= 0.99, (box, np.bincount(sample.motion[mask]))
+
+
+# ------------------------------------------------------------------------------------ synthetic world
+@pytest.fixture(scope="module")
+def synth_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    raw = tmp_path_factory.mktemp("waymo_synth_raw")
+    sw.write_waymo(raw, **SYNTH, options=SMALL)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def synth_val_build(synth_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("waymo_synth_val")
+    report = build(waymo.SPEC, str(synth_raw), str(out), split="val", options=VAL, workers=0, show_progress=False)
+    assert report.ok and report.manifest.num_samples == 2
+    return out
+
+
+def _camera_hits(world, sample, calib: wf.CameraCalibration):
+    """Ray-cast the world through each stored pixel from the camera at the target frame's ``Frame.pose`` time
+    (the LiDAR points are in that vehicle frame): (hits, camera z of each hit)."""
+    t_s = sw.frame_start_s(sample.meta.frame_indices[1]) + sw.SWEEP_S / 2
+    world_from_camera = world.world_from_ego(t_s) @ calib.vehicle_from_opencv_camera
+    pixels = np.c_[sample.depth[:, :2].astype(np.float64), np.ones(len(sample.depth))]
+    directions = pixels @ np.linalg.inv(calib.K).T @ world_from_camera[:3, :3].T
+    origins = np.broadcast_to(world_from_camera[:3, 3], directions.shape).copy()
+    hits = world.ray_cast(origins, directions, t_s)
+    return hits, (hits.points - world_from_camera[:3, 3]) @ world_from_camera[:3, 2]
+
+
+def test_synth_depth_equals_known_scene(synth_val_build: Path) -> None:
+    world = make_world(SYNTH["seed"])
+    calib = sw.camera_calibration("FRONT", SMALL.image_hw)
+    moving = [k + 1 for k, box in enumerate(world.boxes) if box.is_moving]
+    for sample in _samples(synth_val_build):
+        assert sample.meta.original_size == SMALL.image_hw and sample.depth.dtype == np.float32
+        hits, z = _camera_hits(world, sample, calib)
+        static = (hits.surface >= 0) & ~np.isin(hits.surface, moving)
+        rel = np.abs(z - sample.depth[:, 2]) / sample.depth[:, 2]
+        assert static.sum() > 1000, sample.key
+        assert np.mean(rel[static] < 0.01) >= 0.95, (sample.key, np.mean(rel[static] < 0.01))
+
+
+def test_synth_poses_timestamps_intrinsics(synth_val_build: Path) -> None:
+    world = make_world(SYNTH["seed"])
+    calib = sw.camera_calibration("FRONT", SMALL.image_hw)
+    for sample in _samples(synth_val_build):
+        for k, index in enumerate(sample.meta.frame_indices):
+            t_s = sw.frame_start_s(index) + sw.IMAGE_DELAY_S  # the FRONT image pose time
+            np.testing.assert_allclose(sample.poses[k], world.world_from_ego(t_s) @ calib.vehicle_from_opencv_camera,
+                                       rtol=0, atol=1e-9)
+            assert sample.meta.timestamps_us[k] == sw.BASE_TIMESTAMP_US + index * 100_000 + 55_000
+        np.testing.assert_allclose(sample.K, calib.K, rtol=1e-15)  # 480x320 original: K unchanged
+        assert sample.meta.distortion == sw.FRONT_DISTORTION
+
+
+def test_synth_motion_labels_follow_the_world_boxes(synth_val_build: Path) -> None:
+    """Points that are hits of the world (z within 1%): on a moving car 1, on a parked car or the truck 2,
+    on the ground or the (not movable) static object 0."""
+    world = make_world(SYNTH["seed"])
+    calib = sw.camera_calibration("FRONT", SMALL.image_hw)
+    for sample in _samples(synth_val_build):
+        hits, z = _camera_hits(world, sample, calib)
+        exact = np.abs(z - sample.depth[:, 2]) <= 0.01 * sample.depth[:, 2]
+        for surface in np.unique(hits.surface[exact]):
+            category = "ground" if surface == 0 else world.boxes[surface - 1].category
+            moving = surface > 0 and world.boxes[surface - 1].is_moving
+            want = MotionLabel.MOVING if moving else MotionLabel.STATIC_MOVABLE \
+                if category.startswith("vehicle") else MotionLabel.BACKGROUND
+            got = sample.motion[exact & (hits.surface == surface)]
+            assert np.mean(got == want) >= 0.98, (sample.key, category, np.bincount(got))
+        assert set(hits.surface[exact]) >= {0, 1, 3}  # ground, the moving car ahead, a parked car
+
+
+def test_rebuild_passes_verify_against_reference_manifest(synth_val_build: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "dynamo_depth", "verify", str(synth_val_build), "--reference",
+                             str(REPO / "manifests" / "waymo-synth.json")], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 problems" in result.stdout
+
+
+def _train_raw(synth_raw: Path, root: Path) -> tuple[Path, list[Path]]:
+    """A raw root whose train/ holds two segments (the synthetic val and train ones)."""
+    (root / "train").mkdir(parents=True)
+    paths = []
+    for source in sorted(synth_raw.glob("*/segment-*.tfrecord")):
+        paths.append(root / "train" / source.name)
+        shutil.copy(source, paths[-1])
+    assert len(paths) == 2
+    return root, paths
+
+
+def test_corrupt_record_fails_its_segment_only(synth_raw: Path, tmp_path: Path) -> None:
+    root, (bad, good) = _train_raw(synth_raw, tmp_path / "raw")
+    offsets = [offset for offset, _ in iter_records(bad)]
+    data = bytearray(bad.read_bytes())
+    data[offsets[2] + 5000] ^= 0x40  # one flipped bit in the payload of the third record
+    bad.write_bytes(bytes(data))
+    result = _cli(str(root), str(tmp_path / "out"), "--split", "train", "--workers", "0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    bad_unit = bad.name.removesuffix(waymo.SEGMENT_SUFFIX) + "/FRONT"
+    assert f"FAILED  {bad_unit}: TFRecord '{bad}', record at byte offset {offsets[2]}: payload CRC32C mismatch" \
+        in result.stdout
+    manifest = load_manifest(str(tmp_path / "out"))
+    assert [u.name for u in manifest.units] == [good.name.removesuffix(waymo.SEGMENT_SUFFIX) + "/FRONT"]
+    assert manifest.num_samples == 2 and [f.unit for f in manifest.failed] == [bad_unit]
+
+
+def test_workers_1_and_2_give_identical_bytes_and_rerun_is_complete(synth_raw: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    root, _ = _train_raw(synth_raw, tmp_path / "raw")
+    reference = tmp_path / "inprocess"
+    assert build(waymo.SPEC, str(root), str(reference), split="train", options=TRAIN, workers=0,
+                 show_progress=False).manifest.num_samples == 4
+    for workers in ("1", "2"):
+        result = _cli(str(root), str(tmp_path / workers), "--split", "train", "--workers", workers)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert sorted(os.listdir(tmp_path / workers)) == ["manifest.json", "waymo-train-000000.tar"]
+        for name in ("manifest.json", "waymo-train-000000.tar"):
+            assert (tmp_path / workers / name).read_bytes() == (reference / name).read_bytes(), (workers, name)
+    capsys.readouterr()
+    assert waymo.main([str(root), str(tmp_path / "2"), "--split", "train", "--workers", "2", "--quiet"]) == 0
+    assert "already complete: nothing to do" in capsys.readouterr().out
+
+
+def test_import_and_build_never_load_tensorflow(synth_raw: Path, tmp_path: Path) -> None:
+    code = ("import sys; import builders.waymo as w; from builders.runner import build; "
+            "assert not any(m.split('.')[0] in ('tensorflow', 'waymo_open_dataset') for m in sys.modules); "
+            f"r = build(w.SPEC, {str(synth_raw)!r}, {str(tmp_path / 'out')!r}, split='val', "
+            "options={'cameras': ['FRONT'], 'split': 'val'}, workers=0, show_progress=False); "
+            "assert r.manifest.num_samples == 2; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'waymo_open_dataset')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_cli_errors_and_help(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert waymo.main([str(tmp_path / "nowhere"), str(tmp_path / "out"), "--split", "val", "--workers", "0"]) == 2
+    assert f"{tmp_path / 'nowhere' / 'val'}: not a folder" in capsys.readouterr().err
+    assert waymo.main([str(tmp_path), str(tmp_path / "out"), "--split", "test", "--workers", "0"]) == 2
+    assert "--split must be train or val" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        waymo.main(["--help"])
+    help_text = capsys.readouterr().out
+    assert exited.value.code == 0 and "--cameras" in help_text and "--workers" in help_text
+
+
+def test_bad_range_image_and_missing_camera_are_reported(synth_raw: Path, tmp_path: Path) -> None:
+    """A record with a valid CRC but a broken TOP range image fails its segment naming file, offset, laser;
+    a camera without images yields no samples, each frame reported."""
+    (source,) = sorted(synth_raw.glob("val/segment-*.tfrecord"))
+    payloads = [payload for _, payload in iter_records(source)]
+    broken = wf.parse_frame(payloads[1])
+    next(laser for laser in broken.lasers if laser.name == 1).ri_return1.range_image_compressed = b"not zlib"
+    payloads[1] = broken.SerializeToString()
+    (tmp_path / "raw" / "val").mkdir(parents=True)
+    write_records(tmp_path / "raw" / "val" / source.name, payloads)
+    offset = 16 + len(payloads[0])
+    report = build(waymo.SPEC, str(tmp_path / "raw"), str(tmp_path / "out"), split="val", workers=0,
+                   options={"cameras": ["FRONT", "FRONT_LEFT"], "split": "val"}, show_progress=False)
+    (failed,) = report.manifest.failed
+    assert failed.unit.endswith("/FRONT") and failed.error.startswith(
+        f"{tmp_path / 'raw' / 'val' / source.name} record at byte offset {offset} (frame 1): ")
+    assert "laser TOP return 1 range image: cannot decompress" in failed.error
+    (unit,) = report.manifest.units
+    assert unit.name.endswith("/FRONT_LEFT") and (unit.samples, unit.skipped) == (0, 4)
+    assert unit.notes == tuple(f"frame {i}: no FRONT_LEFT image" for i in range(4))

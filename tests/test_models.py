@@ -11,7 +11,7 @@ from dynamo_depth.losses import compute_losses
 from dynamo_depth.models import PHASES, DynamoDepthModel, phase_spec
 from dynamo_depth.models.depth import depth_to_disp, disp_to_depth
 from dynamo_depth.models.motion import MotionNetwork
-from dynamo_depth.models.pose import PoseDecoder, predict_source_from_target
+from dynamo_depth.models.pose import PoseDecoder, PoseNetwork, predict_source_from_target
 from dynamo_depth.models.registry import build_depth_network
 from dynamo_depth.models.resnet import (
     ResNet18Encoder,
@@ -153,7 +153,7 @@ def test_pose_convention_is_source_from_target(model):
     """Camera drives 1 m forward per frame: a point 5 m ahead of camera t is 6 m ahead of camera t-1
     and 4 m ahead of camera t+1. A pose net fixed to output later_from_earlier = translate (0, 0, -1)
     must give T_source_from_target equal to inverse(world_from_source) @ world_from_target."""
-    pose = DynamoDepthModel().pose
+    pose = PoseNetwork()
     with torch.no_grad():
         pose.decoder.out.weight.zero_()
         pose.decoder.out.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -100.0]))  # x0.01 -> -1 m
@@ -205,8 +205,8 @@ def _subnetwork_grads(model: DynamoDepthModel) -> dict[str, bool]:
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_gradients_reach_exactly_the_trained_subnetworks(model, phase):
     torch.manual_seed(1)
-    images = torch.rand(2, 3, 3, 64, 128)
-    K = torch.tensor([[64.0, 0, 63.5], [0, 64.0, 31.5], [0, 0, 1]]).expand(2, 3, 3)
+    images = torch.rand(2, 3, 3, 64, 64)
+    K = torch.tensor([[64.0, 0, 31.5], [0, 64.0, 31.5], [0, 0, 1]]).expand(2, 3, 3)
     model.zero_grad(set_to_none=True)
     model.train()
     outputs = model(images, phase=phase)

@@ -78,7 +78,8 @@ class RunSummary:
     step_seconds: float
     last_terms: Mapping[str, float]
     checkpoint: str | None
-    model_digest: str
+    parameter_digest: str
+    """sha256 of the parameters (not buffers: BatchNorm statistics are rank-local between DDP forwards)."""
 
 
 # ----------------------------------------------------------------------------- batches
@@ -190,10 +191,14 @@ def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: Mapping[
     c = config.loss
     weights = LossWeights(**{f: getattr(c, f) for f in LossWeights.__dataclass_fields__})
     settings = LossSettings(scales=config.model.scales, min_depth=c.min_depth, max_depth=c.max_depth)
-    losses = compute_losses(batch, outputs, phase=window.name, phase_progress=window.progress(step),
-                            weights=weights, settings=settings)
     names = (*TERMS, "total")
-    mean = _mean_over_ranks(torch.stack([losses[n].detach().float() for n in names]), runtime)
+    try:
+        losses = compute_losses(batch, outputs, phase=window.name, phase_progress=window.progress(step),
+                                weights=weights, settings=settings)
+        local = torch.stack([losses[n].detach().float() for n in names])
+    except torch.linalg.LinAlgError:  # NaN depths make the ground-plane fit fail: report it as non-finite
+        local = torch.full((len(names),), math.nan, device=runtime.device)
+    mean = _mean_over_ranks(local, runtime)  # every rank sees the same values, so all stop together
     if not bool(torch.isfinite(mean).all()):
         bad = {n: v for n, v in zip(names, mean.tolist(), strict=True) if not math.isfinite(v)}
         raise NonFiniteLossError(f"step {step} ({window.name}): loss is not finite on some rank: {bad}")
@@ -255,7 +260,7 @@ def run_training(*, config: RunConfig, runtime: Runtime, max_steps: int | None =
                               position=position, stop=stop, resume=resume, clock=clock, logger=logger)
     return RunSummary(step=position.step, steps_run=clock["steps"], data_seconds=clock["data"],
                       step_seconds=clock["step"], last_terms=clock["terms"], checkpoint=clock["checkpoint"],
-                      model_digest=model_digest(model.state_dict()))
+                      parameter_digest=model_digest(dict(model.named_parameters())))
 
 
 def _seed_runtime(seed: int) -> None:
@@ -304,6 +309,9 @@ def _run_phase(*, window, config, runtime, model, stream, position, stop, resume
 def deterministic_mode(enabled: bool) -> Iterator[None]:
     """``torch.use_deterministic_algorithms(enabled)`` for the body, restoring the previous setting."""
     previous = torch.are_deterministic_algorithms_enabled()
+    if previous == enabled:  # the call imports torch._inductor (seconds): only make it when needed
+        yield
+        return
     torch.use_deterministic_algorithms(enabled)
     try:
         yield

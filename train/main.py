@@ -161,7 +161,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> int:
         if logger is not None:
             logger.close()
     if args.digest_dir:
-        _write_digest(args.digest_dir, runtime, summary.model_digest)
+        _write_digest(args.digest_dir, runtime, summary.parameter_digest)
     if runtime.is_main:
         print(f"done: step {summary.step}, checkpoint {summary.checkpoint}, "
               f"loss {summary.last_terms.get('total', float('nan')):.5f}", flush=True)

@@ -17,8 +17,9 @@ key                            shape                        meaning
 
 Which sub-networks run and which learn is data (``PHASES``). Frozen sub-networks run under
 ``torch.no_grad()`` and in eval mode (BatchNorm statistics untouched). Build the optimiser from
-``trainable_parameters(phase=...)``; under DDP pass ``find_unused_parameters=True`` (sub-networks
-that do not run in a phase get no gradient).
+``trainable_parameters(phase=...)``: every one of those parameters gets a gradient from
+``compute_losses(...)["total"]`` in its phase (tested), so DDP over those alone needs no
+``find_unused_parameters``; parameters outside that list get none.
 """
 
 from __future__ import annotations

@@ -1,0 +1,229 @@
+"""The trainer: schedule as data, batch preparation, 2-process DDP over all phases, exact resume, NaN stop.
+
+Shards come from a real synthetic KITTI world (``dynamo_depth.synth`` + ``builders.kitti``): 8 triplets
+of 640x192 images, trained at 64x64 (``--set`` overrides), batch 2, 1 thread per process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamo_depth.config import load_config
+from train import main as train_main
+from train.checkpoint import CheckpointError, load_checkpoint, model_digest
+from train.loop import (
+    NonFiniteLossError,
+    Runtime,
+    build_model,
+    make_optimizer,
+    prepare_batch,
+    select_trainable,
+    train_step,
+)
+from train.phases import learning_rate, phase_windows, total_steps, window_at
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "configs" / "demo.yaml"
+TINY = ["data.height=64", "data.width=64", "data.batch_size=2", "data.num_workers=0", "train.threads=1",
+        "train.progress=false", "train.checkpoint_every=0", "train.image_every=2", "train.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 samples (1 drive x 2 cameras x 4 triplets) built from a synthetic KITTI raw drive."""
+    from builders.kitti import main as build_kitti
+    from dynamo_depth.synth.kitti import write_kitti
+
+    root = tmp_path_factory.mktemp("world")
+    write_kitti(root / "raw", sequences=1, frames=6, seed=0)
+    assert build_kitti([str(root / "raw"), str(root / "shards"), "--workers", "0"]) == 0
+    return root / "shards"
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------- schedule
+def test_paper_schedule_windows_and_learning_rates() -> None:
+    config = load_config(REPO / "configs" / "kitti.yaml")
+    windows = phase_windows(config)
+    assert [(w.name, w.start, w.steps, w.lr_scale) for w in windows] == [
+        ("disp_init", 0, 8000, 1.0), ("motion_init", 8000, 8000, 1.0), ("mask_init", 16000, 40000, 1.0),
+        ("fine_tune", 56000, 160000, 0.5)]
+    assert total_steps(config) == 216000
+    fine = window_at(config, 56000)
+    assert fine.name == "fine_tune" and fine.progress(56000) == 0.0 and fine.progress(136000) == 0.5
+    lr = [learning_rate(optim=config.optim, window=fine, step=s, iterations_per_epoch=8000)
+          for s in (56000, 56000 + 79999, 56000 + 80000, 215999)]
+    assert lr == [5e-5, 5e-5, 2.5e-5, 2.5e-5]
+    with pytest.raises(ValueError, match="outside the schedule of 216000 steps"):
+        window_at(config, 216000)
+
+
+def test_step_lr_scheduler_follows_the_schedule() -> None:
+    config = load_config(DEMO, overrides=["schedule.iterations_per_epoch=2", "optim.decay_every_epochs=1",
+                                          "schedule.fine_tune.epochs=3"])
+    window = window_at(config, total_steps(config) - 1)
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer, scheduler = make_optimizer(config, params, window)
+    seen = []
+    for step in range(window.start, window.end):
+        seen.append(optimizer.param_groups[0]["lr"])
+        assert seen[-1] == pytest.approx(learning_rate(optim=config.optim, window=window, step=step,
+                                                       iterations_per_epoch=2), rel=1e-12)
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([5e-5, 5e-5, 2.5e-5, 2.5e-5, 1.25e-5, 1.25e-5])
+    skipped = load_config(DEMO, overrides=["schedule.motion_init.epochs=0"])
+    assert [w.name for w in phase_windows(skipped)] == ["disp_init", "mask_init", "fine_tune"]
+
+
+def test_prepare_batch_resizes_images_and_scales_intrinsics() -> None:
+    K4 = torch.eye(4)
+    K4[:3, :3] = torch.tensor([[320.0, 0.0, 319.5], [0.0, 300.0, 95.5], [0.0, 0.0, 1.0]])
+    images = torch.full((1, 3, 3, 192, 640), 0.25)
+    batch = prepare_batch({"images": images, "images_aug": images * 2, "K": K4[None, None]}, height=64, width=192,
+                          device=torch.device("cpu"))
+    assert batch["images"].shape == (1, 3, 3, 64, 192) and batch["images_aug"].shape == (1, 3, 3, 64, 192)
+    assert torch.allclose(batch["images"], torch.tensor(0.25)) and torch.allclose(batch["images_aug"], torch.tensor(0.5))
+    expected = torch.tensor([[320.0 * 0.3, 0.0, 319.5 * 0.3], [0.0, 100.0, 95.5 / 3], [0.0, 0.0, 1.0]])
+    assert torch.allclose(batch["K"][0], expected)
+    same = prepare_batch({"images": images, "images_aug": images, "K": K4[None, None]}, height=192, width=640,
+                         device=torch.device("cpu"))
+    assert torch.equal(same["images"], images) and torch.equal(same["K"][0], K4[:3, :3])
+
+
+# ----------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
+    return env
+
+
+def test_two_process_ddp_runs_every_phase_with_identical_parameters(shards: Path, tmp_path: Path) -> None:
+    run_dir, digests = tmp_path / "run", tmp_path / "digests"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(REPO / "train" / "main.py"), "--config", str(DEMO),
+               "--set", f"data.url={shards}", f"train.run_dir={run_dir}", "schedule.iterations_per_epoch=2",
+               *TINY, "--digest-dir", str(digests)]
+    proc = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "done: step 8" in proc.stdout
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (checkpoint.step, checkpoint.phase) == (8, "fine_tune")
+    assert checkpoint.loader == {"epoch": 3, "consumed": 4, "seed": 0, "world_size": 2}  # 2 batches a data epoch
+    assert checkpoint.rng["torch"].shape[0] == 2
+    assert not torch.equal(checkpoint.rng["torch"][0], checkpoint.rng["torch"][1])  # seeded by rank
+    config = load_config(run_dir / "config.yaml")
+    assert config.data.url == str(shards) and config.schedule.iterations_per_epoch == 2
+    model = build_model(config, Runtime())
+    initial = model.state_dict()
+    # parameters are identical on both ranks (BatchNorm buffers are rank-local until the next DDP forward)
+    saved_parameters = {name: checkpoint.model[name] for name, _ in model.named_parameters()}
+    rank_digests = [(digests / f"params_rank{r}.sha256").read_text().strip() for r in (0, 1)]
+    assert rank_digests[0] == rank_digests[1] == model_digest(saved_parameters)
+    for prefix in ("depth.", "pose.", "motion.encoder.", "motion.flow_decoder.", "motion.mask_decoder."):
+        changed = [n for n in initial if n.startswith(prefix) and initial[n].is_floating_point()
+                   and not torch.equal(initial[n], checkpoint.model[n])]
+        assert changed, f"{prefix} never trained"
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+# ----------------------------------------------------------------------------- resume and NaN
+def _run(shards: Path, run_dir: Path, *extra: str) -> int:
+    return train_main.main(["--config", str(DEMO), "--set", f"data.url={shards}", f"train.run_dir={run_dir}",
+                            *TINY, "data.batch_size=3", "train.deterministic=true", "schedule.iterations_per_epoch=1",
+                            "schedule.disp_init.epochs=3", "schedule.motion_init.epochs=1",
+                            "schedule.mask_init.epochs=0", "schedule.fine_tune.epochs=0",
+                            "optim.decay_every_epochs=1", *extra])
+
+
+def test_resume_continues_bitwise_exactly(shards: Path, tmp_path: Path, one_thread: None) -> None:
+    # 8 samples at batch 3 -> 3 batches per data epoch: step 3 starts data epoch 1; the lr halves every step.
+    assert _run(shards, tmp_path / "straight", "--max-steps", "4") == 0
+    assert _run(shards, tmp_path / "split", "--max-steps", "2") == 0
+    half = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert (half.step, half.phase, half.loader["epoch"], half.loader["consumed"]) == (2, "disp_init", 0, 6)
+    assert half.scheduler["last_epoch"] == 2
+    assert _run(shards, tmp_path / "split", "--max-steps", "4", "--resume") == 0
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert (resumed.step, resumed.phase, resumed.loader) == (4, "motion_init", straight.loader)
+    assert straight.loader == {"epoch": 1, "consumed": 3, "seed": 0, "world_size": 1}
+    assert list(straight.model) == list(resumed.model)
+    for name, value in straight.model.items():
+        assert torch.equal(value, resumed.model[name]), name
+    assert model_digest(straight.model) == model_digest(resumed.model) != model_digest(half.model)
+    state_a, state_b = straight.optimizer["state"], resumed.optimizer["state"]
+    assert state_a.keys() == state_b.keys() and all(torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"])
+                                                    for k in state_a)
+    # a resume whose config changes the math is refused, naming the keys
+    assert _run(shards, tmp_path / "split", "--max-steps", "4", "--resume", "--set", "optim.lr=1") == 2
+
+
+def test_resume_without_checkpoint_and_bad_checkpoint(shards: Path, tmp_path: Path, capsys) -> None:
+    assert _run(shards, tmp_path / "empty", "--resume") == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "something-else"}, bad)
+    with pytest.raises(CheckpointError, match="not a dynamo-depth-checkpoint file"):
+        load_checkpoint(bad)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_path: Path, one_thread: None,
+                                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import train.loop as loop
+
+    real = loop.compute_losses
+    calls = []
+
+    def poisoned(*args, **kwargs):  # fault injection: the third step's loss turns NaN
+        losses = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            losses = {**losses, "total": losses["total"] * math.nan}
+        return losses
+
+    monkeypatch.setattr(loop, "compute_losses", poisoned)
+    run_dir = tmp_path / "nan"
+    assert _run(shards, run_dir, "train.checkpoint_every=1", "--max-steps", "4") == 3
+    err = capsys.readouterr().err
+    assert "step 2 (disp_init): loss is not finite" in err and "last good checkpoint" in err
+    kept = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert kept.step == 2 and not (run_dir / "checkpoints" / "last.pt.tmp").exists()
+
+
+def test_train_step_refuses_nan_before_touching_parameters(one_thread: None) -> None:
+    torch.set_num_threads(1)
+    config = load_config(DEMO, overrides=["data.height=64", "data.width=64"])
+    model = build_model(config, Runtime())
+    window = phase_windows(config)[0]
+    params = select_trainable(model, phase=window.name)
+    optimizer, scheduler = make_optimizer(config, params, window)
+    images = torch.rand(1, 3, 3, 64, 64)
+    images[0, 1, :, 10, 10] = math.nan
+    K = torch.tensor([[[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match="loss is not finite"):
+        train_step(module=model, params=params, batch={"images": images, "images_aug": images, "K": K},
+                   optimizer=optimizer, scheduler=scheduler, window=window, step=0, config=config, runtime=Runtime())
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert scheduler.last_epoch == 0
