@@ -24,9 +24,12 @@ Dataset axis conventions:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported inside the torch helpers: builders stay torch-free
+    import torch
 
 EARTH_RADIUS_M = 6378137.0
 _SMALL_ANGLE = 1e-4  # below this rotation angle (rad) the Taylor branches are used
@@ -146,6 +149,8 @@ def axis_angle_to_matrix(v) -> np.ndarray:
 
 def axis_angle_to_matrix_torch(v: torch.Tensor) -> torch.Tensor:
     """Torch Rodrigues, v (..., 3) -> R (..., 3, 3); finite values and gradients at zero angle."""
+    import torch
+
     if v.shape[-1] != 3:
         raise ValueError(f"v: expected shape (..., 3), got {tuple(v.shape)}")
     theta_sq = (v * v).sum(-1)
@@ -250,6 +255,8 @@ def pose_vec_to_matrix_torch(
     axisangle, translation: (B, 1, 3) (or (B, 3)). Returns T = [R(axisangle) | t], or its inverse
     [R^T | -R^T t] when ``invert``.
     """
+    import torch
+
     for name, x in (("axisangle", axisangle), ("translation", translation)):
         if x.shape[-1] != 3 or x.dim() not in (2, 3) or (x.dim() == 3 and x.shape[1] != 1):
             raise ValueError(f"{name}: expected shape (B, 1, 3) or (B, 3), got {tuple(x.shape)}")
@@ -331,6 +338,8 @@ def backproject_depth_torch(depth: torch.Tensor, inv_K: torch.Tensor) -> torch.T
 
     Pixel (row j, column i) uses the centre (u, v) = (i, j); columns are ordered row-major.
     """
+    import torch
+
     if depth.dim() != 4 or depth.shape[1] != 1:
         raise ValueError(f"depth: expected shape (B, 1, H, W), got {tuple(depth.shape)}")
     b, _, h, w = depth.shape
@@ -354,6 +363,8 @@ def project_to_pixels_torch(
     x = (2u + 1) / W - 1, y = (2v + 1) / H - 1 (pixel centres, see the module docstring).
     Depths below ``eps`` are clamped to ``eps`` (such points land far outside [-1, 1]).
     """
+    import torch
+
     h, w = _check_hw(hw, "hw")
     if cam_points.dim() != 3 or cam_points.shape[1] != 3 or cam_points.shape[2] != h * w:
         raise ValueError(f"cam_points: expected shape (B, 3, {h * w}), got {tuple(cam_points.shape)}")
