@@ -59,7 +59,10 @@ class StepRecorder:
 
     def log_step(self, *, step: int, phase: str, result: Any, batch: Any, data_seconds: float,
                  step_seconds: float) -> None:
-        self.rows.append({"step": step, "data": data_seconds, "total": step_seconds, **result.terms})
+        self.rows.append({**result.terms, "step": step, "data_s": data_seconds, "step_s": step_seconds})
+        if step % 50 == 0:
+            print(f"  step {step} ({phase}): photometric {result.terms['photometric']:.4f}, "
+                  f"{step_seconds:.2f} s/step", flush=True)
 
 
 def evaluate(config: RunConfig, model: torch.nn.Module | None) -> dict[str, float]:
@@ -104,7 +107,7 @@ def quality_run(shards: Path, run_dir: Path, *, steps: int, height: int, width: 
     first = statistics.mean(r["photometric"] for r in recorder.rows[:10])
     last = statistics.mean(r["photometric"] for r in recorder.rows[-10:])
     return {"before": before, "after": after, "train_photometric_first10": first, "train_photometric_last10": last,
-            "seconds_per_step": statistics.mean(r["total"] for r in recorder.rows[1:])}
+            "seconds_per_step": statistics.mean(r["step_s"] for r in recorder.rows[1:])}
 
 
 def speed_run(shards: Path, run_dir: Path, *, steps: int, batch: int, workers: int) -> dict[str, float]:
@@ -116,9 +119,9 @@ def speed_run(shards: Path, run_dir: Path, *, steps: int, batch: int, workers: i
     recorder = StepRecorder()
     run_training(config=config, runtime=Runtime(), max_steps=steps + 1, logger=recorder)
     timed = recorder.rows[1:]
-    total = sum(r["total"] for r in timed)
+    total = sum(r["step_s"] for r in timed)
     return {"steps_per_s": len(timed) / total, "images_per_s": len(timed) * batch / total,
-            "data_share": sum(r["data"] for r in timed) / total, "seconds_per_step": total / len(timed)}
+            "data_share": sum(r["data_s"] for r in timed) / total, "seconds_per_step": total / len(timed)}
 
 
 def main() -> None:

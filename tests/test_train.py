@@ -145,6 +145,28 @@ def test_two_process_ddp_runs_every_phase_with_identical_parameters(shards: Path
                    and not torch.equal(initial[n], checkpoint.model[n])]
         assert changed, f"{prefix} never trained"
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    _check_eval_hook(run_dir / "checkpoints" / "last.pt", shards, model, checkpoint)
+
+
+def _check_eval_hook(path: Path, shards: Path, model, checkpoint) -> None:
+    """eval.depth's --checkpoint hook reads this format: its disparity is the trained depth network's."""
+    from eval import iter_samples, rgb_from_jpeg
+    from eval.depth import load_depth_predictor
+
+    sample = next(iter_samples(str(shards), max_samples=1))
+    disparity = load_depth_predictor(str(path))(sample)
+    assert disparity.shape == (64, 64) and ((disparity > 0) & (disparity < 1)).all()
+    model.load_state_dict(checkpoint.model)
+    model.eval()
+    image = torch.from_numpy(rgb_from_jpeg(sample.images[1])).permute(2, 0, 1).float()[None, None] / 255.0
+    K4 = torch.eye(4)[None, None]
+    batch = prepare_batch({"images": image.expand(1, 3, -1, -1, -1), "images_aug": image.expand(1, 3, -1, -1, -1),
+                           "K": K4}, height=64, width=64, device=torch.device("cpu"))
+    with torch.no_grad():
+        expected = model.depth(batch["images"][:, 1])[0][0, 0].double().numpy()
+    assert abs(disparity - expected).max() < 1e-6
+    with pytest.raises(ValueError, match="cannot read it"):
+        load_depth_predictor(str(path.with_name("missing.pt")))
 
 
 # ----------------------------------------------------------------------------- resume and NaN
