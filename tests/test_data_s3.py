@@ -132,3 +132,42 @@ def test_shard_altered_on_the_server_is_named(remote, s3_env: SeaweedS3) -> None
     client.put_object(Bucket=BUCKET, Key=key, Body=bytes(data[:1024]))
     with pytest.raises(ShardIntegrityError, match=f"{victim.name}.*1024 bytes on the server"):
         list(make_dataset(url, decode=False))
+
+
+def test_ranged_read_of_sample_spans_resumes_inside_the_range(remote, tmp_path: Path) -> None:
+    url, _ = remote
+    base, entries = load_index(url)
+    entry = entries[1]
+    offset = entry.spans[1][0]
+    length = entry.spans[1][1] + entry.spans[2][1]  # two touching spans: one ranged GET
+    local = (tmp_path / "local" / entry.name).read_bytes()
+    opened: list[tuple[int, int | None]] = []
+
+    class BreakingStore(ShardStore):
+        def open_at(self, e, off, end=None):  # type: ignore[no-untyped-def]
+            opened.append((off, end))
+            body = super().open_at(e, off, end)
+            if len(opened) > 1:
+                return body
+
+            class Breaking:
+                count = 0
+
+                def read(self, n: int) -> bytes:
+                    if self.count >= 1024:
+                        raise ConnectionResetError("connection reset by peer")
+                    data = body.read(min(n, 512))
+                    self.count += len(data)
+                    return data
+
+                def close(self) -> None:
+                    body.close()
+
+            return Breaking()
+
+    store = BreakingStore(base, retry=FAST_RETRY)
+    assert store.read_range(entry, offset=offset, length=length) == local[offset:offset + length]
+    assert opened == [(offset, offset + length), (offset + 1024, offset + length)]
+    assert store.retry_events and store.retry_events[0][:2] == (entry.name, offset + 1024)  # absolute offset
+    with pytest.raises(ShardIntegrityError, match=f"{entry.name}.*outside"):
+        store.read_range(entry, offset=entry.bytes - 512, length=1024)

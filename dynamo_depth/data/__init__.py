@@ -8,11 +8,24 @@ the REMAINDER IS DROPPED (the last ``N % world_size`` samples of the global orde
 batches round-robin, so batches come out in the same order for any ``num_workers`` and a
 ``state()`` (epoch, samples consumed) resumes exactly at the next batch, with any worker count.
 
-Reading: each worker streams the shards holding its samples front to back, checks size, keys and
-sha256 against the manifest at each shard's end (``ShardIntegrityError`` names the shard) and
-retries transient errors, resuming at the byte offset. Without a cache every worker reads each of
-its rank's shards (``num_workers`` times the bytes); pass ``cache_dir`` for remote data so that a
-machine fetches each shard once (LRU, ``cache_bytes``). Nothing read is ever unpickled.
+Reading and integrity (rule 5 of ``plan``): every shard a rank reads is OWNED by one of its DataLoader
+workers, the worker of the block holding the shard's first sample in the rank stream (from the
+resume position). The owner streams the whole shard front to back and checks size, keys and sha256
+against the manifest at the shard's end (``ShardIntegrityError`` names the shard); the other workers
+read only their own samples, by ranged reads of the manifest's sample spans (touching spans of one
+shard merged into one read; each span must parse as exactly its manifest key). So each rank hashes
+each of its shards once per epoch and reads about ``1 + (num_workers - 1) / num_workers`` times its
+bytes (it was ``num_workers`` times). A corrupted byte in a sample that a non-owner yields is caught
+by the owner's hash, possibly some batches later: the epoch then fails naming the shard, as a whole-
+shard reader fails only at the shard's end. Folders without a manifest (no spans, no hash) are
+streamed whole by every worker. Transient errors are retried, resuming at the byte offset. With
+``cache_dir`` (remote data) owners keep verified copies (LRU, ``cache_bytes``) and the other workers
+range-read from a copy once it exists. Nothing read is ever unpickled.
+
+Decoding (``make_loader``): ``decode.decode_batch`` decodes, augments and collates a batch in one
+pass per image (uint8 mirror, table lookups, writes straight into the batch arrays); its batches
+equal the per-sample stages ``decode_samples`` -> ``augment_samples`` -> ``batch_samples`` that
+``make_dataset(decode=True)`` yields.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ from dynamo_depth.data.collate import collate_batch, scaled_intrinsics
 from dynamo_depth.data.pipeline import (
     StreamingDataset,
     augment_samples,
-    batch_samples,
+    decode_batches,
     decode_samples,
     read_samples,
 )
@@ -169,9 +182,10 @@ def make_loader(url: str, *, batch_size: int, num_workers: int, rank: int = 0, w
     if not isinstance(scales, int) or scales < 1:
         raise ValueError(f"scales {scales!r} must be a positive integer")
     dataset = make_dataset(url, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
-                           decode=True, augment=augment, resume_from=resume_from, shuffle_buffer=shuffle_buffer,
+                           decode=False, resume_from=resume_from, shuffle_buffer=shuffle_buffer,
                            block=batch_size, cache_dir=cache_dir, cache_bytes=cache_bytes, retry=retry)
-    dataset.append(partial(batch_samples, batch_size=batch_size, scales=scales))
+    dataset.append(partial(decode_batches, batch_size=batch_size, scales=scales, seed=seed, epoch=epoch,
+                           augment=augment))
     extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         pin_memory=pin_memory, **extra)

@@ -10,7 +10,7 @@ import torch
 
 from dynamo_depth.schema import MotionLabel
 
-__all__ = ["collate_batch", "scaled_intrinsics"]
+__all__ = ["collate_batch", "collate_geometry", "scaled_intrinsics"]
 
 
 def scaled_intrinsics(K: np.ndarray, *, scales: int) -> np.ndarray:
@@ -39,16 +39,24 @@ def collate_batch(samples: Sequence[dict[str, Any]], *, scales: int) -> dict[str
     shapes = {tuple(s["images"].shape) for s in samples}
     if len(shapes) != 1:
         raise ValueError(f"samples {keys} have different image shapes {sorted(shapes)}; one batch needs one size")
+    batch = collate_geometry(samples, scales=scales)
+    batch["images"] = torch.from_numpy(np.stack([s["images"] for s in samples]))
+    batch["images_aug"] = torch.from_numpy(np.stack([s.get("images_aug", s["images"]) for s in samples]))
+    return batch
+
+
+def collate_geometry(samples: Sequence[dict[str, Any]], *, scales: int) -> dict[str, Any]:
+    """Everything of ``collate_batch`` except the images (K, inv_K, poses, depth, motion, flipped, keys)."""
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
     K = np.stack([scaled_intrinsics(s["K"], scales=scales) for s in samples])
     batch: dict[str, Any] = {
-        "images": torch.from_numpy(np.stack([s["images"] for s in samples])),
-        "images_aug": torch.from_numpy(np.stack([s.get("images_aug", s["images"]) for s in samples])),
         "K": torch.from_numpy(K.astype(np.float32)),
         "inv_K": torch.from_numpy(np.linalg.inv(K).astype(np.float32)),
         "poses": torch.from_numpy(np.stack([s["poses"] for s in samples]).astype(np.float64)),
         "timestamps_us": torch.from_numpy(np.stack([s["timestamps_us"] for s in samples]).astype(np.int64)),
         "flipped": torch.tensor([bool(s.get("flipped", False)) for s in samples]),
-        "keys": keys,
+        "keys": [s["__key__"] for s in samples],
     }
     n_max = max(len(s["depth_points"]) for s in samples)
     depth = np.zeros((len(samples), n_max, 3), dtype=np.float32)

@@ -1,31 +1,35 @@
 """WebDataset stages of the loader: small generator functions, each usable (and tested) alone.
 
-    read_samples(wanted, plan=, store=)   raw members, in the plan's order (streams shards, verifies them)
+    read_samples(wanted, plan=, store=, owned=)  raw members, in the plan's order (see its docstring)
     decode_samples(raw)                   -> numpy sample dicts (schema.decode + JPEG decode, never unpickles)
     augment_samples(decoded, ...)         -> flip / colour jitter (or images_aug = images)
     batch_samples(decoded, ...)           -> collated torch batches
+    decode_batches(raw, ...)              -> the three above fused (``decode.decode_batch``; make_loader's path)
 
 ``StreamingDataset`` chains them with ``webdataset.DataPipeline``; the first stage asks
-``torch.utils.data.get_worker_info()`` which blocks of the rank stream this worker yields.
+``torch.utils.data.get_worker_info()`` which blocks of the rank stream this worker yields and which
+shards it owns (``EpochPlan.owned_shards``).
 """
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
-from dynamo_depth import schema
+from dynamo_depth import shards as shards_mod
 from dynamo_depth.data.augment import augment_sample
 from dynamo_depth.data.collate import collate_batch
+from dynamo_depth.data.decode import decode_batch, decode_jpeg, decode_sample
 from dynamo_depth.data.plan import EpochPlan, WantedSample
-from dynamo_depth.data.sources import ShardStore
+from dynamo_depth.data.sources import ShardIntegrityError, ShardStore
 
-__all__ = ["StreamingDataset", "augment_samples", "batch_samples", "decode_jpeg", "decode_samples", "read_samples"]
+__all__ = ["StreamingDataset", "augment_samples", "batch_samples", "decode_batches", "decode_jpeg", "decode_sample",
+           "decode_samples", "read_samples"]
+
+READ_AHEAD = 16  # wanted samples looked at when gathering ranged reads (consecutive spans become one read)
 
 
 def _stream_wanted(wanted: Sequence[WantedSample], plan: EpochPlan,
@@ -41,15 +45,61 @@ def _stream_wanted(wanted: Sequence[WantedSample], plan: EpochPlan,
                 yield (shard, ordinal), {"__key__": key, "__shard__": entry.name, **members}
 
 
-def read_samples(wanted: Sequence[WantedSample], *, plan: EpochPlan, store: ShardStore) -> Iterator[dict[str, Any]]:
+def _coalesce(ordinals: list[int], spans: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Sorted ordinals cut into runs whose spans touch end to start (each run is one ranged read)."""
+    runs: list[list[int]] = []
+    for ordinal in sorted(set(ordinals)):
+        if runs and spans[runs[-1][-1]][0] + spans[runs[-1][-1]][1] == spans[ordinal][0]:
+            runs[-1].append(ordinal)
+        else:
+            runs.append([ordinal])
+    return runs
+
+
+def _range_read(group: Sequence[WantedSample], plan: EpochPlan,
+                store: ShardStore) -> dict[tuple[int, int], dict[str, Any]]:
+    """The samples of ``group`` by ranged reads of their manifest spans, one read per run of touching spans."""
+    by_shard: dict[int, list[int]] = {}
+    for w in group:
+        by_shard.setdefault(w.shard, []).append(w.ordinal)
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for shard, ordinals in by_shard.items():
+        entry = plan.shards[shard]
+        spans = entry.spans or ()
+        for run in _coalesce(ordinals, spans):
+            start = spans[run[0]][0]
+            data = store.read_range(entry, offset=start, length=spans[run[-1]][0] + spans[run[-1]][1] - start)
+            for ordinal in run:
+                offset, length = spans[ordinal]
+                key = entry.keys[ordinal]
+                try:
+                    members = shards_mod.parse_sample_bytes(data[offset - start:offset - start + length], key=key,
+                                                            source=f"{store.base_url}/{entry.name}")
+                except ValueError as exc:
+                    raise ShardIntegrityError(f"shard {entry.name} (in {store.base_url}): span of sample #{ordinal} "
+                                              f"differs from the manifest: {exc}") from exc
+                out[(shard, ordinal)] = {"__key__": key, "__shard__": entry.name, **members}
+    return out
+
+
+def read_samples(wanted: Sequence[WantedSample], *, plan: EpochPlan, store: ShardStore,
+                 owned: Collection[int] | None = None) -> Iterator[dict[str, Any]]:
     """Yield the raw samples ``wanted`` (member name -> bytes, plus ``__key__``, ``__shard__``) in that order.
 
-    Shards are streamed front to back; samples read ahead of their turn wait in a buffer (at most one
-    shuffle window). Each shard is read to its end and verified before the next one is opened.
+    ``owned`` shards (default: every shard of ``wanted``) and shards without manifest spans are
+    streamed front to back and verified (size, keys, sha256) once read to their end; samples read
+    ahead of their turn wait in a buffer (at most one shuffle window). The wanted samples of the
+    other shards are range-read from their spans, up to ``READ_AHEAD`` wanted samples at a time,
+    touching spans merged into one read; each such span must parse as exactly its manifest key.
     """
-    stream = _stream_wanted(wanted, plan, store)
+    streamed = {w.shard for w in wanted} if owned is None else set(owned)
+    streamed |= {w.shard for w in wanted if plan.shards[w.shard].spans is None}
+    stream = _stream_wanted([w for w in wanted if w.shard in streamed], plan, store)
     buffer: dict[tuple[int, int], dict[str, Any]] = {}
-    for w in wanted:
+    for i, w in enumerate(wanted):
+        if w.shard not in streamed and (w.shard, w.ordinal) not in buffer:
+            ahead = [v for v in wanted[i:i + READ_AHEAD] if v.shard not in streamed and (v.shard, v.ordinal) not in buffer]
+            buffer.update(_range_read(ahead, plan, store))
         while (w.shard, w.ordinal) not in buffer:
             try:
                 ident, raw = next(stream)
@@ -60,45 +110,6 @@ def read_samples(wanted: Sequence[WantedSample], *, plan: EpochPlan, store: Shar
         yield buffer.pop((w.shard, w.ordinal))
     for _ in stream:  # finish (and verify) the shard in progress
         pass
-
-
-def decode_jpeg(data: bytes, *, key: str, member: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from JPEG bytes (simplejpeg when installed, else PIL); ``SampleError`` if not JPEG."""
-    try:
-        import simplejpeg
-
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
-    except ImportError:
-        pass
-    except ValueError as exc:
-        raise schema.SampleError(key, member, f"cannot decode JPEG: {exc}") from exc
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format != "JPEG":
-                raise schema.SampleError(key, member, f"not a JPEG image ({image.format})")
-            return np.asarray(image.convert("RGB"))
-    except OSError as exc:
-        raise schema.SampleError(key, member, f"cannot decode JPEG: {exc}") from exc
-
-
-def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
-    """Raw members -> dict with ``images`` (3, 3, H, W) float32 in [0, 1], ``K`` (3, 3), ``poses`` (3, 4, 4),
-    ``timestamps_us`` (3,) int64, ``depth_points`` (N, 3) float32, ``motion`` (N,) uint8 or None,
-    ``original_size`` (H, W), ``meta`` (``SampleMeta``), ``flipped`` False, ``__key__``, ``__shard__``."""
-    key = raw["__key__"]
-    sample = schema.decode({k: v for k, v in raw.items() if not k.startswith("__")}, key=key)
-    frames = [decode_jpeg(data, key=key, member=name) for name, data in zip(schema.IMAGE_MEMBERS, sample.images, strict=True)]
-    if len({f.shape for f in frames}) != 1:
-        raise schema.SampleError(key, "next.jpg", f"frames differ in size: {[f.shape for f in frames]}")
-    images = np.stack(frames).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
-    return {
-        "__key__": key, "__shard__": raw.get("__shard__"), "images": images, "K": sample.K, "poses": sample.poses,
-        "timestamps_us": np.asarray(sample.meta.timestamps_us, dtype=np.int64), "depth_points": sample.depth,
-        "motion": sample.motion, "original_size": tuple(sample.meta.original_size), "meta": sample.meta,
-        "flipped": False,
-    }
 
 
 def decode_samples(raws: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -114,6 +125,19 @@ def augment_samples(samples: Iterable[dict[str, Any]], *, seed: int, epoch: int,
             yield augment_sample(sample, seed=seed, epoch=epoch)
         else:
             yield {**sample, "images_aug": sample["images"]}
+
+
+def decode_batches(raws: Iterable[dict[str, Any]], *, batch_size: int, scales: int, seed: int, epoch: int,
+                   augment: bool) -> Iterator[dict[str, Any]]:
+    """Decode, augment and collate consecutive groups of ``batch_size`` raw samples (the last may be smaller)."""
+    group: list[dict[str, Any]] = []
+    for raw in raws:
+        group.append(raw)
+        if len(group) == batch_size:
+            yield decode_batch(group, scales=scales, seed=seed, epoch=epoch, augment=augment)
+            group = []
+    if group:
+        yield decode_batch(group, scales=scales, seed=seed, epoch=epoch, augment=augment)
 
 
 def batch_samples(samples: Iterable[dict[str, Any]], *, batch_size: int, scales: int) -> Iterator[dict[str, Any]]:
@@ -143,8 +167,13 @@ class StreamingDataset(wds.DataPipeline):
     def _source(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        wanted = self.plan.wanted(start=self.start, block=self.block, worker=worker, num_workers=num_workers)
-        return read_samples(wanted, plan=self.plan, store=self.store)
+        if info is not None:
+            import cv2
+
+            cv2.setNumThreads(1)  # parallelism comes from the DataLoader workers
+        split = {"start": self.start, "block": self.block, "worker": worker, "num_workers": num_workers}
+        return read_samples(self.plan.wanted(**split), plan=self.plan, store=self.store,
+                            owned=self.plan.owned_shards(**split))
 
     def __len__(self) -> int:
         """Samples this rank still yields (from the resume position)."""

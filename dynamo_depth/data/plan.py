@@ -17,6 +17,10 @@ The plan is a pure function of the shard index (manifest), ``seed``, ``epoch``, 
    starting at the resume position; worker ``w`` of ``n`` takes blocks ``w, w + n, w + 2n, ...``.
    PyTorch's DataLoader returns worker outputs round-robin, so the loader's output order equals the
    rank stream whatever ``num_workers`` is.
+5. Shard owners: of the shards a rank reads from its resume position on, each is OWNED by the worker
+   of the block holding that shard's first sample in the rank stream (``EpochPlan.owned_shards``).
+   The owner streams the whole shard and checks it against the manifest; the other workers
+   range-read only their own samples. With one worker, it owns every shard.
 """
 
 from __future__ import annotations
@@ -127,6 +131,16 @@ class EpochPlan:
             source = int(self.source_of_position[first + p])
             out.append(WantedSample(source, int(self.shard_of_source[source]), int(self.ordinal_of_source[source])))
         return out
+
+
+    def owned_shards(self, *, start: int, block: int, worker: int, num_workers: int) -> frozenset[int]:
+        """Shard indices (into ``shards``) owned by ``worker`` (rule 5), for a stream resumed at ``start``."""
+        worker_positions(0, start=0, block=block, worker=worker, num_workers=num_workers)  # checks the split
+        first = self.rank * self.rank_length
+        sources = self.source_of_position[first + start:first + self.rank_length]
+        shards, first_index = np.unique(self.shard_of_source[sources], return_index=True)
+        owners = (first_index // block) % num_workers
+        return frozenset(int(s) for s in shards[owners == worker])
 
 
 def make_plan(entries: tuple[ShardEntry, ...], *, rank: int, world_size: int, seed: int, epoch: int,

@@ -39,12 +39,14 @@ class ShardIntegrityError(ValueError):
 
 @dataclass(frozen=True)
 class ShardEntry:
-    """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order."""
+    """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order,
+    and each sample's byte span ``(offset, length)`` from the manifest (None for a scanned folder)."""
 
     name: str
     bytes: int
     sha256: str | None
     keys: tuple[str, ...]
+    spans: tuple[tuple[int, int], ...] | None = None
 
 
 def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
@@ -53,7 +55,8 @@ def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
     if url.endswith(".json") or storage.exists(storage.join(url, manifest_mod.MANIFEST_NAME)):
         manifest_url = manifest_mod.find_manifest(url)
         manifest = manifest_mod.load_manifest(manifest_url)
-        entries = tuple(ShardEntry(s.name, s.bytes, s.sha256, tuple(sp.key for sp in s.samples))
+        entries = tuple(ShardEntry(s.name, s.bytes, s.sha256, tuple(sp.key for sp in s.samples),
+                                   tuple((sp.offset, sp.length) for sp in s.samples))
                         for s in manifest.shards)
         base = storage.dirname(manifest_url)
     else:
@@ -187,6 +190,27 @@ class _HashingReader:
             pass
 
 
+class _ChunkedReader:
+    """Serves the tar parser's small reads (512-byte headers) from ``_CHUNK``-sized reads of ``raw``."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.buffer, self.pos = raw, b"", 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            rest = self.buffer[self.pos:] + b"".join(iter(lambda: self.raw.read(_CHUNK), b""))
+            self.buffer, self.pos = b"", 0
+            return rest
+        if self.pos + n > len(self.buffer):
+            self.buffer, self.pos = self.buffer[self.pos:] + self.raw.read(max(n, _CHUNK)), 0
+        out = self.buffer[self.pos:self.pos + n]
+        self.pos += len(out)
+        return out
+
+    def close(self) -> None:
+        self.raw.close()
+
+
 class ShardCache:
     """Local copies of remote shards as ``{sha256}.tar`` in ``directory``; LRU by bytes, at most ``max_bytes``."""
 
@@ -243,15 +267,15 @@ class ShardStore:
         self.retry_events.append((name, offset, f"{type(exc).__name__}: {exc}"))
         _LOG.warning("shard %s: transient read error (%s: %s); resuming at byte %d", name, type(exc).__name__, exc, offset)
 
-    def open_at(self, entry: ShardEntry, offset: int) -> IO[bytes]:
-        """A raw binary stream of shard ``entry`` from byte ``offset`` (no retries)."""
+    def open_at(self, entry: ShardEntry, offset: int, end: int | None = None) -> IO[bytes]:
+        """A raw binary stream of shard ``entry`` from byte ``offset`` (to ``end`` on S3; no retries)."""
         url = storage.join(self.base_url, shards_mod.check_shard_name(entry.name))
         if self.local:
             f = open(storage._local_path(url), "rb")  # noqa: SIM115 - returned to the caller
             f.seek(offset)
             return f
         if url.startswith(("s3://", "s3a://")):
-            body, total = _s3_open_at(url, offset)
+            body, total = _s3_open_at(url, offset, end)
             if total is not None and total != entry.bytes:
                 body.close()
                 raise ShardIntegrityError(f"shard {entry.name} (in {self.base_url}): {total} bytes on the server, "
@@ -260,6 +284,30 @@ class ShardStore:
         f = storage.open_read(url)
         f.seek(offset)
         return f
+
+    def read_range(self, entry: ShardEntry, *, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of shard ``entry``: from the cache when it holds the shard,
+        else one ranged read, retried and resumed like whole-shard reads. Nothing is hashed here."""
+        if offset < 0 or length <= 0 or offset + length > entry.bytes:
+            raise ShardIntegrityError(f"shard {entry.name} (in {self.base_url}): span [{offset}, {offset + length}) "
+                                      f"lies outside its {entry.bytes} bytes")
+        cached = self.cache.lookup(entry.sha256) if self.cache and entry.sha256 and not self.local else None
+        if cached is not None or self.local:
+            with (open(cached, "rb") if cached is not None else self.open_at(entry, 0)) as f:
+                f.seek(offset)
+                data = f.read(length)
+        else:
+            reader = RetryingReader(lambda off: self.open_at(entry, offset + off, offset + length), size=length,
+                                    name=entry.name, retry=self.retry,
+                                    on_retry=lambda name, off, exc: self._note_retry(name, offset + off, exc))
+            try:
+                data = b"".join(iter(lambda: reader.read(length), b""))
+            finally:
+                reader.close()
+        if len(data) != length:
+            raise ShardIntegrityError(f"shard {entry.name} (in {self.base_url}): ends before byte {offset + length} "
+                                      f"(manifest size {entry.bytes})")
+        return data
 
     def samples(self, entry: ShardEntry) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Stream ``(key, members)`` of ``entry``; at its end check size, sha256 and keys against the entry."""
@@ -270,8 +318,8 @@ class ShardStore:
         elif self.local:
             raw = self.open_at(entry, 0)
         else:
-            raw = RetryingReader(lambda off: self.open_at(entry, off), size=entry.bytes,
-                                 name=entry.name, retry=self.retry, on_retry=self._note_retry)
+            raw = _ChunkedReader(RetryingReader(lambda off: self.open_at(entry, off), size=entry.bytes,
+                                                name=entry.name, retry=self.retry, on_retry=self._note_retry))
             use_cache = self.cache is not None and entry.sha256 and not self.local and entry.bytes <= self.cache.max_bytes
             tmp = self.cache.temporary(entry.sha256) if use_cache else None
         tee = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed in finally
@@ -331,13 +379,14 @@ def _s3_client() -> Any:
     return _S3_CLIENTS[ident]
 
 
-def _s3_open_at(url: str, offset: int) -> tuple[IO[bytes], int | None]:
-    """(streaming body of ``GET url`` with ``Range: bytes=offset-``, total object size from Content-Range)."""
+def _s3_open_at(url: str, offset: int, end: int | None = None) -> tuple[IO[bytes], int | None]:
+    """(streaming body of ``GET url`` with ``Range: bytes=offset-[end-1]``, total object size from Content-Range)."""
     bucket, _, key = url.split("://", 1)[1].partition("/")
     import botocore.exceptions as bce
 
     try:
-        response = _s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-")
+        last = "" if end is None else str(end - 1)
+        response = _s3_client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{last}")
     except bce.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code")
         if code in ("NoSuchKey", "404", "NoSuchBucket"):
