@@ -1,12 +1,18 @@
 """Benchmark: KITTI builder camera-frames/s per core vs the original file-per-frame loop, same run.
 
-    PYTHONPATH=. .venv/bin/python bench/kitti_builder.py [--drives 4]
+    PYTHONPATH=. .venv/bin/python bench/kitti_builder.py [--per-core-drives 4 --repeat 5 --drives 12]
 
-Input: the real drive 0009 (``../shared/fixtures/kitti_raw``, 10 frames x 2 cameras) replicated as
-``--drives`` drives through symlinks (falls back to a synthetic KITTI world when ../shared is absent).
+Input: the real drive 0009 (``../shared/fixtures/kitti_raw``, 10 frames x 2 cameras) replicated through
+symlinks (falls back to a synthetic KITTI world when ../shared is absent): ``--per-core-drives`` drives
+for the per-core comparison (baseline and in-process run in turn ``--repeat`` times, CPU and wall time
+of each kept), ``--drives`` drives for Ray.
 Baseline ("original way"): one process, per frame and camera: PIL open + resize + save one JPEG per
 frame, numpy projection with a Python ``Counter`` loop over duplicate pixels, one ``.npy`` per frame.
 Ours: ``builders.runner.build`` in-process (``--workers 0``, one core), then with Ray at 1 and 2 workers.
+Ray start-up is timed apart from the build: ``ray.init`` first, then one warm-up task per worker
+(each imports the builder, cv2 and PIL and decodes one PNG, so every worker process exists and has
+its imports done), then the timed build. The Ray speedup printed is build(1 worker) / build(2 workers);
+the sequential pack step (driver only, Amdahl's serial part) is timed inside the build and printed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from builders import kitti
+from builders import kitti, runner
 from builders.runner import build
 from dynamo_depth.formats import kitti as kf
 
@@ -95,33 +101,118 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def interleaved(repeat: int, runs: dict) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds of each ``runs[name](attempt)``, run in turn ``repeat`` times (A B A B ...).
+
+    CPU time (all threads of this process) is what "per core" means on a machine shared with other
+    jobs; interleaving exposes both contenders to the same moments of load, and the best (min) and
+    median of each are compared.
+    """
+    out = {name: {"wall": [], "cpu": []} for name in runs}
+    for attempt in range(repeat):
+        for name, fn in runs.items():
+            cpu_start, wall_start = time.process_time(), time.perf_counter()
+            fn(attempt)
+            out[name]["wall"].append(time.perf_counter() - wall_start)
+            out[name]["cpu"].append(time.process_time() - cpu_start)
+    return out
+
+
+def _warm_worker(raw: str) -> int:
+    """Ray warm-up task: the imports and one PNG decode a unit task needs; returns the worker pid."""
+    from builders import kitti as kitti_builder
+
+    png = next(Path(raw).glob("*/*_drive_*_sync/image_02/data/*.png"))
+    kitti_builder.resized_jpeg(kitti_builder.read_png_rgb(png))
+    time.sleep(1.0)  # hold the worker so that each warm-up task lands on its own worker process
+    return os.getpid()
+
+
+class PackTimer:
+    """Wraps ``builders.runner._pack`` to time the sequential pack step of each build."""
+
+    def __init__(self) -> None:
+        self.inner, self.seconds = runner._pack, 0.0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)
+        finally:
+            self.seconds = time.perf_counter() - start
+
+
+def ray_build(raw: Path, out: Path, options: dict, workers: int, pack: PackTimer) -> dict[str, float]:
+    """Seconds of ray.init, of the warm-up, of the build and of its pack step, with ``workers`` workers."""
+    import ray
+
+    start = time.perf_counter()
+    ray.init(num_cpus=workers, object_store_memory=100_000_000, include_dashboard=False,
+             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parents[1])}})
+    init_s = time.perf_counter() - start
+    try:
+        warm = ray.remote(num_cpus=1)(_warm_worker)
+        warm_s, pids = timed(ray.get, [warm.remote(str(raw)) for _ in range(workers)])
+        if len(set(pids)) != workers:
+            print(f"  note: warm-up reached {len(set(pids))} worker processes, not {workers}")
+        build_s, _ = timed(build, kitti.SPEC, str(raw), str(out), split="train", options=options,
+                           workers=workers, show_progress=False)
+    finally:
+        ray.shutdown()
+    return {"init": init_s, "warm": warm_s, "build": build_s, "pack": pack.seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--drives", type=int, default=4)
+    parser.add_argument("--drives", type=int, default=12, help="drives of the Ray scaling input")
+    parser.add_argument("--per-core-drives", type=int, default=4, help="drives of the per-core comparison input")
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved runs of baseline and in-process")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     tmp = Path(tempfile.mkdtemp(prefix="bench_kitti_"))
+    pack = PackTimer()
+    runner._pack = pack
+    options = {"cameras": ["image_02", "image_03"], "split": "train", "split_file": None}
     try:
+        small = make_raw(tmp / "raw_small", args.per_core_drives)
+        frames = original_way(small, tmp / "base_warm")  # imports and page cache warm for both contenders
+        build(kitti.SPEC, str(small), str(tmp / "ours_warm"), split="train", options=options, workers=0,
+              show_progress=False)
+        print(f"per-core input: {args.per_core_drives} drives x 2 cameras, {frames} camera-frames "
+              f"({'real' if SHARED_RAW.exists() else 'synthetic'}); {args.repeat} interleaved runs each; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        runs = interleaved(args.repeat, {
+            "baseline": lambda i: original_way(small, tmp / f"base{i}"),
+            "ours": lambda i: build(kitti.SPEC, str(small), str(tmp / f"ours{i}"), split="train", options=options,
+                                    workers=0, show_progress=False),
+        })
+        for name, label in (("baseline", "baseline (original file-per-frame, 1 process)"),
+                            ("ours", "ours (in-process, --workers 0)               ")):
+            cpu, wall = sorted(runs[name]["cpu"]), sorted(runs[name]["wall"])
+            print(f"{label}: CPU s min {cpu[0]:5.2f} median {cpu[len(cpu) // 2]:5.2f} "
+                  f"({frames / cpu[0]:5.1f} camera-frames/CPU-s best); wall s min {wall[0]:5.2f} "
+                  f"median {wall[len(wall) // 2]:5.2f}")
+        ratio = {k: sorted(runs["baseline"][k])[len(runs["baseline"][k]) // 2]
+                 / sorted(runs["ours"][k])[len(runs["ours"][k]) // 2] for k in ("cpu", "wall")}
+        best = {k: min(runs["baseline"][k]) / min(runs["ours"][k]) for k in ("cpu", "wall")}
+        print(f"per core, ours vs baseline: {best['cpu']:.2f}x by best CPU time ({ratio['cpu']:.2f}x by median), "
+              f"{best['wall']:.2f}x by best wall ({ratio['wall']:.2f}x by median)")
         raw = make_raw(tmp / "raw", args.drives)
-        base_s, frames = timed(original_way, raw, tmp / "baseline")
-        print(f"input: {args.drives} drives x 2 cameras, {frames} camera-frames ({'real' if SHARED_RAW.exists() else 'synthetic'})")
-        print(f"baseline (original file-per-frame, 1 process): {base_s:6.2f} s  {frames / base_s:6.1f} camera-frames/s")
-        options = {"cameras": ["image_02", "image_03"], "split": "train", "split_file": None}
-        ours_s, report = timed(build, kitti.SPEC, str(raw), str(tmp / "ours0"), split="train", options=options,
-                               workers=0, show_progress=False)
-        print(f"ours (in-process, 1 core):                     {ours_s:6.2f} s  {frames / ours_s:6.1f} camera-frames/s"
-              f"  -> {base_s / ours_s:.2f}x baseline per core ({report.manifest.num_samples} triplets)")
+        frames = sum(1 for _ in raw.glob("*/*_drive_*_sync/image_0[23]/data/*.png"))
+        print(f"Ray input: {args.drives} drives x 2 cameras = {2 * args.drives} units, {frames} camera-frames")
+        times = {}
         for workers in (1, 2):
-            import ray
-
-            ray.init(num_cpus=workers, object_store_memory=100_000_000, include_dashboard=False,
-                     log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parents[1])}})
-            seconds, _ = timed(build, kitti.SPEC, str(raw), str(tmp / f"ray{workers}"), split="train",
-                               options=options, workers=workers, show_progress=False)
-            ray.shutdown()
-            print(f"ours (Ray, --workers {workers}, warm cluster):         {seconds:6.2f} s  "
-                  f"{frames / seconds:6.1f} camera-frames/s  ({frames / seconds / workers:.1f} per worker)")
+            times[workers] = ray_build(raw, tmp / f"ray{workers}", options, workers, pack)
+            t = times[workers]
+            print(f"ours (Ray, --workers {workers}, warm workers):       {t['build']:6.2f} s wall  "
+                  f"{frames / t['build']:6.1f} camera-frames/s ({frames / t['build'] / workers:.1f} per worker; "
+                  f"pack {t['pack']:.2f} s; start-up apart: ray.init {t['init']:.1f} s + warm-up {t['warm']:.1f} s)")
+        units = {w: times[w]["build"] - times[w]["pack"] for w in times}
+        print(f"Ray scaling, 2 workers vs 1: {times[1]['build'] / times[2]['build']:.2f}x build wall "
+              f"({units[1] / units[2]:.2f}x for the unit step, pack excluded); "
+              f"load average now {os.getloadavg()[0]:.1f}")
     finally:
+        runner._pack = pack.inner
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -111,27 +111,51 @@ def project_velodyne(velo: np.ndarray, velo_to_pixels: np.ndarray, hw: tuple[int
     with (r - 1, W - 1); such a group's minimum depth is written at its first point's pixel.
     """
     height, width = hw
-    front = velo[velo[:, 0] >= 0]
-    homogeneous = np.concatenate([front[:, :3].astype(np.float64), np.ones((len(front), 1))], axis=1)
+    front = np.compress(velo[:, 0] >= 0, velo, axis=0)
+    homogeneous = front.astype(np.float64)  # (N, 4) [x, y, z, 1]; the same matrix product as before
+    homogeneous[:, 3] = 1.0
     projected = homogeneous @ velo_to_pixels.T
-    uv = projected[:, :2] / projected[:, 2:3]
-    u = np.round(uv[:, 0]) - 1
-    v = np.round(uv[:, 1]) - 1
+    u = np.round(projected[:, 0] / projected[:, 2]) - 1
+    v = np.round(projected[:, 1] / projected[:, 2]) - 1
     keep = (u >= 0) & (v >= 0) & (u < width) & (v < height)
-    u, v, depth = u[keep].astype(np.int64), v[keep].astype(np.int64), front[keep, 0]
-    depth_map = np.zeros(hw, dtype=np.float32)
-    pixel = v * width + u
-    last = len(pixel) - 1 - np.unique(pixel[::-1], return_index=True)[1]  # later points overwrite earlier
-    depth_map[v[last], u[last]] = depth[last]
-    group = v * (width - 1) + u - 1
-    order = np.argsort(group, kind="stable")
-    _, starts, counts = np.unique(group[order], return_index=True, return_counts=True)
-    nearest = np.minimum.reduceat(depth[order], starts)
-    first = order[starts]
-    shared = counts > 1
-    depth_map[v[first[shared]], u[first[shared]]] = nearest[shared]
-    rows, cols = np.nonzero(depth_map > 0)
-    return np.stack([cols, rows, depth_map[rows, cols]], axis=1).astype(np.float32)
+    rows, cols = v[keep].astype(np.int64), u[keep].astype(np.int64)
+    return _nearest_per_pixel(rows * width + cols, np.compress(keep, front[:, 0]), width)
+
+
+def _nearest_per_pixel(pixel: np.ndarray, depth: np.ndarray, width: int) -> np.ndarray:
+    """(N, 3) float32 [u, v, z] from points' flat pixel indices ``row * W + col`` and depths (m).
+
+    One stable sort by pixel replaces a dense (H, W) map: per pixel the last point (in input order)
+    gives the value; the original's groups ``row * (W - 1) + col - 1`` are non-decreasing along the
+    sorted pixels (pixel (r - 1, W - 1) and (r, 0) are the only pixels sharing a group), so each
+    group is one run of the sorted points: a run of >= 2 points writes its minimum depth at the pixel
+    of its earliest point. Pixels whose final value is not > 0 are dropped.
+    """
+    if len(pixel) == 0:
+        return np.zeros((0, 3), dtype=np.float32)
+    order = np.argsort(pixel, kind="stable")
+    sorted_pixel = pixel[order]
+    pixel_starts = _run_starts(sorted_pixel)
+    pixel_ends = np.append(pixel_starts[1:], len(order)) - 1
+    unique_pixel = sorted_pixel[pixel_starts]
+    value = depth[order[pixel_ends]]  # the last point written on each pixel
+    rows, cols = np.divmod(unique_pixel, width)
+    group_starts = pixel_starts[_run_starts(rows * (width - 1) + cols - 1)]
+    shared = np.flatnonzero(np.diff(np.append(group_starts, len(order))) > 1)
+    if len(shared):
+        nearest = np.minimum.reduceat(depth[order], group_starts)[shared]
+        earliest = np.minimum.reduceat(order, group_starts)[shared]
+        value[np.searchsorted(unique_pixel, pixel[earliest])] = nearest
+    hit = value > 0
+    return np.stack([cols[hit], rows[hit], value[hit]], axis=1).astype(np.float32)
+
+
+def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Indices where a run of equal values starts in a sorted, non-empty 1-D array."""
+    starts = np.empty(len(sorted_values), dtype=bool)
+    starts[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=starts[1:])
+    return np.flatnonzero(starts)
 
 
 # ---------------------------------------------------------------------------------------- build
