@@ -29,10 +29,10 @@ import numpy as np
 
 from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
 from dynamo_depth.formats import kitti as kf
-from dynamo_depth.geometry import invert_se3, resize_intrinsics
+from dynamo_depth.geometry import compose, invert_se3, resize_intrinsics
 from dynamo_depth.schema import SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.0.0"
+VERSION = "1.0.1"  # 1.0.1: element-wise transforms (same bits on every CPU)
 TRAIN_HW = (192, 640)
 JPEG_QUALITY = 90
 SIDES = {"l": "image_02", "r": "image_03"}
@@ -112,9 +112,9 @@ def project_velodyne(velo: np.ndarray, velo_to_pixels: np.ndarray, hw: tuple[int
     """
     height, width = hw
     front = np.compress(velo[:, 0] >= 0, velo, axis=0)
-    homogeneous = front.astype(np.float64)  # (N, 4) [x, y, z, 1]; the same matrix product as before
+    homogeneous = front.astype(np.float64)  # (N, 4) [x, y, z, 1]; element-wise product: same bits on any CPU
     homogeneous[:, 3] = 1.0
-    projected = homogeneous @ velo_to_pixels.T
+    projected = np.stack([sum(homogeneous[:, j] * velo_to_pixels[i, j] for j in range(4)) for i in range(3)], 1)
     u = np.round(projected[:, 0] / projected[:, 2]) - 1
     v = np.round(projected[:, 1] / projected[:, 2]) - 1
     keep = (u >= 0) & (v >= 0) & (u < width) & (v < height)
@@ -170,7 +170,7 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
     stamps = kf.read_timestamps(drive_dir / camera / "timestamps.txt")
     world_from_imu = _oxts_poses(drive_dir)
     camera_from_velo = calib.camera_from_velo(camera)
-    imu_from_camera = invert_se3(calib.velo_from_imu) @ invert_se3(camera_from_velo)
+    imu_from_camera = compose(invert_se3(calib.velo_from_imu), invert_se3(camera_from_velo))
     velo_to_pixels = calib.velo_to_pixels(camera)
     available = set(frames)
     targets = unit.params.get("frames") or frames
@@ -190,7 +190,7 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
         velo = kf.read_velodyne(drive_dir / "velodyne_points" / "data" / f"{t:010d}.bin")
         depth = project_velodyne(velo, velo_to_pixels, hw)
         K_original = calib.K(camera)
-        poses = np.stack([world_from_imu[i] @ imu_from_camera for i in (t - 1, t, t + 1)])
+        poses = np.stack([compose(world_from_imu[i], imu_from_camera) for i in (t - 1, t, t + 1)])
         meta = SampleMeta(
             dataset="kitti", split=options.get("split", "train"), sequence=drive_dir.name, camera=camera,
             frame_indices=(t - 1, t, t + 1), timestamps_us=tuple(int(stamps[i]) for i in (t - 1, t, t + 1)),

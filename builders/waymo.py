@@ -26,11 +26,15 @@ A frame without the camera's image or calibration yields no sample and breaks th
   is > 1 m/s, else 2 (static movable; moving wins where boxes overlap); every other point is 0 (background).
   Camera panoptic labels are not used (the simplest rule the schema allows).
 Streaming: a segment is read once, record by record; only a 3-frame window is kept in memory.
+CPU-independent bytes: every product of matrices/points that reaches a shard (LiDAR decoding, projection,
+poses, ego_from_camera, box tests) is element-wise in a fixed order (``dynamo_depth.geometry``), never BLAS
+(``@``, einsum, ``np.linalg``), whose kernels and so last bits differ per CPU type.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,9 +46,10 @@ import numpy as np
 
 from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
 from dynamo_depth.formats import waymo as wf
+from dynamo_depth.geometry import compose, invert_se3
 from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1.0: element-wise (CPU-independent) geometry, bytes differ from 1.0.0
 TRAIN_HW = (320, 480)  # (H, W) of the stored images
 JPEG_QUALITY = 95
 SEGMENT_SUFFIX = "_with_camera_labels.tfrecord"
@@ -127,14 +132,6 @@ def training_intrinsics(calib: wf.CameraCalibration) -> np.ndarray:
     return K
 
 
-def _invert_se3(transform: np.ndarray) -> np.ndarray:
-    """Inverse of a (4, 4) rigid transform: [R^T | -R^T t] (private: dynamo_depth.geometry imports torch)."""
-    out = np.eye(4)
-    out[:3, :3] = transform[:3, :3].T
-    out[:3, 3] = -transform[:3, :3].T @ transform[:3, 3]
-    return out
-
-
 def decode_jpeg(data: bytes, *, where: str) -> np.ndarray:
     """(H, W, 3) uint8 BGR of a JPEG; ``ValueError`` naming ``where`` if it does not decode."""
     import cv2
@@ -201,10 +198,10 @@ def motion_labels(points_vehicle: np.ndarray, labels: Sequence[wf.LaserLabel]) -
     sorted_x = points_vehicle[order, 0]
     for moving in (False, True):  # moving boxes last: MOVING wins where boxes overlap
         for label in labels:
-            if label.type not in MOVABLE_TYPES or (float(np.linalg.norm(label.speed)) > MOVING_SPEED_MPS) != moving:
+            if label.type not in MOVABLE_TYPES or (_norm(label.speed) > MOVING_SPEED_MPS) != moving:
                 continue
             half = 0.5 * label.size + BOX_MARGIN_M
-            reach = float(np.hypot(half[0], half[1]))
+            reach = _norm(half[:2])
             lo, hi = np.searchsorted(sorted_x, [label.center[0] - reach, label.center[0] + reach], side="left")
             index = order[lo:hi]
             offset = points_vehicle[index] - label.center
@@ -215,12 +212,17 @@ def motion_labels(points_vehicle: np.ndarray, labels: Sequence[wf.LaserLabel]) -
     return out
 
 
+def _norm(vector: np.ndarray) -> float:
+    """Euclidean norm of a short vector as sqrt of the in-order sum of squares (no BLAS dot: same bits on any CPU)."""
+    return math.sqrt(sum(float(v) * float(v) for v in vector))
+
+
 def frame_depth(frame, calib: wf.CameraCalibration) -> tuple[np.ndarray, np.ndarray | None]:
     """Depth (N, 3) float32 [u, v, z] of a frame's first returns in camera ``calib``, and the motion
     labels (N,) uint8, or None when the frame carries no laser labels."""
     per_laser = wf.lidar_points(frame, returns=(1,))
     points = np.concatenate([np.zeros((0, 3))] + [per_laser[name] for name in LASER_ORDER if name in per_laser])
-    depth, index = project_to_camera(points, camera_from_vehicle=_invert_se3(calib.vehicle_from_opencv_camera),
+    depth, index = project_to_camera(points, camera_from_vehicle=invert_se3(calib.vehicle_from_opencv_camera),
                                      K=calib.K, hw=(calib.height, calib.width))
     labels = wf.laser_labels(frame)
     motion = motion_labels(points[index], labels) if labels else None
@@ -242,9 +244,12 @@ class _FrameView:
 
 
 def _view(frame, index: int, offset: int, camera: str, where: str) -> _FrameView | str:
-    """The frame's view of ``camera``, or the reason why it has none."""
-    calib = wf.camera_calibrations(frame).get(camera)
-    image = wf.camera_images(frame).get(camera)
+    """The frame's view of ``camera``, or the reason why it has none; ``where`` is the segment file."""
+    try:
+        calib = wf.camera_calibrations(frame).get(camera)
+        image = wf.camera_images(frame).get(camera)
+    except ValueError as error:  # WaymoFormatError, or an enum value protobuf cannot name
+        raise ValueError(f"{where} record at byte offset {offset}: {error}") from error
     if calib is None or image is None:
         return f"no {camera} {'calibration' if calib is None else 'image'}"
     where = f"{where} record at byte offset {offset} (frame {index}, camera {camera})"
@@ -254,7 +259,7 @@ def _view(frame, index: int, offset: int, camera: str, where: str) -> _FrameView
                          f"{calib.width}x{calib.height}")
     undistorter = Undistorter.create(K=calib.K, distortion=calib.distortion, hw=(calib.height, calib.width))
     return _FrameView(index=index, offset=offset, jpeg=training_jpeg(undistorter.apply(bgr)),
-                      world_from_camera=image.world_from_vehicle @ calib.vehicle_from_opencv_camera,
+                      world_from_camera=compose(image.world_from_vehicle, calib.vehicle_from_opencv_camera),
                       timestamp_us=int(round(image.pose_timestamp_s * 1e6)),
                       lidar_timestamp_us=int(frame.timestamp_micros), calib=calib)
 

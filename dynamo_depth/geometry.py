@@ -93,24 +93,39 @@ def resize_intrinsics(K, *, from_hw: tuple[int, int], to_hw: tuple[int, int]) ->
 
 
 # ----------------------------------------------------------------------------- SE(3)
+# Everything here that feeds bytes we write is computed element-wise in a fixed order (no BLAS, no
+# einsum): numpy's matmul goes through OpenBLAS, whose kernels differ per CPU type, so `A @ B` can
+# differ in the last bit between two machines and shard hashes with it.
+def matmul_exact(A, B) -> np.ndarray:
+    """A (..., n, k) @ B (..., k, m), summed element-wise over k in order: the same bits on any CPU."""
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    if A.shape[-1] != B.shape[-2]:
+        raise ValueError(f"matmul_exact: inner dimensions differ: {A.shape} @ {B.shape}")
+    out = A[..., :, 0, None] * B[..., None, 0, :]
+    for k in range(1, A.shape[-1]):
+        out = out + A[..., :, k, None] * B[..., None, k, :]
+    return out
+
+
 def invert_se3(T) -> np.ndarray:
-    """Closed-form inverse of rigid transforms T (..., 4, 4): [R^T | -R^T t]."""
+    """Closed-form inverse of rigid transforms T (..., 4, 4): [R^T | -R^T t] (CPU-independent bits)."""
     T = _as_array(T, "T", (4, 4))
     R_t = np.swapaxes(T[..., :3, :3], -1, -2)
     out = np.zeros_like(T)
     out[..., :3, :3] = R_t
-    out[..., :3, 3] = -np.einsum("...ij,...j->...i", R_t, T[..., :3, 3])
+    out[..., :3, 3] = -matmul_exact(R_t, T[..., :3, 3, None])[..., 0]
     out[..., 3, 3] = 1.0
     return out
 
 
 def compose(*Ts) -> np.ndarray:
-    """Matrix product T1 @ T2 @ ... of (..., 4, 4) transforms (batch dims broadcast)."""
+    """Matrix product T1 @ T2 @ ... of (..., 4, 4) transforms (batch dims broadcast; CPU-independent bits)."""
     if not Ts:
         raise ValueError("compose: needs at least one transform")
     out = _as_array(Ts[0], "Ts[0]", (4, 4))
     for i, T in enumerate(Ts[1:], start=1):
-        out = out @ _as_array(T, f"Ts[{i}]", (4, 4))
+        out = matmul_exact(out, _as_array(T, f"Ts[{i}]", (4, 4)))
     return out
 
 
@@ -120,7 +135,10 @@ def transform_points(T, points) -> np.ndarray:
     pts = _as_array(points, "points", (3,))
     if pts.ndim < 2:
         raise ValueError(f"points: expected shape (..., N, 3), got {pts.shape}")
-    return np.einsum("...ij,...nj->...ni", T[..., :3, :3], pts) + T[..., None, :3, 3]
+    R = T[..., None, :3, :3]
+    x, y, z = pts[..., 0], pts[..., 1], pts[..., 2]
+    rows = [R[..., i, 0] * x + R[..., i, 1] * y + R[..., i, 2] * z + T[..., None, i, 3] for i in range(3)]
+    return np.stack(rows, axis=-1)
 
 
 # ----------------------------------------------------------------------------- rotations

@@ -62,7 +62,7 @@ def load_depth_predictor(ckpt_path: str) -> Predictor:
 
     def predict(sample: Any) -> np.ndarray:
         rgb = rgb_from_jpeg(sample.images[1])
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255.0
+        image = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0
         if tuple(image.shape[-2:]) != size:
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
         with torch.no_grad():

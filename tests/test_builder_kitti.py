@@ -238,3 +238,13 @@ def test_real_fixture_build_matches_reference_manifest(real_build: Path) -> None
                              str(reference)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_shared
+def test_shard_bytes_do_not_depend_on_the_cpu_kernels(real_build: Path, tmp_path: Path) -> None:
+    """OpenBLAS picks kernels per CPU type; every transform feeding bytes is element-wise, so the same."""
+    for coretype in ("Prescott", "Haswell"):
+        result = _cli(str(RAW), str(tmp_path / coretype), "--workers", "0", env={"OPENBLAS_CORETYPE": coretype})
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / coretype / "kitti-train-000000.tar").read_bytes() == \
+            (real_build / "kitti-train-000000.tar").read_bytes(), coretype

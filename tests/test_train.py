@@ -158,7 +158,7 @@ def _check_eval_hook(path: Path, shards: Path, model, checkpoint) -> None:
     assert disparity.shape == (64, 64) and ((disparity > 0) & (disparity < 1)).all()
     model.load_state_dict(checkpoint.model)
     model.eval()
-    image = torch.from_numpy(rgb_from_jpeg(sample.images[1])).permute(2, 0, 1).float()[None, None] / 255.0
+    image = torch.tensor(rgb_from_jpeg(sample.images[1]), dtype=torch.float32).permute(2, 0, 1)[None, None] / 255.0
     K4 = torch.eye(4)[None, None]
     batch = prepare_batch({"images": image.expand(1, 3, -1, -1, -1), "images_aug": image.expand(1, 3, -1, -1, -1),
                            "K": K4}, height=64, width=64, device=torch.device("cpu"))
@@ -228,7 +228,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_pat
     run_dir = tmp_path / "nan"
     assert _run(shards, run_dir, "train.checkpoint_every=1", "--max-steps", "4") == 3
     err = capsys.readouterr().err
-    assert "step 2 (disp_init): loss is not finite" in err and "last good checkpoint" in err
+    assert "step 2 (disp_init): loss is not finite" in err and "last good checkpoint is kept" in err and "(step 2)" in err
     kept = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert kept.step == 2 and not (run_dir / "checkpoints" / "last.pt.tmp").exists()
 
@@ -249,3 +249,18 @@ def test_train_step_refuses_nan_before_touching_parameters(one_thread: None) -> 
                    optimizer=optimizer, scheduler=scheduler, window=window, step=0, config=config, runtime=Runtime())
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert scheduler.last_epoch == 0
+
+
+def test_trains_from_s3_shards(shards: Path, s3_bucket: str, tmp_path: Path, one_thread: None) -> None:
+    """The same shards served by an S3 server (moto): one step reads them through the streaming loader."""
+    import boto3
+
+    client = boto3.client("s3")
+    bucket = s3_bucket.removeprefix("s3://")
+    for path in sorted(shards.iterdir()):
+        client.put_object(Bucket=bucket, Key=f"kitti/{path.name}", Body=path.read_bytes())
+    run_dir = tmp_path / "s3run"
+    assert _run(shards, run_dir, "--set", f"data.url={s3_bucket}/kitti", "--max-steps", "1") == 0
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert saved.step == 1 and saved.loader == {"epoch": 0, "consumed": 3, "seed": 0, "world_size": 1}
+    assert load_config(run_dir / "config.yaml").data.url == f"{s3_bucket}/kitti"

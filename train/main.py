@@ -179,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(args, runtime)
     except NonFiniteLossError as exc:
-        run_dir = _run_dir_of(args)
-        print(f"train: stopped: {exc}. Nothing was written for that step; the last good checkpoint is kept "
-              f"at {Path(run_dir) / LAST_CHECKPOINT}", file=sys.stderr)
+        print(f"train: stopped: {exc}. {_last_good(args)}", file=sys.stderr)
         return 3
     except ValueError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
@@ -191,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
-def _run_dir_of(args: argparse.Namespace) -> str:
-    try:
-        return load_config(args.config, overrides=args.overrides).train.run_dir
-    except ValueError:
-        return "<run_dir>"
+def _last_good(args: argparse.Namespace) -> str:
+    """Where the last good checkpoint is (the failed step wrote nothing)."""
+    path = Path(load_config(args.config, overrides=args.overrides).train.run_dir) / LAST_CHECKPOINT
+    if not path.is_file():
+        return f"No checkpoint had been written yet ({path} does not exist)."
+    return f"The last good checkpoint is kept: {path} (step {load_checkpoint(path).step})."
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@
   (HTTP Range). S3 goes through boto3 ``get_object`` (``AWS_ENDPOINT_URL[_S3]`` and the usual
   credential variables); other fsspec URLs through ``dynamo_depth.storage``.
 * ``ShardCache``: optional local copies of remote shards, named by sha256, evicted least recently
-  used first once their total passes ``max_bytes``.
+  used first once their total (with the partial ``*.tmp`` copies being written) passes ``max_bytes``.
+  ``lookup`` opens the copy itself, so another worker's eviction cannot break a read.
 """
 
 from __future__ import annotations
@@ -212,33 +213,59 @@ class _ChunkedReader:
 
 
 class ShardCache:
-    """Local copies of remote shards as ``{sha256}.tar`` in ``directory``; LRU by bytes, at most ``max_bytes``."""
+    """Local copies of remote shards as ``{sha256}.tar`` in ``directory`` (local disk of one machine);
+    LRU by bytes, at most ``max_bytes`` counting the partial ``*.tmp`` copies still being written.
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int) -> None:
-        self.directory, self.max_bytes = Path(directory), int(max_bytes)
+    Several workers and ranks share the directory: ``lookup`` opens the file itself, so a concurrent
+    eviction (an unlink) cannot break a read that has begun; ``evict`` removes the ``*.tmp`` files
+    of killed workers (owner pid gone, or untouched for ``stale_tmp_s`` seconds).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int, stale_tmp_s: float = 3600.0) -> None:
+        if int(max_bytes) < 0 or stale_tmp_s <= 0:
+            raise ValueError(f"cache {directory}: max_bytes must be >= 0 and stale_tmp_s > 0, "
+                             f"got {max_bytes} and {stale_tmp_s}")
+        self.directory, self.max_bytes, self.stale_tmp_s = Path(directory), int(max_bytes), float(stale_tmp_s)
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, sha256: str) -> Path:
         return self.directory / f"{sha256}.tar"
 
-    def lookup(self, sha256: str) -> Path | None:
-        """The cached file (its use time refreshed), or None."""
-        path = self.path(sha256)
+    def lookup(self, sha256: str) -> IO[bytes] | None:
+        """The cached shard opened for binary reads (its use time refreshed), or None if it is not cached.
+
+        The caller closes the handle. Once open, the bytes stay readable even if another worker
+        evicts the file (POSIX unlink semantics); an eviction before the open is a cache miss.
+        """
         try:
-            os.utime(path)
+            handle = open(self.path(sha256), "rb")  # noqa: SIM115 - returned to the caller
         except FileNotFoundError:
             return None
-        return path
+        try:
+            os.utime(handle.fileno())
+        except OSError:  # pragma: no cover - only the LRU order suffers (e.g. a read-only cache)
+            pass
+        return handle
 
     def temporary(self, sha256: str) -> Path:
         return self.directory / f"{sha256}.tar.{os.getpid()}.tmp"
 
     def commit(self, tmp: Path, sha256: str) -> None:
-        """Move a verified temporary copy into the cache, then evict the least recently used shards."""
-        os.replace(tmp, self.path(sha256))
+        """Move a verified temporary copy into the cache, then evict the least recently used shards.
+
+        If ``tmp`` vanished meanwhile (removed as stale by another worker) the shard is simply not cached.
+        """
+        try:
+            os.replace(tmp, self.path(sha256))
+        except FileNotFoundError:
+            _LOG.warning("cache %s: temporary copy %s vanished before commit; shard not cached", self.directory, tmp)
+            return
         self.evict(keep=self.path(sha256))
 
     def evict(self, *, keep: Path | None = None) -> None:
+        """Remove stale ``*.tmp`` files, then least recently used shards until cache + live temporaries
+        fit in ``max_bytes`` (``keep`` and temporaries being written are never removed)."""
+        live_tmp_bytes = self._sweep_temporaries()
         files = []
         for path in self.directory.glob("*.tar"):
             try:
@@ -246,13 +273,42 @@ class ShardCache:
             except FileNotFoundError:
                 continue  # another worker evicted it
             files.append((stat.st_mtime_ns, stat.st_size, path))
-        total = sum(size for _, size, _ in files)
+        total = live_tmp_bytes + sum(size for _, size, _ in files)
         for _, size, path in sorted(files):
             if total <= self.max_bytes:
                 break
             if path != keep:
                 path.unlink(missing_ok=True)
                 total -= size
+
+    def _sweep_temporaries(self) -> int:
+        """Delete the ``*.tmp`` files of dead or long-silent writers; returns the bytes of the others."""
+        live_bytes, now_ns = 0, time.time_ns()
+        for path in self.directory.glob("*.tmp"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue  # committed or removed by its writer meanwhile
+            idle_s = (now_ns - stat.st_mtime_ns) / 1e9
+            if idle_s >= self.stale_tmp_s or not _writer_alive(path):
+                path.unlink(missing_ok=True)
+            else:
+                live_bytes += stat.st_size
+        return live_bytes
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """False only when the pid in ``{sha256}.tar.{pid}.tmp`` names no running process on this machine."""
+    pid_text = tmp.name[: -len(".tmp")].rpartition(".")[2]
+    if not pid_text.isdigit() or int(pid_text) <= 0:
+        return True  # not ours to judge: only the age rule applies
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: the process exists under another user
+        return True
+    return True
 
 
 class ShardStore:
@@ -285,15 +341,22 @@ class ShardStore:
         f.seek(offset)
         return f
 
+    def _open_cached(self, entry: ShardEntry) -> IO[bytes] | None:
+        """The cache's open copy of remote shard ``entry``, or None (not cached, evicted, or no cache):
+        None means read the remote shard instead."""
+        if self.cache is None or self.local or not entry.sha256:
+            return None
+        return self.cache.lookup(entry.sha256)
+
     def read_range(self, entry: ShardEntry, *, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of shard ``entry``: from the cache when it holds the shard,
         else one ranged read, retried and resumed like whole-shard reads. Nothing is hashed here."""
         if offset < 0 or length <= 0 or offset + length > entry.bytes:
             raise ShardIntegrityError(f"shard {entry.name} (in {self.base_url}): span [{offset}, {offset + length}) "
                                       f"lies outside its {entry.bytes} bytes")
-        cached = self.cache.lookup(entry.sha256) if self.cache and entry.sha256 and not self.local else None
+        cached = self._open_cached(entry)
         if cached is not None or self.local:
-            with (open(cached, "rb") if cached is not None else self.open_at(entry, 0)) as f:
+            with (cached if cached is not None else self.open_at(entry, 0)) as f:
                 f.seek(offset)
                 data = f.read(length)
         else:
@@ -311,10 +374,10 @@ class ShardStore:
 
     def samples(self, entry: ShardEntry) -> Iterator[tuple[str, dict[str, bytes]]]:
         """Stream ``(key, members)`` of ``entry``; at its end check size, sha256 and keys against the entry."""
-        cached = self.cache.lookup(entry.sha256) if self.cache and entry.sha256 and not self.local else None
+        cached = self._open_cached(entry)
         tmp = None
         if cached is not None:
-            raw: Any = open(cached, "rb")  # noqa: SIM115 - closed in finally
+            raw: Any = cached  # closed in finally
         elif self.local:
             raw = self.open_at(entry, 0)
         else:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dynamo_depth.geometry import compose, invert_se3, matmul_exact
+
 EARTH_RADIUS_M = 6378137.0
 MISSING_TIMESTAMP_US = -1  # an empty line of a timestamps.txt (missing frame)
 CAMERAS = ("image_00", "image_01", "image_02", "image_03")
@@ -131,7 +133,7 @@ class KittiCalib:
         """(4, 4) rectified camera 0 from velodyne: R_rect_00 @ cam0_from_velo."""
         rect = np.eye(4)
         rect[:3, :3] = self.R_rect_00
-        return rect @ self.cam0_from_velo
+        return compose(rect, self.cam0_from_velo)
 
     def camera_from_velo(self, camera: str) -> np.ndarray:
         """(4, 4) rectified ``camera`` (OpenCV axes, optical centre as origin) from velodyne.
@@ -141,12 +143,22 @@ class KittiCalib:
         """
         projection = self._projection(camera)
         offset = np.eye(4)
-        offset[:3, 3] = np.linalg.solve(projection[:, :3], projection[:, 3])
-        return offset @ self.rect0_from_velo()
+        offset[:3, 3] = _solve_upper_triangular(projection[:, :3], projection[:, 3])
+        return compose(offset, self.rect0_from_velo())
 
     def velo_to_pixels(self, camera: str) -> np.ndarray:
         """(3, 4) matrix mapping homogeneous velodyne points to homogeneous pixels of ``camera``."""
-        return self._projection(camera) @ self.rect0_from_velo()
+        return matmul_exact(self._projection(camera), self.rect0_from_velo())
+
+
+def _solve_upper_triangular(K: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x with K x = b for an upper-triangular (3, 3) K (a rectified P_rect's left block), element-wise."""
+    if abs(K[1, 0]) > 0 or abs(K[2, 0]) > 0 or abs(K[2, 1]) > 0:
+        raise ValueError(f"P_rect's left 3x3 block is not upper triangular: {K.tolist()}")
+    z = b[2] / K[2, 2]
+    y = (b[1] - K[1, 2] * z) / K[1, 1]
+    x = (b[0] - K[0, 1] * y - K[0, 2] * z) / K[0, 0]
+    return np.array([x, y, z])
 
 
 def load_kitti_calib(date_dir: str | Path) -> KittiCalib:
@@ -312,8 +324,7 @@ def oxts_to_world_from_imu(packets: Sequence[OxtsPacket], *, scale: float | None
         poses[i, :3, :3] = _rotation_rpy(packet.roll, packet.pitch, packet.yaw)
         poses[i, :3, 3] = (x, y, packet.alt)
     if relative_to_first:
-        first_inverse = np.linalg.inv(poses[0])
-        poses = np.einsum("ij,njk->nik", first_inverse, poses)
+        poses = compose(invert_se3(poses[0]), poses)
     return poses
 
 

@@ -13,6 +13,11 @@ column c has laser-frame azimuth ((W - c - 0.5) / W * 2 - 1) * pi - atan2(E[1, 0
 a point is r * (cos az cos inc, sin az cos inc, sin inc) through the laser extrinsic E, and the TOP
 laser's per-pixel vehicle pose (roll, pitch, yaw, x, y, z; R = Rz Ry Rx) maps it to the world and
 back into the vehicle frame of ``Frame.pose``. Everything is float64.
+
+Every product of matrices/points here is element-wise in a fixed order (``dynamo_depth.geometry``'s
+``compose``/``transform_points``/``invert_se3``, never ``@``/einsum/``np.linalg``): OpenBLAS picks its
+kernels per CPU (FMA or not), so BLAS results differ in the last bit between machines, and these values
+end up in shard bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 
 from dynamo_depth.formats import waymo_pb2
 from dynamo_depth.formats.tfrecord import iter_records
+from dynamo_depth.geometry import compose, invert_se3, transform_points
 
 LASER_NAMES = ("TOP", "FRONT", "SIDE_LEFT", "SIDE_RIGHT", "REAR")  # LaserName enum order (1..5)
 CAMERA_NAMES = ("FRONT", "FRONT_LEFT", "FRONT_RIGHT", "SIDE_LEFT", "SIDE_RIGHT")  # CameraName enum order
@@ -66,7 +72,7 @@ class CameraCalibration:
     @property
     def vehicle_from_opencv_camera(self) -> np.ndarray:
         """(4, 4) camera-to-vehicle with OpenCV camera axes (x right, y down, z forward)."""
-        return self.vehicle_from_camera @ WAYMO_CAMERA_FROM_OPENCV
+        return compose(self.vehicle_from_camera, WAYMO_CAMERA_FROM_OPENCV)
 
 
 @dataclass(frozen=True)
@@ -303,13 +309,21 @@ def _laser_points(range_image: np.ndarray, calib: LaserCalibration, pixel_pose: 
     cos_inc = np.cos(inclination)[rows] * distance
     laser_xyz = np.stack([np.cos(azimuth)[cols] * cos_inc, np.sin(azimuth)[cols] * cos_inc,
                           np.sin(inclination)[rows] * distance], axis=-1)
-    extrinsic = calib.vehicle_from_laser
-    points = laser_xyz @ extrinsic[:3, :3].T + extrinsic[:3, 3]
+    points = transform_points(calib.vehicle_from_laser, laser_xyz)
     if pixel_pose is None:
         return points
     pose = pixel_pose[rows, cols].astype(np.float64)
     world = _rotate_by_euler(pose[:, :3], points) + pose[:, 3:]
-    return (world - world_from_vehicle[:3, 3]) @ world_from_vehicle[:3, :3]
+    # vehicle = R^T (world - t): subtract first (world coordinates are large), then the closed-form R^T
+    vehicle_from_world_rotation = invert_se3(_rotation_only(world_from_vehicle))
+    return transform_points(vehicle_from_world_rotation, world - world_from_vehicle[:3, 3])
+
+
+def _rotation_only(transform: np.ndarray) -> np.ndarray:
+    """(4, 4) copy of a rigid ``transform`` with its translation set to zero."""
+    out = np.array(transform, dtype=np.float64)
+    out[:3, 3] = 0.0
+    return out
 
 
 def _rotate_by_euler(angles: np.ndarray, points: np.ndarray) -> np.ndarray:
