@@ -172,7 +172,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_kitti_"))
     pack = PackTimer()
     runner._pack = pack
-    options = {"cameras": ["image_02", "image_03"], "split": "train", "split_file": None}
+    options = {"cameras": ["image_02", "image_03"], "split": "train", "split_file": None, "split_file_sha256": None}
     try:
         small = make_raw(tmp / "raw_small", args.per_core_drives)
         frames = original_way(small, tmp / "base_warm")  # imports and page cache warm for both contenders

@@ -18,6 +18,7 @@ A frame whose velodyne scan, OXTS packet or neighbour image is missing yields no
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import sys
@@ -239,7 +240,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     split_file = os.path.abspath(args.split_file) if args.split_file else None
-    return {"cameras": list(args.cameras), "split": args.split, "split_file": split_file}
+    digest = hashlib.sha256(Path(split_file).read_bytes()).hexdigest() if split_file else None
+    # the digest makes an edited split file (same path) a different build, not "already complete"
+    return {"cameras": list(args.cameras), "split": args.split, "split_file": split_file, "split_file_sha256": digest}
 
 
 SPEC = BuilderSpec(name="kitti", dataset="kitti", version=VERSION, list_units=list_units, build_unit=build_unit,

@@ -27,11 +27,11 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamo_depth import storage
-from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, load_manifest, save_manifest
+from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest, save_manifest
 from dynamo_depth.schema import TripletSample, encode
 from dynamo_depth.shards import ShardRecord, ShardWriter, iter_shard
 
@@ -159,7 +159,7 @@ def _staged_record(spec: BuilderSpec, unit: Unit, options: Mapping[str, Any], ou
 
 
 def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
-                   out_url: str, *, workers: int, address: str | None, progress: Any) -> Iterator[UnitOutcome]:
+                   out_url: str, *, workers: int, address: str | None) -> Iterator[UnitOutcome]:
     import ray
 
     from builders.registry import get_builder  # noqa: F401 - the task resolves the spec by name
@@ -261,8 +261,23 @@ def _remove_staging(out_url: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- build
+def _layout_matches(shards: tuple[ShardRecord, ...], max_count: int, max_bytes: int) -> bool:
+    """Whether packing with ``max_count`` / ``max_bytes`` gives exactly this shard layout.
+
+    The pack is greedy: a shard is closed when the next sample would pass either limit.
+    """
+    end_of_archive = 1024
+    for shard, following in zip(shards, (*shards[1:], None), strict=True):
+        if shard.count > max_count or (shard.count > 1 and shard.bytes > max_bytes):
+            return False
+        if following is not None and shard.count < max_count and \
+                shard.bytes + following.samples[0].length <= max_bytes:
+            return False  # the next sample would have fitted here
+    return all(s.bytes - sum(x.length for x in s.samples) == end_of_archive for s in shards)
+
+
 def _up_to_date(spec: BuilderSpec, out_url: str, options: Mapping[str, Any], split: str,
-                units: list[Unit]) -> Manifest | None:
+                units: list[Unit], *, max_count: int, max_bytes: int) -> Manifest | None:
     """The existing manifest when the build at ``out_url`` is complete for these units and options."""
     try:
         manifest = load_manifest(out_url)
@@ -271,7 +286,7 @@ def _up_to_date(spec: BuilderSpec, out_url: str, options: Mapping[str, Any], spl
     same = (manifest.builder == f"builders.{spec.name}" and manifest.builder_version == spec.version
             and dict(manifest.options) == dict(options) and manifest.split == split and not manifest.failed
             and [u.name for u in manifest.units] == [u.name for u in units])
-    if not same:
+    if not same or not _layout_matches(manifest.shards, max_count, max_bytes):
         return None
     for shard in manifest.shards:
         url = storage.join(out_url, shard.name)
@@ -290,11 +305,12 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = in-process without Ray), got {workers}")
     units = sorted(spec.list_units(raw_root, options), key=lambda u: u.name)
-    if len({u.name for u in units}) != len(units):
-        raise ValueError(f"builder {spec.name}: duplicate unit names in {raw_root}")
+    if len({staging_name(u.name) for u in units}) != len(units):
+        raise ValueError(f"builder {spec.name}: unit names in {raw_root} collide once made file-name safe: "
+                         f"{sorted(u.name for u in units)}")
     if not units:
         raise ValueError(f"{raw_root}: no {spec.name} sequences found (check the path and the layout)")
-    existing = _up_to_date(spec, out_url, options, split, units)
+    existing = _up_to_date(spec, out_url, options, split, units, max_count=max_count, max_bytes=max_bytes)
     if existing is not None:
         return BuildReport(manifest=existing, built=(), reused=tuple(u.name for u in units), up_to_date=True)
     digest = options_digest(spec, options)
@@ -305,10 +321,16 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
     failed = [FailedUnit(unit=o.name, error=o.error) for o in outcomes if o.error is not None]
     staged.update({o.name: o.record for o in outcomes if o.record is not None})
     records = [staged[u.name] for u in units if u.name in staged]
+    failed = sorted(failed, key=lambda f: f.unit)
+    if not records and storage.exists(find_manifest(out_url)):
+        previous = load_manifest(out_url)  # nothing new to pack: leave the earlier build untouched
+        return BuildReport(manifest=replace(previous, failed=tuple(failed)), built=(), reused=())
+    if storage.exists(find_manifest(out_url)):
+        storage.remove(find_manifest(out_url))  # the shards are about to change: no stale commit point
     shards = _pack(spec, records, out_url, split=split, digest=digest, max_count=max_count, max_bytes=max_bytes)
     manifest = Manifest(dataset=spec.dataset, split=split, builder=f"builders.{spec.name}",
                         builder_version=spec.version, options=dict(options), shards=tuple(shards),
-                        units=tuple(records), failed=tuple(sorted(failed, key=lambda f: f.unit)))
+                        units=tuple(records), failed=tuple(failed))
     _remove_stale_shards(out_url, spec.dataset, split, {s.name for s in shards})
     save_manifest(manifest, out_url)
     if not failed and not keep_staging:
@@ -338,8 +360,7 @@ def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Map
     if workers == 0:
         stream: Iterable[UnitOutcome] = (run_unit(spec, raw_root, u, options, out_url) for u in units)
     else:
-        stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, address=address,
-                                progress=bar)
+        stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, address=address)
     for outcome in stream:
         outcomes.append(outcome)
         samples += outcome.record.samples if outcome.record else 0
@@ -378,8 +399,11 @@ def cli_main(spec: BuilderSpec, argv: list[str] | None = None) -> int:
         report = build(spec, args.raw_root, args.out_url, split=args.split, options=spec.options_from_args(args),
                        workers=args.workers, address=args.address, max_count=args.shard_max_count,
                        max_bytes=args.shard_max_bytes, keep_staging=args.keep_staging, show_progress=not args.quiet)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. botocore errors: name the output and the reason
+        print(f"error: {args.out_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(format_report(report))
     return 0 if report.ok else 1

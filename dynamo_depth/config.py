@@ -17,6 +17,8 @@ every ``optim.decay_every_epochs`` epochs counted from the start of each phase.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import types
 import typing
@@ -186,11 +188,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise fail("a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise fail("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise fail("a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

@@ -140,8 +140,8 @@ class Manifest:
         _check_fields(obj, fields, "manifest")
         if obj["manifest_version"] != MANIFEST_VERSION:
             raise ValueError(f"manifest_version {obj['manifest_version']!r}; this reader knows {MANIFEST_VERSION}")
-        if not _is_count(obj["schema_version"]):
-            raise ValueError(f"schema_version {obj['schema_version']!r} must be an integer")
+        if obj["schema_version"] != SCHEMA_VERSION:
+            raise ValueError(f"schema_version {obj['schema_version']!r}; this reader knows {SCHEMA_VERSION}")
         for key in ("dataset", "split", "builder", "builder_version"):
             if not isinstance(obj[key], str):
                 raise ValueError(f"{key} {obj[key]!r} must be a string")

@@ -114,8 +114,13 @@ class SampleMeta:
         kw = dict(obj)
         for name in ("frame_indices", "timestamps_us", "original_size"):
             kw[name] = tuple(int(v) for v in kw[name])
-        for name in ("original_K", "ego_from_camera"):
+        for name, size in (("frame_indices", 3), ("timestamps_us", 3), ("original_size", 2)):
+            if len(kw[name]) != size:
+                raise ValueError(f"meta.json {name}: expected {size} values, got {len(kw[name])}")
+        for name, size in (("original_K", 3), ("ego_from_camera", 4)):
             kw[name] = tuple(tuple(float(v) for v in row) for row in kw[name])
+            if len(kw[name]) != size or any(len(row) != size for row in kw[name]):
+                raise ValueError(f"meta.json {name}: expected a {size}x{size} matrix")
         if kw.get("distortion") is not None:
             kw["distortion"] = tuple(float(v) for v in kw["distortion"])
         kw["extra"] = dict(kw.get("extra") or {})
@@ -182,6 +187,9 @@ def validate(sample: TripletSample) -> None:
     _check_array(key, "depth.npy.zst", sample.depth, np.float32, (None, 3))
     if sample.motion is not None:
         _check_array(key, "motion.npy.zst", sample.motion, np.uint8, (sample.depth.shape[0],))
+    for member, arr in (("K.npy", sample.K), ("poses.npy", sample.poses), ("depth.npy.zst", sample.depth)):
+        if not np.isfinite(arr).all():
+            raise SampleError(key, member, "holds NaN or infinite values")
     meta = sample.meta
     if meta.schema_version != SCHEMA_VERSION:
         raise SampleError(key, "meta.json", f"schema_version {meta.schema_version}, this reader knows {SCHEMA_VERSION}")

@@ -38,7 +38,12 @@ def draw(sample: TripletSample, out_path: str) -> None:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    frames = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in sample.images]
+    frames = []
+    for name, data in zip(("prev.jpg", "cur.jpg", "next.jpg"), sample.images, strict=True):
+        try:
+            frames.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+        except OSError as exc:
+            raise ValueError(f"sample {sample.key!r}, member {name!r}: cannot decode the JPEG ({exc})") from None
     height, width = frames[1].shape[:2]
     orig_h, orig_w = sample.meta.original_size
     fig = plt.figure(figsize=(15, 7.5))
@@ -77,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sample = find_sample(args.shards, args.key)
-    except (ValueError, FileNotFoundError) as exc:
+        draw(sample, args.out)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    draw(sample, args.out)
     print(f"wrote {args.out} ({sample.key})")
     return 0
 

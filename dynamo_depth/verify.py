@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"verify: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. S3 credentials/permissions (botocore): name URL and reason
+        print(f"verify: error: {args.shards}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(problem)
     verdict = "FAILED" if problems else "OK"

@@ -3,10 +3,15 @@
 Shared helpers of the three CLIs live here: reading built shards in order, reading prediction
 files, writing the report. Metrics themselves are in ``dynamo_depth.metrics``.
 
-Data (``--data``): a shard file ``*.tar``, a folder / object-store prefix holding ``*.tar`` shards
-(all of them, in sorted name order), or a ``manifest.json`` (every ``*.tar`` in its folder). Local
-paths and ``s3://`` URLs both work (``dynamo_depth.storage``). Evaluation reads every sample once,
-sequentially (no shuffling, no rank split): it does not go through the training loader.
+Data (``--data``): a manifest (any ``*.json``, e.g. ``manifests/kitti-synth.json`` or
+``.../manifest.json``), a folder / object-store prefix, or one shard file ``*.tar``. With a manifest
+(given, or the folder's ``manifest.json``) exactly its shards are read, in manifest order, and each
+one's size, keys and sha256 are checked while streaming: an altered shard is an error naming it;
+other ``*.tar`` files in the folder (stale shards, other splits) are ignored. A folder without a
+manifest still works (all ``*.tar``, sorted by name, unchecked) with a warning; a single ``*.tar``
+is checked against the ``manifest.json`` beside it when that lists it. Local paths and ``s3://``
+URLs both work (``dynamo_depth.storage``). Evaluation reads every sample once, sequentially (no
+shuffling, no rank split, no cache): it does not go through the training loader.
 
 Predictions (``--predictions FILE.npz``): an uncompressed or compressed ``.npz`` written with
 ``np.savez(path, **{sample_key: array})``: one array per sample, named by the sample key
@@ -15,47 +20,130 @@ Predictions (``--predictions FILE.npz``): an uncompressed or compressed ``.npz``
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["PredictionFile", "iter_samples", "list_shards", "rgb_from_jpeg", "write_report"]
+__all__ = ["EvalShards", "PredictionFile", "iter_samples", "list_shards", "resolve_shards", "rgb_from_jpeg",
+           "write_report"]
+
+
+@dataclass(frozen=True)
+class EvalShards:
+    """The shards ``--data`` names: ``names`` in reading order inside ``base_url``; ``entries`` are their
+    manifest entries (size, sha256, keys: checked while streaming), or None when no manifest covers them."""
+
+    base_url: str
+    names: tuple[str, ...]
+    entries: tuple[Any, ...] | None
+
+    def urls(self) -> list[str]:
+        from dynamo_depth import storage
+
+        return [storage.join(self.base_url, name) for name in self.names]
+
+
+def resolve_shards(data_url: str) -> EvalShards:
+    """What ``--data`` names (see module doc). A manifest fixes the shards and their order; a folder
+    without one gives all its ``*.tar`` in name order, unchecked, with a warning."""
+    from dynamo_depth import manifest as manifest_mod
+    from dynamo_depth import storage
+
+    url = os.fspath(data_url).rstrip("/")
+    if url.endswith(".json"):
+        return _from_manifest(url, url)
+    if url.endswith(".tar"):
+        return _single_shard(url)
+    if storage.exists(storage.join(url, manifest_mod.MANIFEST_NAME)):
+        return _from_manifest(url, storage.join(url, manifest_mod.MANIFEST_NAME))
+    names = tuple(n for n in storage.listdir(url) if n.endswith(".tar"))
+    if not names:
+        raise ValueError(f"--data {url!r}: no *.tar shard found in {url!r} (and no {manifest_mod.MANIFEST_NAME})")
+    warnings.warn(f"--data {url!r}: no {manifest_mod.MANIFEST_NAME}; evaluating all {len(names)} *.tar shards "
+                  "in name order WITHOUT hash checks (stale or foreign shards would be read too)", stacklevel=3)
+    return EvalShards(base_url=url, names=names, entries=None)
+
+
+def _from_manifest(data_url: str, manifest_url: str) -> EvalShards:
+    from dynamo_depth import storage
+    from dynamo_depth.data.sources import load_index
+
+    if not storage.exists(manifest_url):
+        raise ValueError(f"--data {data_url!r}: manifest {manifest_url!r} does not exist")
+    base, entries = load_index(manifest_url)
+    return EvalShards(base_url=base, names=tuple(e.name for e in entries), entries=entries)
+
+
+def _single_shard(url: str) -> EvalShards:
+    """One ``*.tar``: checked against the ``manifest.json`` beside it when that lists it."""
+    from dynamo_depth import manifest as manifest_mod
+    from dynamo_depth import storage
+
+    if not storage.exists(url):
+        raise ValueError(f"--data {url!r}: shard does not exist")
+    base, name = storage.dirname(url), storage.basename(url)
+    manifest_url = storage.join(base, manifest_mod.MANIFEST_NAME)
+    if storage.exists(manifest_url):
+        listed = [e for e in _from_manifest(url, manifest_url).entries or () if e.name == name]
+        if listed:
+            return EvalShards(base_url=base, names=(name,), entries=tuple(listed))
+        warnings.warn(f"--data {url!r}: shard not listed in {manifest_url!r}; read WITHOUT hash check", stacklevel=4)
+    else:
+        warnings.warn(f"--data {url!r}: no {manifest_mod.MANIFEST_NAME} beside it; read WITHOUT hash check",
+                      stacklevel=4)
+    return EvalShards(base_url=base, names=(name,), entries=None)
 
 
 def list_shards(data_url: str) -> list[str]:
-    """URLs of the shards named by ``data_url`` (see module doc), sorted by name."""
-    from dynamo_depth import storage
-
-    url = os.fspath(data_url)
-    if url.endswith(".tar"):
-        if not storage.exists(url):
-            raise ValueError(f"--data {url!r}: shard does not exist")
-        return [url]
-    folder = storage.dirname(url) if url.endswith("manifest.json") else url
-    names = [n for n in storage.listdir(folder) if n.endswith(".tar")]
-    if not names:
-        raise ValueError(f"--data {url!r}: no *.tar shard found in {folder!r}")
-    return [storage.join(folder, n) for n in names]
+    """URLs of the shards named by ``data_url`` in reading order (manifest order, else sorted names)."""
+    return resolve_shards(data_url).urls()
 
 
 def iter_samples(data_url: str, *, max_samples: int | None = None) -> Iterator[Any]:
-    """Decoded ``TripletSample``s of every shard of ``data_url`` in order (at most ``max_samples``)."""
+    """Decoded ``TripletSample``s of the shards of ``data_url`` in order (at most ``max_samples``).
+
+    Shards listed in a manifest are streamed through ``ShardStore``: size, sample keys and sha256
+    are checked while reading, and a difference raises ``ShardIntegrityError`` (a ``ValueError``)
+    naming the shard when its end is reached. A shard cut short by ``max_samples`` is not hashed.
+    """
     from dynamo_depth.schema import decode
-    from dynamo_depth.shards import iter_shard
 
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1, got {max_samples}")
     count = 0
-    for shard in list_shards(data_url):
-        for key, members in iter_shard(shard):
-            yield decode(members, key=key)
-            count += 1
-            if max_samples is not None and count >= max_samples:
-                return
+    shards = resolve_shards(data_url)
+    for url, stream in _shard_streams(shards):
+        with contextlib.closing(stream):
+            try:
+                for key, members in stream:
+                    yield decode(members, key=key)
+                    count += 1
+                    if max_samples is not None and count >= max_samples:
+                        return
+            except FileNotFoundError as exc:
+                raise ValueError(f"--data {data_url!r}: shard {url!r} is missing ({exc})") from exc
+
+
+def _shard_streams(shards: EvalShards) -> Iterator[tuple[str, Iterator[tuple[str, dict[str, bytes]]]]]:
+    """(URL, ``(key, members)`` stream) per shard: verified against its manifest entry when there is one."""
+    from dynamo_depth.shards import iter_shard
+
+    if shards.entries is None:
+        for url in shards.urls():
+            yield url, iter_shard(url)
+        return
+    from dynamo_depth.data.sources import ShardStore
+
+    store = ShardStore(shards.base_url)
+    for url, entry in zip(shards.urls(), shards.entries, strict=True):
+        yield url, store.samples(entry)
 
 
 class PredictionFile:

@@ -27,7 +27,7 @@ RAW = SHARED / "fixtures" / "kitti_raw"
 DRIVE = "2011_09_26_drive_0009_sync"
 ORIGINAL = SHARED / "reference" / "kitti_drive_0009_original_outputs"
 needs_shared = pytest.mark.skipif(not RAW.exists(), reason="../shared/fixtures/kitti_raw is absent (a user's clone)")
-OPTIONS = {"cameras": ["image_02", "image_03"], "split": "train", "split_file": None}
+OPTIONS = {"cameras": ["image_02", "image_03"], "split": "train", "split_file": None, "split_file_sha256": None}
 
 
 def _samples(out: Path) -> dict:

@@ -25,7 +25,7 @@ REFERENCE = REPO / "manifests" / "kitti-synth.json"
 # The reference build: `python -m dynamo_depth synth kitti RAW --sequences 1 --frames 4 --seed 0`
 # then `python -m builders.kitti RAW OUT --cameras image_02` (see manifests/README.md).
 SYNTH = {"sequences": 1, "frames": 4, "seed": 0}
-OPTIONS = {"cameras": ["image_02"], "split": "train", "split_file": None}
+OPTIONS = {"cameras": ["image_02"], "split": "train", "split_file": None, "split_file_sha256": None}
 
 
 @pytest.fixture(scope="module")

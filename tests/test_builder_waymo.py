@@ -271,6 +271,50 @@ def test_rebuild_passes_verify_against_reference_manifest(synth_val_build: Path)
     assert "0 problems" in result.stdout
 
 
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+# OpenBLAS core types and the CPU flags they need: Prescott = SSE3 (/proc/cpuinfo calls it pni), Haswell = AVX2+FMA
+CORE_TYPE_FLAGS = {"Prescott": {"pni"}, "Haswell": {"avx2", "fma"}}
+_BUILD_AND_PROBE = """
+import hashlib, sys
+import numpy as np
+import builders.waymo as w
+from builders.runner import build
+raw, out = sys.argv[1], sys.argv[2]
+report = build(w.SPEC, raw, out, split="val", options={"cameras": ["FRONT"], "split": "val"}, workers=0,
+               show_progress=False)
+assert report.ok and report.manifest.num_samples == 2
+rng = np.random.default_rng(0)  # a BLAS product: differs between the core types if their kernels do
+print(hashlib.sha256((rng.normal(size=(4096, 3)) @ rng.normal(size=(3, 3))).tobytes()).hexdigest())
+"""
+
+
+def test_openblas_core_types_give_identical_shard_bytes(synth_raw: Path, synth_val_build: Path, tmp_path: Path) -> None:
+    """The same raw data built under two OpenBLAS kernels (SSE3 without FMA, AVX2 with FMA), which give different
+    BLAS results, gives byte-identical shards and manifest, equal to the in-process build."""
+    missing = {core: sorted(need - _cpu_flags()) for core, need in CORE_TYPE_FLAGS.items() if need - _cpu_flags()}
+    if missing:
+        pytest.skip(f"this CPU lacks the flags of OpenBLAS core types {missing} (read from /proc/cpuinfo)")
+    probes = {}
+    for core in CORE_TYPE_FLAGS:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_CORETYPE": core, "RAY_AUTH_MODE": "disabled"}
+        result = subprocess.run([sys.executable, "-c", _BUILD_AND_PROBE, str(synth_raw), str(tmp_path / core)],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        probes[core] = result.stdout.split()[-1]
+    assert probes["Prescott"] != probes["Haswell"], "OPENBLAS_CORETYPE had no effect: the test would prove nothing"
+    for name in ("manifest.json", "waymo-val-000000.tar"):
+        reference = (synth_val_build / name).read_bytes()
+        assert all((tmp_path / core / name).read_bytes() == reference for core in CORE_TYPE_FLAGS), name
+
+
 def _train_raw(synth_raw: Path, root: Path) -> tuple[Path, list[Path]]:
     """A raw root whose train/ holds two segments (the synthetic val and train ones)."""
     (root / "train").mkdir(parents=True)
@@ -359,3 +403,42 @@ def test_bad_range_image_and_missing_camera_are_reported(synth_raw: Path, tmp_pa
     (unit,) = report.manifest.units
     assert unit.name.endswith("/FRONT_LEFT") and (unit.samples, unit.skipped) == (0, 4)
     assert unit.notes == tuple(f"frame {i}: no FRONT_LEFT image" for i in range(4))
+
+
+def _frame_with(payload: bytes, edit) -> bytes:
+    frame = wf.parse_frame(payload)
+    edit(frame)
+    return frame.SerializeToString()
+
+
+def _drop_last_intrinsic(frame) -> None:
+    calib = next(c for c in frame.context.camera_calibrations if c.name == 1)  # FRONT
+    del calib.intrinsic[-1]
+
+
+def _drop_last_image_pose_value(frame) -> None:
+    image = next(i for i in frame.images if i.name == 1)  # FRONT
+    del image.pose.transform[-1]
+
+
+def test_bad_camera_calibration_or_image_pose_names_file_and_offset(synth_raw: Path, tmp_path: Path) -> None:
+    """A FRONT calibration with 8 intrinsics (record 2) and a FRONT image pose with 15 values (record 1) fail their
+    segment with file, byte offset and the field."""
+    (source,) = sorted(synth_raw.glob("val/segment-*.tfrecord"))
+    payloads = [payload for _, payload in iter_records(source)]
+    (tmp_path / "raw" / "val").mkdir(parents=True)
+    cases = {"segment-1": (2, _drop_last_intrinsic, "camera FRONT: intrinsic has 8 values, expected 9"),
+             "segment-2": (1, _drop_last_image_pose_value, "image FRONT pose: transform has 15 values, expected 16")}
+    for name, (index, edit, _) in cases.items():
+        edited = [_frame_with(p, edit) if k == index else p for k, p in enumerate(payloads)]
+        write_records(tmp_path / "raw" / "val" / f"{name}{waymo.SEGMENT_SUFFIX}", edited)
+    report = build(waymo.SPEC, str(tmp_path / "raw"), str(tmp_path / "out"), split="val", options=VAL, workers=0,
+                   show_progress=False)
+    assert not report.ok and report.manifest.units == ()
+    failed = {f.unit: f.error for f in report.manifest.failed}
+    assert sorted(failed) == ["segment-1/FRONT", "segment-2/FRONT"]
+    for name, (index, _, reason) in cases.items():
+        offset = sum(16 + len(p) for p in payloads[:index])
+        path = tmp_path / "raw" / "val" / f"{name}{waymo.SEGMENT_SUFFIX}"
+        assert failed[f"{name}/FRONT"].startswith(f"{path} record at byte offset {offset}: frame "), failed
+        assert failed[f"{name}/FRONT"].endswith(reason), failed

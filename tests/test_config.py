@@ -133,3 +133,9 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     scalar.write_text("3\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(scalar)
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-inf"])
+def test_non_finite_numbers_are_rejected(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"optim.lr.*a finite number"):
+        load_config(CONFIGS / "kitti.yaml", overrides=[f"optim.lr={text}"])

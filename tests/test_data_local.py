@@ -395,3 +395,83 @@ def test_batch_arrays_are_reused_only_once_nothing_references_them() -> None:
     assert id(decode._batch_array((2, 3))) == second_id
     del tensor
     assert id(decode._batch_array((2, 3))) == first_id
+
+
+def _remote_copy(folder: Path, name: str) -> str:
+    """The shards of ``folder`` copied into fsspec's in-memory file system: a non-local base URL."""
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    for shard in sorted(folder.glob("*.tar")):
+        memory.pipe(f"/{name}/{shard.name}", shard.read_bytes())
+    return f"memory://{name}"
+
+
+def test_cached_shard_evicted_by_another_worker_mid_read_or_before_open(tmp_path: Path) -> None:
+    samples = write_dataset(tmp_path / "src", n=6, per_shard=3)
+    _, entries = load_index(str(tmp_path / "src"))
+    entry, cache_dir = entries[0], tmp_path / "cache"
+    store = ShardStore(_remote_copy(tmp_path / "src", f"race-{tmp_path.name}"), cache=ShardCache(cache_dir, max_bytes=10**6))
+    expected = [k for k, _ in store.samples(entry)]
+    assert expected == sorted(samples)[:3] and store.cache.path(entry.sha256).exists()
+
+    handle = store.cache.lookup(entry.sha256)  # this worker opened the copy ...
+    ShardCache(cache_dir, max_bytes=0).evict()  # ... then another worker evicted everything
+    assert not store.cache.path(entry.sha256).exists()
+    with handle:
+        assert handle.read() == (tmp_path / "src" / entry.name).read_bytes()
+    assert store.cache.lookup(entry.sha256) is None
+
+    class EvictedAfterOpen(ShardCache):
+        def lookup(self, sha256: str):
+            found = super().lookup(sha256)
+            self.path(sha256).unlink(missing_ok=True)
+            return found
+
+    class EvictedBeforeOpen(ShardCache):
+        def lookup(self, sha256: str):
+            self.path(sha256).unlink(missing_ok=True)
+            return super().lookup(sha256)
+
+    list(store.samples(entry))  # cached again (read from the remote copy)
+    racy = ShardStore(store.base_url, cache=EvictedAfterOpen(cache_dir, max_bytes=10**6))
+    span_offset, span_length = load_index(str(tmp_path / "src"))[1][0].spans[1]
+    assert [k for k, _ in racy.samples(entry)] == expected  # served by the open handle, hash checked
+    assert not racy.cache.path(entry.sha256).exists()
+    list(store.samples(entry))
+    assert racy.read_range(entry, offset=span_offset, length=span_length) == \
+        (tmp_path / "src" / entry.name).read_bytes()[span_offset:span_offset + span_length]
+    racy = ShardStore(store.base_url, cache=EvictedBeforeOpen(cache_dir, max_bytes=10**6))
+    assert [k for k, _ in racy.samples(entry)] == expected  # a miss: read remotely and cached anew
+    assert racy.cache.path(entry.sha256).read_bytes() == (tmp_path / "src" / entry.name).read_bytes()
+    assert racy.read_range(entry, offset=span_offset, length=span_length) == \
+        (tmp_path / "src" / entry.name).read_bytes()[span_offset:span_offset + span_length]
+
+
+def test_cache_evict_removes_dead_or_stale_temporaries_and_counts_live_ones(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    finished = subprocess.Popen([sys.executable, "-c", ""])
+    finished.wait()  # its pid now names no live process
+    cache = ShardCache(tmp_path, max_bytes=250, stale_tmp_s=3600)
+    for i, name in enumerate("ab"):
+        cache.path(name).write_bytes(b"x" * 100)
+        os.utime(cache.path(name), ns=((i + 1) * 10**9, (i + 1) * 10**9))
+    live = cache.temporary("c")  # being written by this (live) process, touched just now
+    live.write_bytes(b"y" * 100)
+    silent = tmp_path / f"d.tar.{os.getpid()}.tmp"  # live pid, but untouched for two hours
+    silent.write_bytes(b"z" * 1000)
+    two_hours_ago = time.time_ns() - 7200 * 10**9
+    os.utime(silent, ns=(two_hours_ago, two_hours_ago))
+    orphan = tmp_path / f"e.tar.{finished.pid}.tmp"  # left by a killed worker
+    orphan.write_bytes(b"w" * 1000)
+    cache.evict()
+    # a 100 + b 100 + live temporary 100 = 300 > 250: the oldest shard goes; the dead ones neither count nor stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar", live.name]
+    live.unlink()
+    cache.commit(live, "c")  # the temporary vanished (removed as stale elsewhere): not cached, no error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tar"]
+    with pytest.raises(ValueError, match="max_bytes"):
+        ShardCache(tmp_path, max_bytes=-1)

@@ -8,6 +8,7 @@ columns and linear along rows, d(r') = 0.02 + 0.01 r' at training row r'; biline
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -230,3 +231,94 @@ def test_depth_cli_reads_s3(shards, tmp_path, monkeypatch):
         assert report["num_images"] == 5 and report["overall"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
     finally:
         server.stop()
+
+
+# --- --data: a manifest fixes exactly which shards are read, in its order, hash-checked ---------------------
+
+
+def _write_built(folder, samples, *, manifest_name: str = "manifest.json") -> list:
+    """``samples`` as ShardWriter shards of 3 (waymo-val-000000/1.tar) plus a manifest; returns the records."""
+    from dynamo_depth.manifest import Manifest, save_manifest
+    from dynamo_depth.shards import ShardWriter
+
+    with ShardWriter(str(folder), prefix="waymo-val", max_count=3) as writer:
+        for sample in samples:
+            writer.write(sample.key, encode(sample))
+    records = writer.close()
+    save_manifest(Manifest(dataset="waymo", split="val", builder="tests", builder_version="0", shards=tuple(records)),
+                  str(folder / manifest_name))
+    return records
+
+
+def _depth_report(data: str, samples, tmp_path, name: str) -> dict:
+    preds = _save_npz(tmp_path / f"{name}.npz", {s.key: _disparity_map() for s in samples})
+    out = tmp_path / name
+    assert eval_depth.main(["--data", data, "--predictions", preds, "--out", str(out)]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_manifest_folder_skips_stale_shards_and_json_path_works(tmp_path, capsys):
+    from eval import list_shards
+
+    folder = tmp_path / "built"
+    folder.mkdir()
+    samples = [_sample(f) for f in (1, 2, 3, 4, 10)]
+    _write_built(folder, samples)
+    stale = _sample(30)  # a shard from an older build: present in the folder, absent from the manifest
+    _write_tar(folder / "waymo-val-000002.tar", [stale])
+    (folder / "waymo-val-000003.tar.tmp").write_bytes(b"half-written")
+    assert list_shards(str(folder)) == [str(folder / "waymo-val-000000.tar"), str(folder / "waymo-val-000001.tar")]
+    report = _depth_report(str(folder), samples, tmp_path, "folder")  # the predictions lack the stale key
+    assert report["num_images"] == 5 and report["num_points"] == 5 * len(POINTS)
+
+    # the same manifest under another name, no manifest.json: a .json path is a manifest, not a folder
+    (folder / "manifest.json").rename(folder / "waymo-val.json")
+    assert list_shards(str(folder / "waymo-val.json")) == [str(folder / f"waymo-val-00000{i}.tar") for i in (0, 1)]
+    report = _depth_report(str(folder / "waymo-val.json"), samples, tmp_path, "json")
+    assert report["num_images"] == 5 and report["overall"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
+    assert eval_depth.main(["--data", str(folder / "other.json"), "--predictions", str(tmp_path / "json.npz")]) == 2
+    assert "other.json" in capsys.readouterr().err
+
+    # without any manifest: every *.tar in name order, with a warning (the stale shard is read too)
+    (folder / "waymo-val.json").unlink()
+    with pytest.warns(UserWarning, match="no manifest.json.*WITHOUT hash checks"):
+        urls = list_shards(str(folder))
+    assert [u.rsplit("/", 1)[-1] for u in urls] == [f"waymo-val-00000{i}.tar" for i in range(3)]
+
+
+def test_manifest_order_is_reading_order(tmp_path):
+    from dynamo_depth.manifest import load_manifest, save_manifest
+    from eval import iter_samples
+
+    folder = tmp_path / "built"
+    folder.mkdir()
+    samples = [_sample(f) for f in (1, 2, 3, 4, 10)]
+    _write_built(folder, samples)
+    manifest = load_manifest(str(folder))
+    save_manifest(dataclasses.replace(manifest, shards=manifest.shards[::-1]), str(folder / "reversed.json"))
+    keys = [s.key for s in iter_samples(str(folder / "reversed.json"))]
+    assert keys == [s.key for s in samples[3:] + samples[:3]]
+    assert [s.key for s in iter_samples(str(folder / "reversed.json"), max_samples=3)] == keys[:3]
+
+
+def test_altered_or_missing_shard_is_named(tmp_path, capsys):
+    folder = tmp_path / "built"
+    folder.mkdir()
+    samples = [_sample(f) for f in (1, 2, 3, 4, 10)]
+    _write_built(folder, samples)
+    shard = folder / "waymo-val-000001.tar"
+    with tarfile.open(shard) as tar:  # first padding byte after a member whose size is not a multiple of 512
+        info = next(m for m in tar.getmembers() if m.size % 512)
+    data = bytearray(shard.read_bytes())
+    assert data[info.offset_data + info.size] == 0
+    data[info.offset_data + info.size] = 0x55  # same size, still a valid tar, different sha256
+    shard.write_bytes(bytes(data))
+    preds = _save_npz(tmp_path / "p.npz", {s.key: _disparity_map() for s in samples})
+    for data_arg in (folder, folder / "manifest.json", shard):  # a lone shard is checked against the manifest beside it
+        assert eval_depth.main(["--data", str(data_arg), "--predictions", preds]) == 2
+        err = capsys.readouterr().err
+        assert "shard waymo-val-000001.tar" in err and "sha256" in err and "altered" in err, err
+
+    shard.unlink()
+    assert eval_depth.main(["--data", str(folder), "--predictions", preds]) == 2
+    assert "waymo-val-000001.tar" in capsys.readouterr().err

@@ -90,6 +90,32 @@ def test_corruption_and_truncation_name_file_and_offset(tmp_path: Path) -> None:
         assert isinstance(info.value, ValueError)
 
 
+def test_length_beyond_end_of_file_is_named_before_reading(tmp_path: Path) -> None:
+    """A corrupt 8-byte length (2**64 - 1 read with verify=False; 10**12 with a valid length CRC) is compared with
+    the bytes left in the file: a named TFRecordError, never a MemoryError from reading that many bytes."""
+    path = tmp_path / "ok.tfrecord"
+    write_records(path, [b"x" * 100, b"y" * 200])
+    second, size = 16 + 100, path.stat().st_size  # the file holds 116 + 216 = 332 bytes
+    data = bytearray(path.read_bytes())
+    data[second:second + 8] = b"\xff" * 8
+    (tmp_path / "huge.tfrecord").write_bytes(bytes(data))
+    length = (10**12).to_bytes(8, "little")
+    data[second:second + 12] = length + masked_crc32c(length).to_bytes(4, "little")
+    (tmp_path / "crc_ok.tfrecord").write_bytes(bytes(data))
+    left = size - second - 12
+    for name, verify, claimed in (("huge", False, 2**64 - 1), ("crc_ok", True, 10**12), ("crc_ok", False, 10**12)):
+        bad = tmp_path / f"{name}.tfrecord"
+        records = iter_records(bad, verify=verify)
+        assert next(records) == (0, b"x" * 100)
+        with pytest.raises(TFRecordError) as info:
+            next(records)
+        assert info.value.offset == second and str(bad) in str(info.value)
+        assert info.value.reason == (f"truncated payload: the length header says {claimed} bytes, only {left} are "
+                                     "left in the file (truncated file or corrupt length)")
+    with pytest.raises(TFRecordError, match="length CRC32C mismatch"):  # verify=True: the CRC catches it first
+        list(iter_records(tmp_path / "huge.tfrecord"))
+
+
 @needs_shared
 def test_flipped_byte_in_real_record_copy(tmp_path: Path) -> None:
     bad = _corrupt_copy(PVPS, tmp_path / "pvps_flipped.tfrecord", flip_at=1_000_000)

@@ -201,3 +201,12 @@ def test_verify_on_s3(tmp_path: Path, s3_bucket: str, capsys: pytest.CaptureFixt
     capsys.readouterr()
     assert main([out]) == 1
     assert capsys.readouterr().out.splitlines()[-1] == "verify: 3 shards, 2 problems: FAILED"
+
+
+def test_manifest_of_another_schema_version_is_rejected(tmp_path: Path) -> None:
+    manifest = Manifest(dataset="kitti", split="train", builder="test", builder_version="0")
+    obj = json.loads(canonical_json(manifest))
+    obj["schema_version"] = 2
+    (tmp_path / "manifest.json").write_text(json.dumps(obj))
+    with pytest.raises(ValueError, match=r"manifest.json: schema_version 2; this reader knows 1"):
+        load_manifest(str(tmp_path))

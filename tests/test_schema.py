@@ -130,3 +130,29 @@ def test_constructor_rejects_bad_pose_and_key() -> None:
     with pytest.raises(SampleError, match="no dots"):
         TripletSample(key="seq.a_cam_000001", images=sample.images, K=sample.K, poses=sample.poses,
                       depth=sample.depth, meta=sample.meta)
+
+
+def test_non_finite_arrays_and_malformed_meta_matrices_are_rejected() -> None:
+    import dataclasses
+
+    from dynamo_depth.schema import SampleError, SampleMeta, decode, encode
+
+    sample = make_sample(0)
+    bad_K = sample.K.copy()
+    bad_K[0, 2] = np.nan
+    with pytest.raises(SampleError, match=r"member 'K.npy': holds NaN or infinite values"):
+        dataclasses.replace(sample, K=bad_K)
+    bad_depth = sample.depth.copy()
+    bad_depth[0, 2] = np.inf
+    with pytest.raises(SampleError, match=r"member 'depth.npy.zst': holds NaN"):
+        dataclasses.replace(sample, depth=bad_depth)
+    members = encode(sample)
+    meta = json.loads(members["meta.json"])
+    meta["ego_from_camera"] = meta["ego_from_camera"][:3]
+    with pytest.raises(SampleError, match=r"meta.json.*ego_from_camera: expected a 4x4 matrix"):
+        decode({**members, "meta.json": json.dumps(meta).encode()}, key=sample.key)
+    meta = json.loads(members["meta.json"])
+    meta["original_size"] = [375]
+    with pytest.raises(SampleError, match=r"original_size: expected 2 values"):
+        decode({**members, "meta.json": json.dumps(meta).encode()}, key=sample.key)
+    assert SampleMeta.from_json(json.loads(members["meta.json"])) == sample.meta

@@ -40,3 +40,17 @@ def test_show_unknown_key_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main([str(shards), "--key", "nope_cam_000001", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "no sample with key 'nope_cam_000001'" in err and str(shards) in err
+
+
+def test_show_corrupt_jpeg_names_sample_and_member(tmp_path: Path, capsys) -> None:
+    import dataclasses
+
+    sample = make_sample(0, width=64, height=32)
+    broken = dataclasses.replace(sample, images=(sample.images[0], sample.images[1][:40] + b"\xff\xd9",
+                                                 sample.images[2]))
+    with ShardWriter(str(tmp_path), prefix="kitti-train") as writer:
+        writer.write(broken.key, encode(broken))
+    save_manifest(Manifest(dataset="kitti", split="train", builder="test", builder_version="0",
+                           shards=tuple(writer.close())), str(tmp_path))
+    assert main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert f"sample {broken.key!r}, member 'cur.jpg': cannot decode the JPEG" in capsys.readouterr().err

@@ -15,6 +15,7 @@ CRCs are merged in a binary tree with the GF(2)-linear "append n zero bytes" ope
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -154,10 +155,14 @@ def iter_records(path: str | os.PathLike, *, verify: bool = True) -> Iterator[tu
     """Yield ``(offset, payload)`` for each record of a TFRecord file, in file order.
 
     ``offset`` is the byte offset of the record's length header. With ``verify`` both masked CRCs are
-    checked; a bad CRC or a truncated record raises ``TFRecordError`` naming file and offset.
+    checked; a bad CRC or a truncated record raises ``TFRecordError`` naming file and offset. A length
+    header larger than the rest of the file (truncated file, or a corrupt length read with
+    ``verify=False``) is reported before anything is allocated for it.
     """
     path = Path(path)
     with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        file_size = status.st_size if stat.S_ISREG(status.st_mode) else None  # None: a pipe, size unknown
         offset = 0
         while True:
             header = handle.read(12)
@@ -168,6 +173,9 @@ def iter_records(path: str | os.PathLike, *, verify: bool = True) -> Iterator[tu
             (length,) = struct.unpack("<Q", header[:8])
             if verify and struct.unpack("<I", header[8:])[0] != masked_crc32c(header[:8]):
                 raise TFRecordError(path, offset, "length CRC32C mismatch (corrupt header)")
+            if file_size is not None and length > file_size - (offset + 12):
+                raise TFRecordError(path, offset, f"truncated payload: the length header says {length} bytes, only "
+                                    f"{file_size - (offset + 12)} are left in the file (truncated file or corrupt length)")
             payload = _read_exact(handle, length, path, offset, "payload")
             footer = _read_exact(handle, 4, path, offset, "payload CRC")
             if verify and struct.unpack("<I", footer)[0] != masked_crc32c(payload):

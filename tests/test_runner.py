@@ -1,0 +1,110 @@
+"""The build runner with a toy builder (in-process): layout changes, failures, resume, name clashes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from builders.runner import BuilderSpec, SkippedFrame, Unit, build
+from dynamo_depth.manifest import load_manifest
+from tests.samples import make_sample
+
+BROKEN: set[str] = set()  # unit names that fail (the toy "raw data" is this set)
+
+
+def _units(raw_root: str, options: Mapping[str, Any]) -> list[Unit]:
+    return [Unit(name=f"drive{i}/image_02", params={"first": 10 * i}) for i in range(options.get("units", 3))]
+
+
+def _build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterator[Any]:
+    if unit.name in BROKEN:
+        raise ValueError(f"{raw_root}/{unit.name}/0000000003.png: corrupt or truncated PNG")
+    first = unit.params["first"]
+    yield SkippedFrame(frame=first, reason="neighbour frame -1 has no image")
+    for i in range(first, first + 4):
+        yield make_sample(i, n_points=20)
+
+
+SPEC = BuilderSpec(name="toy", dataset="kitti", version="0", list_units=_units, build_unit=_build_unit)
+
+
+def _build(out: Path, **kw: Any):
+    kw = {"split": "train", "options": {"units": 3}, "workers": 0, "show_progress": False, **kw}
+    return build(SPEC, "/raw", str(out), **kw)
+
+
+def _tars(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
+@pytest.fixture(autouse=True)
+def _no_broken_units() -> Iterator[None]:
+    BROKEN.clear()
+    yield
+    BROKEN.clear()
+
+
+def test_layout_follows_limits_and_a_changed_limit_rebuilds(tmp_path: Path) -> None:
+    report = _build(tmp_path, max_count=5)
+    assert [s.count for s in report.manifest.shards] == [5, 5, 2]
+    assert _build(tmp_path, max_count=5).up_to_date
+    report = _build(tmp_path, max_count=4)
+    assert not report.up_to_date
+    assert [s.count for s in report.manifest.shards] == [4, 4, 4]
+    assert sorted(_tars(tmp_path)) == [f"kitti-train-00000{i}.tar" for i in range(3)]
+    one = report.manifest.shards[0].bytes
+    report = _build(tmp_path, max_count=100, max_bytes=one)
+    assert [s.count for s in report.manifest.shards] == [4, 4, 4]  # the byte limit now decides
+    assert _build(tmp_path, max_count=100, max_bytes=one).up_to_date
+    assert not _build(tmp_path, max_count=100, max_bytes=one * 3).up_to_date
+
+
+def test_failed_unit_keeps_staging_and_a_rerun_builds_only_it(tmp_path: Path) -> None:
+    BROKEN.add("drive1/image_02")
+    report = _build(tmp_path, max_count=5)
+    assert [f.unit for f in report.manifest.failed] == ["drive1/image_02"]
+    assert "/raw/drive1/image_02/0000000003.png: corrupt or truncated PNG" in report.manifest.failed[0].error
+    assert report.manifest.num_samples == 8 and not report.ok
+    assert sorted(os.listdir(tmp_path / "_staging")) == [
+        "drive0-image_02-000000.tar", "drive0-image_02.json", "drive2-image_02-000000.tar", "drive2-image_02.json",
+        "pack.json"]
+    BROKEN.clear()
+    report = _build(tmp_path, max_count=5)
+    assert report.ok and report.built == ("drive1/image_02",) and len(report.reused) == 2
+    assert not (tmp_path / "_staging").exists()
+    assert _tars(tmp_path) == _tars(_build_fresh(tmp_path.parent / "fresh"))
+    assert [u.skipped for u in report.manifest.units] == [1, 1, 1]
+
+
+def _build_fresh(out: Path) -> Path:
+    _build(out, max_count=5)
+    return out
+
+
+def test_a_rerun_where_every_unit_fails_keeps_the_earlier_build(tmp_path: Path) -> None:
+    _build(tmp_path, max_count=5)
+    before = _tars(tmp_path)
+    manifest_bytes = (tmp_path / "manifest.json").read_bytes()
+    BROKEN.update(u.name for u in _units("", {"units": 3}))
+    report = _build(tmp_path, options={"units": 3, "changed": True})
+    assert not report.ok and len(report.manifest.failed) == 3
+    assert _tars(tmp_path) == before
+    assert (tmp_path / "manifest.json").read_bytes() == manifest_bytes
+    assert load_manifest(str(tmp_path)).num_samples == 12
+
+
+def test_unit_names_that_collide_on_disk_are_rejected(tmp_path: Path) -> None:
+    spec = BuilderSpec(name="toy", dataset="kitti", version="0", build_unit=_build_unit,
+                       list_units=lambda raw, opts: [Unit(name="a/b", params={"first": 0}),
+                                                     Unit(name="a-b", params={"first": 10})])
+    with pytest.raises(ValueError, match="collide once made file-name safe"):
+        build(spec, "/raw", str(tmp_path), split="train", options={}, workers=0, show_progress=False)
+
+
+def test_workers_must_be_non_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        _build(tmp_path, workers=-1)
