@@ -17,9 +17,8 @@ every ``optim.decay_every_epochs`` epochs counted from the start of each phase.
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
