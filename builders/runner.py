@@ -39,6 +39,7 @@ STAGING = "_staging"
 PACK_STATE = "pack.json"
 DEFAULT_MAX_COUNT = 2000
 DEFAULT_MAX_BYTES = 256 * 2**20
+FRAMES_PER_REPORT = 8
 
 
 @dataclass(frozen=True)
@@ -114,15 +115,23 @@ def options_digest(spec: BuilderSpec, options: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- units
-def run_unit(spec: BuilderSpec, raw_root: str, unit: Unit, options: Mapping[str, Any], out_url: str) -> UnitOutcome:
-    """Build one unit into its staging tar and commit it with its sidecar; never raises."""
+def run_unit(spec: BuilderSpec, raw_root: str, unit: Unit, options: Mapping[str, Any], out_url: str,
+             *, on_frames: Callable[[int], Any] | None = None) -> UnitOutcome:
+    """Build one unit into its staging tar and commit it with its sidecar; never raises.
+
+    ``on_frames(n)`` is told about frames done (samples written + frames skipped), a few at a time.
+    """
     start = time.perf_counter()
     staging = storage.join(out_url, STAGING)
     base = staging_name(unit.name)
     samples, skipped, notes = 0, 0, []
     writer = ShardWriter(staging, prefix=base, max_count=10**9, max_bytes=2**62)
+    reported = 0
     try:
         for item in spec.build_unit(raw_root, unit, options):
+            if on_frames is not None and samples + skipped - reported >= FRAMES_PER_REPORT:
+                on_frames(samples + skipped - reported)
+                reported = samples + skipped
             if isinstance(item, SkippedFrame):
                 skipped += 1
                 notes.append(f"frame {item.frame}: {item.reason}")
@@ -130,6 +139,8 @@ def run_unit(spec: BuilderSpec, raw_root: str, unit: Unit, options: Mapping[str,
             writer.write(item.key, encode(item))
             samples += 1
         writer.close()
+        if on_frames is not None and samples + skipped > reported:
+            on_frames(samples + skipped - reported)
     except Exception as exc:  # noqa: BLE001 - a bad unit is reported, the build goes on
         writer.abort()
         return UnitOutcome(name=unit.name, error=_error_text(exc), seconds=time.perf_counter() - start)
@@ -159,8 +170,10 @@ def _staged_record(spec: BuilderSpec, unit: Unit, options: Mapping[str, Any], ou
 
 
 def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
-                   out_url: str, *, workers: int, address: str | None) -> Iterator[UnitOutcome]:
+                   out_url: str, *, workers: int, address: str | None,
+                   on_frames: Callable[[int], Any]) -> Iterator[UnitOutcome]:
     import ray
+    from ray.util.queue import Queue
 
     from builders.registry import get_builder  # noqa: F401 - the task resolves the spec by name
 
@@ -178,13 +191,16 @@ def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options:
             ray.init(num_cpus=workers, object_store_memory=100_000_000, **init)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_remote_unit)
+        frames = Queue(actor_options={"num_cpus": 0})
         pending = {}
         queue = list(units)
         while queue or pending:
             while queue and len(pending) < workers:
                 unit = queue.pop(0)
-                pending[task.remote(spec.name, raw_root, unit, dict(options), out_url)] = unit
-            done, _ = ray.wait(list(pending), num_returns=1)
+                pending[task.remote(spec.name, raw_root, unit, dict(options), out_url, frames)] = unit
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            if frames.qsize():
+                on_frames(sum(frames.get_nowait_batch(frames.qsize())))
             for ref in done:
                 unit = pending.pop(ref)
                 try:
@@ -196,10 +212,11 @@ def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options:
             ray.shutdown()
 
 
-def _remote_unit(builder: str, raw_root: str, unit: Unit, options: dict[str, Any], out_url: str) -> UnitOutcome:
+def _remote_unit(builder: str, raw_root: str, unit: Unit, options: dict[str, Any], out_url: str,
+                 frames: Any) -> UnitOutcome:
     from builders.registry import get_builder
 
-    return run_unit(get_builder(builder), raw_root, unit, options, out_url)
+    return run_unit(get_builder(builder), raw_root, unit, options, out_url, on_frames=frames.put_nowait)
 
 
 # ------------------------------------------------------------------------------------------------ pack
@@ -355,12 +372,16 @@ def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Map
         return []
     outcomes: list[UnitOutcome] = []
     bar = tqdm(total=len(units), unit="seq", desc=f"build {spec.name}", disable=not show_progress,
-               file=sys.stderr, dynamic_ncols=True)
+               file=sys.stderr, dynamic_ncols=True, position=0)
+    frame_bar = tqdm(unit="frame", desc="frames", disable=not show_progress, file=sys.stderr, dynamic_ncols=True,
+                     position=1)
     samples = 0
     if workers == 0:
-        stream: Iterable[UnitOutcome] = (run_unit(spec, raw_root, u, options, out_url) for u in units)
+        stream: Iterable[UnitOutcome] = (run_unit(spec, raw_root, u, options, out_url, on_frames=frame_bar.update)
+                                         for u in units)
     else:
-        stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, address=address)
+        stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, address=address,
+                                on_frames=frame_bar.update)
     for outcome in stream:
         outcomes.append(outcome)
         samples += outcome.record.samples if outcome.record else 0
@@ -368,6 +389,7 @@ def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Map
         bar.set_postfix(samples=samples, failed=sum(o.error is not None for o in outcomes))
         if outcome.error is not None:
             bar.write(f"FAILED {outcome.name}: {outcome.error}")
+    frame_bar.close()
     bar.close()
     return sorted(outcomes, key=lambda o: o.name)
 

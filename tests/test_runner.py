@@ -108,3 +108,13 @@ def test_unit_names_that_collide_on_disk_are_rejected(tmp_path: Path) -> None:
 def test_workers_must_be_non_negative(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="workers must be >= 0"):
         _build(tmp_path, workers=-1)
+
+
+def test_frame_progress_counts_every_frame_done(tmp_path: Path) -> None:
+    from builders.runner import run_unit
+
+    counts: list[int] = []
+    unit = _units("", {"units": 1})[0]
+    outcome = run_unit(SPEC, "/raw", unit, {"units": 1}, str(tmp_path), on_frames=counts.append)
+    assert outcome.record is not None and (outcome.record.samples, outcome.record.skipped) == (4, 1)
+    assert sum(counts) == 5 and all(c > 0 for c in counts)
