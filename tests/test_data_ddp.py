@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -39,9 +40,16 @@ def _rank_main(rank: int, folder: str, init_file: str, out_dir: str) -> None:
 
 def test_two_gloo_ranks_read_every_sample_once(tmp_path: Path) -> None:
     samples = write_dataset(tmp_path / "shards", n=17, per_shard=4)
-    # fork: the children skip re-importing torch (a spawn start works too, ~10 s slower here)
-    mp.start_processes(_rank_main, args=(str(tmp_path / "shards"), str(tmp_path / "init"), str(tmp_path)),
-                       nprocs=WORLD_SIZE, join=True, start_method="fork")
+    # spawn, not fork: forking the pytest process (which may hold threads of earlier tests' servers)
+    # can deadlock the children; a deadline turns any hang into a failure instead of a stuck suite
+    context = mp.start_processes(_rank_main, args=(str(tmp_path / "shards"), str(tmp_path / "init"), str(tmp_path)),
+                                 nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    deadline = time.monotonic() + 180
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError("the two gloo ranks did not finish within 180 s (hang)")
     ranks = json.loads((tmp_path / "result.json").read_text())
     assert [r["steps"] for r in ranks] == [4, 4]  # 17 // 2 = 8 samples per rank, batches of 2
     everyone = ranks[0]["keys"] + ranks[1]["keys"]

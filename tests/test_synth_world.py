@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from dynamo_depth.synth import world as world_module
 from dynamo_depth.synth.world import (
     Box,
     World,
@@ -155,3 +157,70 @@ def test_hdl64_directions_cover_the_vertical_field() -> None:
     elevation = np.degrees(np.arcsin(rays[:, 2]))
     assert elevation.max() == pytest.approx(2.0) and elevation.min() == pytest.approx(-24.8)
     np.testing.assert_allclose(rays[0], [math.cos(math.radians(2.0)), 0.0, math.sin(math.radians(2.0))])
+
+
+def _render_reference(world: World, *, K: np.ndarray, world_from_camera: np.ndarray, hw: tuple[int, int],
+                      t_s: float, distortion: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Row-major rays cast in batches too small for cone culling: the plain per-ray definition."""
+    origins, directions = camera_rays(K=K, world_from_camera=world_from_camera, hw=hw, distortion=distortion)
+    image, z_depth = [], []
+    for start in range(0, len(directions), 1000):
+        hits = world.ray_cast(origins[start:start + 1000], directions[start:start + 1000], t_s)
+        d, axis = directions[start:start + 1000], world_from_camera[:3, 2]  # cos to the optical axis, no BLAS
+        z_depth.append(hits.distance * (d[:, 0] * axis[0] + d[:, 1] * axis[1] + d[:, 2] * axis[2]))
+        image.append(world.shade(hits, t_s))
+    return np.concatenate(image).reshape(*hw, 3), np.concatenate(z_depth).reshape(hw)
+
+
+@pytest.mark.parametrize("distortion", [None, (-0.2, 0.05, 0.001, -0.0005)])
+def test_tiled_blocked_render_is_bit_identical_to_per_ray_casting(monkeypatch: pytest.MonkeyPatch,
+                                                                   distortion: tuple[float, ...] | None) -> None:
+    monkeypatch.setattr(world_module, "_RENDER_BLOCK", 4096)  # several blocks, partial edge tiles (100 x 150)
+    world = make_world(2)
+    K = np.array([[90.0, 0.0, 74.5], [0.0, 90.0, 49.5], [0.0, 0.0, 1.0]])
+    cam = world.world_from_ego(0.4) @ _forward_camera(1.6)
+    image, depth = world.render(K=K, world_from_camera=cam, hw=(100, 150), t_s=0.4, distortion=distortion)
+    ref_image, ref_depth = _render_reference(world, K=K, world_from_camera=cam, hw=(100, 150), t_s=0.4,
+                                             distortion=distortion)
+    assert image.tobytes() == ref_image.tobytes() and depth.tobytes() == ref_depth.tobytes()
+    assert np.isinf(depth).any() and np.isfinite(depth).mean() > 0.3  # sky, ground and boxes all present
+
+
+def test_ray_cones_never_drop_a_ray_inside_a_bounding_sphere() -> None:
+    rng = np.random.default_rng(5)
+    rays = rng.normal(size=(20000, 3))
+    rays /= np.linalg.norm(rays, axis=1)[:, None]
+    rays = rays[np.argsort(np.arctan2(rays[:, 1], rays[:, 0]))]  # neighbouring rays: cones of varied width
+    columns = (rays[:, 0].copy(), rays[:, 1].copy(), rays[:, 2].copy())
+    cones = world_module._RayCones.of(columns, chunk=256)
+    assert cones.axes.shape == (79, 3) and np.all(cones.half_angle > 0)
+    for _ in range(40):
+        centre = rng.uniform(-30.0, 30.0, size=3)
+        radius = float(rng.uniform(0.5, 3.0))
+        distance = float(np.linalg.norm(centre))
+        if distance <= radius:
+            continue
+        inside = np.flatnonzero(rays @ centre >= math.sqrt(distance ** 2 - radius ** 2))  # ray meets the sphere
+        near = cones.rays_near(list(centre), radius, len(rays))
+        assert np.isin(inside, near).all() and len(near) < len(rays)
+
+
+def test_cli_small_reproduces_the_reference_waymo_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dynamo_depth.synth.cli import _parser, main, small_options
+    from dynamo_depth.synth.waymo import WaymoSynthOptions, write_waymo
+
+    assert "--small" in _parser().format_help()
+    extra, note = small_options("waymo")
+    assert note is None and extra == {"options": WaymoSynthOptions(top_width=400, short_range_hw=(60, 180),
+                                                                   image_hw=(320, 480))}
+    for dataset in ("kitti", "nuscenes"):
+        assert small_options(dataset) == ({}, f"synth {dataset}: --small has no effect "
+                                               "(this writer has no reduced-size option)")
+    assert main(["waymo", str(tmp_path / "cli"), "--frames", "1", "--seed", "3", "--small"]) == 0
+    assert "--small" not in capsys.readouterr().out  # no note for a writer that supports it
+    direct = write_waymo(tmp_path / "direct", sequences=1, frames=1, seed=3, options=extra["options"])
+    written = sorted((tmp_path / "cli").rglob("*.tfrecord"))
+    assert [p.name for p in written] == [p.name for p in direct]
+    assert written[0].read_bytes() == direct[0].read_bytes()
+    default = write_waymo(tmp_path / "default", sequences=1, frames=1, seed=3)
+    assert default[0].stat().st_size > written[0].stat().st_size  # --small really is smaller

@@ -31,6 +31,7 @@ equal the per-sample stages ``decode_samples`` -> ``augment_samples`` -> ``batch
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -165,6 +166,12 @@ class StreamingLoader:
                            world_size=self.plan.world_size)
 
 
+def _use_environment(environment: dict[str, str], worker_id: int) -> None:
+    """DataLoader worker start: take the environment the loader was made in (as a fork would)."""
+    os.environ.clear()
+    os.environ.update(environment)
+
+
 def make_loader(url: str, *, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1,
                 seed: int = 0, epoch: int = 0, augment: bool = False, scales: int = 4,
                 resume_from: LoaderState | Mapping[str, Any] | None = None, shuffle: bool = True,
@@ -186,7 +193,14 @@ def make_loader(url: str, *, batch_size: int, num_workers: int, rank: int = 0, w
                            block=batch_size, cache_dir=cache_dir, cache_bytes=cache_bytes, retry=retry)
     dataset.append(partial(decode_batches, batch_size=batch_size, scales=scales, seed=seed, epoch=epoch,
                            augment=augment))
-    extra = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
+    extra: dict[str, Any] = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}
+    if num_workers > 0:
+        # workers fork from a clean forkserver, never from the caller: forking a process that runs
+        # other threads (S3 clients, servers, TensorBoard writers) can deadlock the child
+        multiprocessing.set_forkserver_preload(["torch", "numpy", "cv2", "dynamo_depth.data"])
+        extra["multiprocessing_context"] = "forkserver"
+        # the forkserver keeps the environment of its start: hand workers the caller's (AWS_*...)
+        extra["worker_init_fn"] = partial(_use_environment, dict(os.environ))
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
                         pin_memory=pin_memory, **extra)
     return StreamingLoader(dataset, loader, batch_size=batch_size)

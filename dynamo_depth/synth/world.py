@@ -11,6 +11,7 @@ per-pixel arithmetic is written element-wise (no BLAS) so results never depend o
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,17 +105,34 @@ def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     """Smooth lattice value noise in [0, 1] at (x, y) (lattice spacing 1, period 256), seeded."""
     table = _noise_table(seed)
     x_floor, y_floor = np.floor(x), np.floor(y)
-    fx, fy = x - x_floor, y - y_floor
-    ix = (x_floor.astype(np.int64) & 255) << 8
-    iy = y_floor.astype(np.int64) & 255
+    ix = x_floor.astype(np.int32)
+    ix &= 255
+    ix <<= 8
+    iy = y_floor.astype(np.int32)
+    iy &= 255
     ix1, iy1 = (ix + 256) & 0xFF00, (iy + 1) & 255
-    sx = fx * fx * (3.0 - 2.0 * fx)
-    sy = fy * fy * (3.0 - 2.0 * fy)
-    v00, v10 = table[ix | iy], table[ix1 | iy]
-    top = v00 + (v10 - v00) * sx
-    v01, v11 = table[ix | iy1], table[ix1 | iy1]
-    bottom = v01 + (v11 - v01) * sx
-    return top + (bottom - top) * sy
+    sx = _smoothstep(np.subtract(x, x_floor, out=x_floor))
+    sy = _smoothstep(np.subtract(y, y_floor, out=y_floor))
+    top = _lerp(table.take(ix | iy), table.take(ix1 | iy), sx)
+    bottom = _lerp(table.take(ix | iy1), table.take(ix1 | iy1), sx)
+    return _lerp(top, bottom, sy)
+
+
+def _smoothstep(f: np.ndarray) -> np.ndarray:
+    """``f * f * (3 - 2 f)`` for f in [0, 1) (same rounding as the expression)."""
+    weight = 2.0 * f
+    np.subtract(3.0, weight, out=weight)
+    f_squared = f * f
+    f_squared *= weight
+    return f_squared
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``a + (b - a) * s`` evaluated in place into ``b`` (same rounding as the expression)."""
+    np.subtract(b, a, out=b)
+    b *= s
+    b += a
+    return b
 
 
 def _octaves(u: np.ndarray, v: np.ndarray, distance: np.ndarray, wavelengths: tuple[float, ...],
@@ -127,6 +145,10 @@ def _octaves(u: np.ndarray, v: np.ndarray, distance: np.ndarray, wavelengths: tu
         active = np.flatnonzero(fade > 0.0)
         if active.size == 0:
             continue
+        if active.size == u.size:
+            noise = _value_noise(u / wavelength, v / wavelength, seed * 7919 + i)
+            total += fade * (2.0 * noise - 1.0)
+            continue
         noise = _value_noise(u[active] / wavelength, v[active] / wavelength, seed * 7919 + i)
         total[active] += fade[active] * (2.0 * noise - 1.0)
     return total / len(wavelengths)
@@ -137,14 +159,18 @@ def _ground_colour(points: np.ndarray, distance: np.ndarray, seed: int) -> np.nd
     x, y = points[:, 0], points[:, 1]
     texture = _octaves(x, y, distance, (9.0, 2.3, 0.61, 0.17), seed)
     grey = 112.0 + 95.0 * texture
-    colour = np.stack([grey + 4.0, grey, grey - 4.0], axis=1)
     # painted lines: a dashed line along world x every 7 m in y, and cross lines every 23 m in x
     along = np.abs(((y + 3.5) % 7.0) - 3.5) < 0.09
     dashed = along & ((x % 6.0) < 3.5)
     across = np.abs(((x + 11.5) % 23.0) - 11.5) < 0.25
     line_fade = np.clip(1.5 - 2.0 * (distance / _NOMINAL_FOCAL_PX) / 0.2, 0.0, 1.0)
     paint = (dashed | across) * line_fade
-    colour = colour * (1.0 - paint[:, None]) + np.array([235.0, 228.0, 200.0]) * paint[:, None]
+    unpainted = 1.0 - paint
+    colour = np.empty((len(grey), 3))
+    for channel, (asphalt, line) in enumerate(((grey + 4.0, 235.0), (grey, 228.0), (grey - 4.0, 200.0))):
+        asphalt *= unpainted  # each channel: asphalt * (1 - paint) + line colour * paint
+        asphalt += line * paint
+        colour[:, channel] = asphalt
     return colour
 
 
@@ -299,41 +325,111 @@ def hdl64_directions(*, azimuth_step_deg: float = 0.35, beams: int = 64, up_deg:
 Columns = tuple[np.ndarray | float, np.ndarray | float, np.ndarray | float]
 
 
+_CONE_CHUNK = 512  # rays per bounding cone (consecutive rays: a strip of pixels or LiDAR columns)
+_CONE_MARGIN_RAD = 1e-6  # widens every cone so the chunk test never drops a ray the exact test keeps
+
+
+@dataclass(frozen=True)
+class _RayCones:
+    """Bounding cones of consecutive chunks of unit rays sharing one origin.
+
+    axes: (C, 3) unit cone axes; half_angle: (C,) radians (margin included); chunk: rays per cone.
+    """
+
+    axes: np.ndarray
+    half_angle: np.ndarray
+    chunk: int
+
+    @staticmethod
+    def of(direction: tuple[np.ndarray, np.ndarray, np.ndarray], chunk: int = _CONE_CHUNK) -> _RayCones:
+        """Cones of unit ray columns (x, y, z), each (N,); the last chunk is padded with its last ray."""
+        n = direction[0].size
+        pad = (-n) % chunk
+        cols = [(np.concatenate([c, np.repeat(c[-1:], pad)]) if pad else c).reshape(-1, chunk) for c in direction]
+        mean = [c.mean(axis=1) for c in cols]
+        norm = np.sqrt(mean[0] ** 2 + mean[1] ** 2 + mean[2] ** 2)
+        norm[norm == 0] = 1.0  # degenerate chunk: the dot below is 0, the cone covers the sphere
+        axes = [m / norm for m in mean]
+        cos_min = np.min(cols[0] * axes[0][:, None] + cols[1] * axes[1][:, None] + cols[2] * axes[2][:, None],
+                         axis=1)
+        half_angle = np.arccos(np.clip(cos_min, -1.0, 1.0)) + _CONE_MARGIN_RAD
+        return _RayCones(axes=np.stack(axes, axis=1), half_angle=half_angle, chunk=chunk)
+
+    def rays_near(self, rel: list[float], radius: float, n: int) -> np.ndarray:
+        """Indices (M,) of the rays whose chunk cone meets the sphere (centre ``rel`` from the origin)."""
+        distance = math.sqrt(rel[0] * rel[0] + rel[1] * rel[1] + rel[2] * rel[2])
+        cos_to_centre = (self.axes[:, 0] * rel[0] + self.axes[:, 1] * rel[1] + self.axes[:, 2] * rel[2]) / distance
+        angle = np.arccos(np.clip(cos_to_centre, -1.0, 1.0))
+        near = np.flatnonzero(angle <= self.half_angle + math.asin(min(radius / distance, 1.0)) + _CONE_MARGIN_RAD)
+        index = (near[:, None] * self.chunk + np.arange(self.chunk)).ravel()
+        return index[index < n]
+
+
 def _ray_box(origin: Columns, direction: Columns, box: Box, t_s: float,
-             max_distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             max_distance: np.ndarray, cones: _RayCones | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Entry distances of unit rays into ``box`` at ``t_s`` that are closer than ``max_distance``.
 
     ``origin`` and ``direction`` are (x, y, z) columns, each (N,) or a scalar shared by all rays.
     Returns (indices (M,) of the rays that hit, distances (M,) metres). Rays starting inside the
-    box do not hit it. A bounding-sphere test first keeps the slab test to the few candidate rays.
+    box do not hit it. A bounding-sphere test first keeps the slab test to the few candidate rays;
+    with ``cones`` (shared origin only) whole chunks of rays are first culled by their bounding cone.
     """
     world_from_box = box.world_from_box(t_s)
     centre = world_from_box[:3, 3]
     radius = 0.5 * math.sqrt(sum(s * s for s in box.size))
     rel = [centre[i] - origin[i] for i in range(3)]
-    along = rel[0] * direction[0] + rel[1] * direction[1] + rel[2] * direction[2]
     centre_distance2 = rel[0] * rel[0] + rel[1] * rel[1] + rel[2] * rel[2]
     if np.ndim(centre_distance2) == 0 and centre_distance2 > radius * radius:
         # shared origin outside the sphere: rays inside the cone around the centre direction
-        candidates = np.flatnonzero(along >= math.sqrt(centre_distance2 - radius * radius))
-        candidates = candidates[along[candidates] - radius < max_distance[candidates]]
+        near = cones.rays_near(rel, radius, max_distance.size) if cones is not None else None
+        d = direction if near is None else [c[near] for c in direction]
+        limit = max_distance if near is None else max_distance[near]
+        along = rel[0] * d[0] + rel[1] * d[1] + rel[2] * d[2]
+        keep = (along >= math.sqrt(centre_distance2 - radius * radius)) & (along - radius < limit)
+        candidates = np.flatnonzero(keep) if near is None else near[keep]
     else:
+        along = rel[0] * direction[0] + rel[1] * direction[1] + rel[2] * direction[2]
         candidates = np.flatnonzero((centre_distance2 - along * along <= radius * radius) & (along > -radius)
                                     & (along - radius < max_distance))
     if candidates.size == 0:
         return candidates, np.empty(0)
+    return _slab(rel, direction, candidates, world_from_box, box, max_distance)
+
+
+def _slab(rel: list, direction: Columns, candidates: np.ndarray, world_from_box: np.ndarray, box: Box,
+          max_distance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 slab test of the ``candidates`` rays against the box; (hit indices, distances)."""
     pick = [np.broadcast_to(c, max_distance.shape)[candidates] for c in (*rel, *direction)]
-    box_from_world_rot = world_from_box[:3, :3].T
-    local_o = -rotate(box_from_world_rot, np.stack(pick[:3], axis=1))
-    local_d = rotate(box_from_world_rot, np.stack(pick[3:], axis=1))
-    half = 0.5 * np.asarray(box.size)
-    safe_d = np.where(np.abs(local_d) < 1e-12, np.where(local_d < 0, -1e-12, 1e-12), local_d)
-    t1 = (-half - local_o) / safe_d
-    t2 = (half - local_o) / safe_d
-    t_near = np.max(np.minimum(t1, t2), axis=1)
-    t_far = np.min(np.maximum(t1, t2), axis=1)
+    r = world_from_box[:3, :3]  # box_from_world rotation is r.T: row i of it is column i of r
+    t_near = t_far = None
+    for i in range(3):
+        local_o = -(r[0, i] * pick[0] + r[1, i] * pick[1] + r[2, i] * pick[2])
+        local_d = r[0, i] * pick[3] + r[1, i] * pick[4] + r[2, i] * pick[5]
+        half = 0.5 * box.size[i]
+        safe_d = np.where(np.abs(local_d) < 1e-12, np.where(local_d < 0, -1e-12, 1e-12), local_d)
+        t1 = (-half - local_o) / safe_d
+        t2 = (half - local_o) / safe_d
+        near, far = np.minimum(t1, t2), np.maximum(t1, t2)
+        t_near = near if t_near is None else np.maximum(t_near, near)
+        t_far = far if t_far is None else np.minimum(t_far, far)
     hit = (t_far >= t_near) & (t_near > _EPS) & (t_near < max_distance[candidates])
     return candidates[hit], t_near[hit]
+
+
+def _group_by_surface(surface: np.ndarray, n_boxes: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (surface id, ascending ray indices) for every surface id present (-1 sky, 0 ground, k box)."""
+    if n_boxes < 126:  # int8 keys: numpy's stable sort is a linear-time radix sort
+        order = np.argsort((surface + 1).astype(np.int8), kind="stable")
+        counts = np.bincount(surface + 1, minlength=n_boxes + 2)
+        ends = np.cumsum(counts)
+        for key, (start, stop) in enumerate(zip(ends - counts, ends, strict=True)):
+            if stop > start:
+                yield key - 1, order[start:stop]
+        return
+    for key in range(-1, n_boxes + 1):
+        index = np.flatnonzero(surface == key)
+        if index.size:
+            yield key, index
 
 
 def _columns(values: np.ndarray) -> Columns:
@@ -381,46 +477,68 @@ class World:
             raise ValueError("ray directions must be non-zero")
         dx, dy, dz = dx / norm, dy / norm, dz / norm
         origin = _columns(origins)
-        oz = np.broadcast_to(origin[2], norm.shape)
         distance = np.full(len(norm), np.inf)
         surface = np.full(len(norm), -1, dtype=np.int32)
-        down = (dz < -1e-12) & (oz > 0)
-        distance[down] = -oz[down] / dz[down]
+        down = (dz < -1e-12) & (np.broadcast_to(origin[2], norm.shape) > 0)
+        np.divide(-np.broadcast_to(origin[2], norm.shape), dz, out=distance, where=down)
         surface[down] = 0
+        shared = np.ndim(origin[0]) == 0
+        cones = _RayCones.of((dx, dy, dz)) if shared and len(self.boxes) and dx.size >= 8 * _CONE_CHUNK else None
         for k, box in enumerate(self.boxes):
-            index, box_t = _ray_box(origin, (dx, dy, dz), box, t_s, distance)
+            index, box_t = _ray_box(origin, (dx, dy, dz), box, t_s, distance, cones)
             distance[index], surface[index] = box_t, k + 1
         unit = np.stack([dx, dy, dz], axis=1)
-        points = np.full(origins.shape, np.nan)
-        solid = surface >= 0
-        points[solid] = origins[solid] + distance[solid, None] * unit[solid]
+        points = np.empty(origins.shape)
+        miss = surface < 0
+        with np.errstate(invalid="ignore"):  # inf * 0 on misses; overwritten by nan below
+            for i, d in enumerate((dx, dy, dz)):
+                column = distance * d
+                column += origin[i] if shared else origins[:, i]
+                column[miss] = np.nan
+                points[:, i] = column
         points[surface == 0, 2] = 0.0  # exactly on the ground plane
         return RayHits(distance=distance, surface=surface, points=points, directions=unit)
+
+    def _surface_groups(self, hits: RayHits, t_s: float) -> Iterator[tuple[np.ndarray, np.ndarray, bool]]:
+        """Yield (ray indices (M,), colours (M, 3) float64 before fog, is_solid) per surface kind."""
+        directions = hits.directions if hits.directions is not None \
+            else np.tile([1.0, 0.0, 0.0], (len(hits.surface), 1))
+        for surface, index in _group_by_surface(hits.surface, len(self.boxes)):
+            if surface < 0:
+                yield index, sky_colour(directions.take(index, axis=0)), False
+            elif surface == 0:
+                yield index, _ground_colour(hits.points.take(index, axis=0), hits.distance[index], self.seed), True
+            else:
+                box = self.boxes[surface - 1]
+                box_from_world = np.linalg.inv(box.world_from_box(t_s))
+                local = transform_points(box_from_world, hits.points.take(index, axis=0))
+                yield index, _box_face_colour(local, box, hits.distance[index]), True
 
     def surface_colour(self, hits: RayHits, t_s: float) -> np.ndarray:
         """(N, 3) float64 colours in [0, 255] before fog and quantisation."""
         colour = np.empty((len(hits.surface), 3))
-        sky = hits.surface < 0
-        directions = hits.directions if hits.directions is not None else np.tile([1.0, 0.0, 0.0], (len(sky), 1))
-        colour[sky] = sky_colour(directions[sky])
-        ground = hits.surface == 0
-        colour[ground] = _ground_colour(hits.points[ground], hits.distance[ground], self.seed)
-        for k, box in enumerate(self.boxes):
-            mine = hits.surface == k + 1
-            if np.any(mine):
-                box_from_world = np.linalg.inv(box.world_from_box(t_s))
-                local = transform_points(box_from_world, hits.points[mine])
-                colour[mine] = _box_face_colour(local, box, hits.distance[mine])
+        for index, group_colour, _ in self._surface_groups(hits, t_s):
+            colour[index] = group_colour
         return colour
 
     def shade(self, hits: RayHits, t_s: float) -> np.ndarray:
         """(N, 3) uint8 colours of ``hits``: textured surfaces with distance fog, sky gradient on a miss."""
-        colour = self.surface_colour(hits, t_s)
-        solid = hits.surface >= 0
-        if np.any(solid) and hits.directions is not None:
-            fog = 1.0 - np.exp(-hits.distance[solid] / FOG_DISTANCE_M)
-            colour[solid] += (SKY_HORIZON - colour[solid]) * fog[:, None]
-        return np.clip(np.rint(colour), 0, 255).astype(np.uint8)
+        image = np.empty((len(hits.surface), 3), dtype=np.uint8)
+        self._shade_into(hits, t_s, image=image, image_index=None)
+        return image
+
+    def _shade_into(self, hits: RayHits, t_s: float, *, image: np.ndarray, image_index: np.ndarray | None) -> None:
+        """Write the uint8 colour of ray i into row ``image_index[i]`` (row i when None) of ``image`` (M, 3)."""
+        for index, colour, solid in self._surface_groups(hits, t_s):
+            if solid and hits.directions is not None:
+                fog = np.exp(-hits.distance[index] / FOG_DISTANCE_M)
+                np.subtract(1.0, fog, out=fog)
+                towards_sky = SKY_HORIZON - colour
+                towards_sky *= fog[:, None]
+                colour += towards_sky
+            np.rint(colour, out=colour)
+            np.clip(colour, 0, 255, out=colour)
+            image[index if image_index is None else image_index[index]] = colour
 
     def reflectance(self, hits: RayHits, t_s: float) -> np.ndarray:
         """(N,) float32 LiDAR reflectance in [0, 1] (surface brightness; 0 on a miss)."""
@@ -430,16 +548,59 @@ class World:
 
     def render(self, *, K: np.ndarray, world_from_camera: np.ndarray, hw: tuple[int, int], t_s: float,
                distortion: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Render a camera (OpenCV axes): (image (H, W, 3) uint8, z_depth (H, W) float64 metres, inf = sky)."""
-        origins, directions = camera_rays(K=K, world_from_camera=world_from_camera, hw=hw, distortion=distortion)
-        hits = self.ray_cast(origins, directions, t_s)
-        optical_axis = np.asarray(world_from_camera, dtype=np.float64)[:3, 2]
-        cos_axis = directions[:, 0] * optical_axis[0] + directions[:, 1] * optical_axis[1] \
-            + directions[:, 2] * optical_axis[2]
-        z_depth = hits.distance * cos_axis
+        """Render a camera (OpenCV axes): (image (H, W, 3) uint8, z_depth (H, W) float64 metres, inf = sky).
+
+        Rays are cast in small-tile order (tight bounding cones for box culling) and the result is put
+        back in row-major order; every ray's arithmetic is the same as ``camera_rays`` + ``ray_cast``.
+        """
+        world_from_camera = np.asarray(world_from_camera, dtype=np.float64)
+        if world_from_camera.shape != (4, 4):
+            raise ValueError(f"world_from_camera must be (4, 4), got {world_from_camera.shape}")
+        order, unit = _tiled_unit_rays(K=K, hw=hw, distortion=distortion)
         height, width = int(hw[0]), int(hw[1])
-        image = self.shade(hits, t_s).reshape(height, width, 3)
-        return image, z_depth.reshape(height, width)
+        z_depth = np.empty(height * width)
+        image = np.empty((height * width, 3), dtype=np.uint8)
+        optical_axis = world_from_camera[:3, 2]
+        for start in range(0, len(order), _RENDER_BLOCK):  # blocks keep the temporaries cache-sized
+            block = slice(start, start + _RENDER_BLOCK)
+            directions = rotate(world_from_camera[:3, :3], unit[block])
+            hits = self.ray_cast(np.broadcast_to(world_from_camera[:3, 3], directions.shape), directions, t_s)
+            cos_axis = directions[:, 0] * optical_axis[0] + directions[:, 1] * optical_axis[1] \
+                + directions[:, 2] * optical_axis[2]
+            z_depth[order[block]] = hits.distance * cos_axis
+            self._shade_into(hits, t_s, image=image, image_index=order[block])
+        return image.reshape(height, width, 3), z_depth.reshape(height, width)
+
+
+_TILE_HW = (16, 32)  # 512 pixels = one _CONE_CHUNK
+_RENDER_BLOCK = 1 << 16  # rays per ray-cast-and-shade block (a multiple of the tile size)
+_TILED_CACHE: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _tiled_unit_rays(*, K: np.ndarray, hw: tuple[int, int],
+                     distortion: tuple[float, ...] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(order (H*W,) row-major pixel index of each tiled ray, unit camera directions (H*W, 3) in that order).
+
+    Pixels are grouped in ``_TILE_HW`` tiles (row-major tiles, row-major inside a tile). Cached.
+    """
+    cam = camera_directions(K=K, hw=hw, distortion=distortion)
+    key = np.asarray(K, dtype=np.float64).tobytes() + np.array(hw, np.int64).tobytes() \
+        + np.array(_check_distortion(distortion)).tobytes()
+    cached = _TILED_CACHE.get(key)
+    if cached is not None:
+        return cached
+    height, width = int(hw[0]), int(hw[1])
+    v, u = np.divmod(np.arange(height * width), width)
+    tiles_across = -(-width // _TILE_HW[1])
+    order = np.argsort((v // _TILE_HW[0]) * tiles_across + u // _TILE_HW[1], kind="stable")
+    tiled = cam[order]
+    unit = tiled / np.sqrt(tiled[:, 0] ** 2 + tiled[:, 1] ** 2 + 1.0)[:, None]
+    for array in (order, unit):
+        array.flags.writeable = False
+    if len(_TILED_CACHE) >= 8:
+        _TILED_CACHE.pop(next(iter(_TILED_CACHE)))
+    _TILED_CACHE[key] = (order, unit)
+    return order, unit
 
 
 # ---------------------------------------------------------------------------------------------- scene
