@@ -37,7 +37,6 @@ CKPT="$OUT/run/checkpoints/last.pt"
 [[ -f "$CKPT" ]] || CKPT=""
 if [[ -n "$CKPT" ]]; then
   $PY -m eval.depth --checkpoint "$CKPT" --data "$OUT/shards" --dataset kitti --out "$OUT/eval"
-  cat "$OUT/eval/metrics.md"
 else
   echo "NOT BUILT YET: no checkpoint from step 5, so no model to evaluate."
 fi
