@@ -67,8 +67,11 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
-    """Weights of the loss terms (``dynamo_depth.losses.LossWeights``) and depth range in metres."""
+class LossWeights:
+    """Weights of the loss terms in ``total`` (``dynamo_depth.losses``; the last four are also ramped).
+
+    Defined here, torch-free, so the config and the losses share one set of defaults.
+    """
 
     photometric: float = 1.0
     smoothness: float = 1e-3
@@ -77,6 +80,12 @@ class LossConfig:
     consistency: float = 5.0
     mask_sparsity: float = 0.04
     mask_smoothness: float = 0.1
+
+
+@dataclass(frozen=True)
+class LossConfig(LossWeights):
+    """The loss weights (``LossWeights``) and the predicted depth range in metres."""
+
     min_depth: float = 0.1
     max_depth: float = 100.0
 

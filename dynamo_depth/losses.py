@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dynamo_depth.config import LossWeights
 from dynamo_depth.models import phase_spec
 from dynamo_depth.models.depth import SCALES, disp_to_depth
 from dynamo_depth.warping import backproject, project_to_grid, sample_image, transform_points
@@ -45,19 +46,6 @@ PHASE_TERMS: dict[str, tuple[str, ...]] = {
 }
 MOTION_MODEL = {"disp_init": "rigid", "motion_init": "flow", "mask_init": "masked", "fine_tune": "masked"}
 SOURCES = (("prev", -1, 0), ("next", 1, 2))  # (name, signed frame offset ts, index in images)
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the terms in ``total`` (the last four are also multiplied by ``ramp``)."""
-
-    photometric: float = 1.0
-    smoothness: float = 1e-3
-    ground: float = 0.1
-    flow_smoothness: float = 1e-3
-    consistency: float = 5.0
-    mask_sparsity: float = 0.04
-    mask_smoothness: float = 0.1
 
 
 @dataclass(frozen=True)
