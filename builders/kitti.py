@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from builders.images import read_image_bgr
 from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
 from dynamo_depth.formats import kitti as kf
 from dynamo_depth.geometry import compose, invert_se3, resize_intrinsics
@@ -80,14 +81,7 @@ def read_png_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of a PNG; ValueError naming the file if it is missing or corrupt."""
     import cv2
 
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read image ({exc.strerror})") from None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if image is None or not data.endswith(b"IEND\xaeB`\x82"):
-        raise ValueError(f"{path}: corrupt or truncated PNG ({len(data)} bytes)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(read_image_bgr(path, kind="PNG"), cv2.COLOR_BGR2RGB)
 
 
 def resized_jpeg(rgb: np.ndarray, hw: tuple[int, int] = TRAIN_HW) -> bytes:

@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from builders.images import read_image_bgr as read_jpeg_bgr
 from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
 from dynamo_depth.geometry import invert_se3, pose_from_translation_quaternion, resize_intrinsics
 from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
@@ -173,16 +174,7 @@ def original_ts_json(gaps_us: Sequence[int]) -> list[int]:
 # -------------------------------------------------------------------------------------- files
 def read_image_bgr(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 BGR of a JPEG; ValueError naming the file when it is missing or corrupt."""
-    import cv2
-
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read image ({exc.strerror})") from None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if image is None or b"\xff\xd9" not in data[-16:]:
-        raise ValueError(f"{path}: corrupt or truncated JPEG ({len(data)} bytes)")
-    return image
+    return read_jpeg_bgr(path, kind="JPEG")
 
 
 def resized_jpeg(bgr: np.ndarray, hw: tuple[int, int] = TRAIN_HW) -> bytes:
