@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
+from builders.waymo_view import camera_wedge, wedge_selector
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.geometry import compose, invert_se3
 from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
@@ -217,10 +218,14 @@ def _norm(vector: np.ndarray) -> float:
     return math.sqrt(sum(float(v) * float(v) for v in vector))
 
 
-def frame_depth(frame, calib: wf.CameraCalibration) -> tuple[np.ndarray, np.ndarray | None]:
+def frame_depth(frame, calib: wf.CameraCalibration, *, cull: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Depth (N, 3) float32 [u, v, z] of a frame's first returns in camera ``calib``, and the motion
-    labels (N,) uint8, or None when the frame carries no laser labels."""
-    per_laser = wf.lidar_points(frame, returns=(1,))
+    labels (N,) uint8, or None when the frame carries no laser labels.
+
+    ``cull`` skips range-image pixels that cannot reach the camera's image before their points are
+    computed (``waymo_view``); the result is the same either way, only faster with it."""
+    wedge = camera_wedge(calib) if cull else None
+    per_laser = wf.lidar_points(frame, returns=(1,), select=wedge_selector(wedge) if wedge is not None else None)
     points = np.concatenate([np.zeros((0, 3))] + [per_laser[name] for name in LASER_ORDER if name in per_laser])
     depth, index = project_to_camera(points, camera_from_vehicle=invert_se3(calib.vehicle_from_opencv_camera),
                                      K=calib.K, hw=(calib.height, calib.width))

@@ -16,9 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dynamo_depth.formats import tfrecord, waymo_pb2
 from dynamo_depth.formats import waymo as wf
-from dynamo_depth.formats import waymo_pb2
-from dynamo_depth.formats.tfrecord import TFRecordError, crc32c, iter_records, masked_crc32c, write_records
+from dynamo_depth.formats.tfrecord import (
+    TFRecordError,
+    crc32c,
+    crc32c_numpy,
+    iter_records,
+    masked_crc32c,
+    write_records,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference" / "waymo_synthetic_lidar"
@@ -39,16 +46,25 @@ def _crc32c_bitwise(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def test_crc32c_known_vectors_and_numpy_path() -> None:
-    assert crc32c(b"123456789") == 0xE3069283  # the CRC catalogue's check value
-    assert crc32c(b"") == 0
-    assert crc32c(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4
-    assert crc32c(b"\xff" * 32) == 0x62A8AB43
-    assert crc32c(bytes(range(32))) == 0x46DD794E
+@pytest.mark.parametrize("implementation", [crc32c, crc32c_numpy], ids=["default", "numpy"])
+def test_crc32c_known_vectors_and_numpy_path(implementation) -> None:
+    assert implementation(b"123456789") == 0xE3069283  # the CRC catalogue's check value
+    assert implementation(b"") == 0
+    assert implementation(bytes(32)) == 0x8A9136AA  # RFC 3720 B.4
+    assert implementation(b"\xff" * 32) == 0x62A8AB43
+    assert implementation(bytes(range(32))) == 0x46DD794E
+    assert implementation(bytearray(b"123456789")) == implementation(memoryview(b"123456789")) == 0xE3069283
     rng = np.random.default_rng(1)
     for size in (16_383, 16_384, 70_001):  # both sides of the pure-python / numpy switch
         data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
-        assert crc32c(data) == _crc32c_bitwise(data)
+        assert implementation(data) == _crc32c_bitwise(data)
+
+
+def test_crc32c_uses_the_c_package_from_requirements() -> None:
+    import google_crc32c
+
+    assert google_crc32c.implementation == "c"
+    assert tfrecord._C_CRC32C is google_crc32c.value
     crc = 0xE3069283
     assert masked_crc32c(b"123456789") == ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -231,11 +247,23 @@ def test_matrix_encoding_and_errors() -> None:
         wf.decode_matrix(wf.encode_matrix(array), channels=6, where="laser TOP pose")
     with pytest.raises(wf.WaymoFormatError, match="laser X: cannot decompress"):
         wf.decode_matrix(b"not zlib", channels=4, where="laser X")
+    truncated = wf.encode_matrix(array)[:-6]
+    with pytest.raises(wf.WaymoFormatError, match="laser Y: cannot decompress"):
+        wf.decode_matrix(truncated, channels=4, where="laser Y")
     with pytest.raises(wf.WaymoFormatError, match="rec 7: not a serialized waymo Frame"):
         wf.parse_frame(b"\xff\xff\xff", source="rec 7")
     with pytest.raises(ValueError, match="returns must be"):
         wf.lidar_points(waymo_pb2.Frame(), returns=(3,))
     assert zlib.decompress(wf.encode_matrix(array))[:1] == b"\x0a"
+
+
+def test_inflate_is_isal_and_equals_zlib() -> None:
+    from isal import isal_zlib
+
+    assert wf.inflate is isal_zlib.decompress  # pinned in requirements.txt; zlib is only the fallback
+    data = np.random.default_rng(0).normal(size=50_000).astype(np.float32).tobytes() + bytes(100_000)
+    for level in (1, 6, 9):
+        assert wf.inflate(zlib.compress(data, level)) == data
 
 
 @needs_shared

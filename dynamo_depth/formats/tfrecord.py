@@ -7,9 +7,11 @@ A TFRecord file is a sequence of records, each framed as (little endian)::
 ``masked_crc32c(x) = ((crc >> 15) | (crc << 17)) + 0xA282EAD8`` (mod 2**32), with ``crc`` the
 CRC-32C (Castagnoli, reflected polynomial 0x82F63B78, init and final xor 0xFFFFFFFF).
 
-No CRC32C package is installed here, so ``crc32c`` is computed in numpy: the data is cut into many
-equal chunks whose CRCs run in parallel (slicing-by-4 per step across all chunks), then the chunk
-CRCs are merged in a binary tree with the GF(2)-linear "append n zero bytes" operator.
+``crc32c`` uses the C implementation of ``google-crc32c`` (pinned in requirements.txt; ~5 GB/s with
+SSE4.2) when it is importable with its C extension. Without it the CRC is computed in numpy (~140
+MB/s): the data is cut into many equal chunks whose CRCs run in parallel (slicing-by-4 per step
+across all chunks), then the chunk CRCs are merged in a binary tree with the GF(2)-linear "append n
+zero bytes" operator. Both give the same values (a test checks them against a bit-at-a-time CRC).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -131,11 +133,30 @@ def _raw_crc_numpy(data: bytes | memoryview) -> int:
     return int(state[0])
 
 
-def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC-32C (Castagnoli) of ``data`` as an unsigned 32-bit int; crc32c(b"123456789") == 0xE3069283."""
+def _c_crc32c() -> Callable[[bytes | bytearray | memoryview], int] | None:
+    """``google_crc32c.value`` when the package and its C extension are installed, else None."""
+    try:
+        import google_crc32c
+    except ImportError:
+        return None
+    return google_crc32c.value if google_crc32c.implementation == "c" else None
+
+
+_C_CRC32C = _c_crc32c()
+
+
+def crc32c_numpy(data: bytes | bytearray | memoryview) -> int:
+    """``crc32c`` computed without the C package (pure python below 16 KiB, chunk-parallel numpy above)."""
     view = memoryview(data).cast("B")
     raw = _raw_crc_small(view) if len(view) < _SMALL else _raw_crc_numpy(view)
     return raw ^ _shift(0xFFFFFFFF, len(view)) ^ 0xFFFFFFFF
+
+
+def crc32c(data: bytes | bytearray | memoryview) -> int:
+    """CRC-32C (Castagnoli) of ``data`` as an unsigned 32-bit int; crc32c(b"123456789") == 0xE3069283."""
+    if _C_CRC32C is not None:
+        return _C_CRC32C(data if isinstance(data, bytes) else bytes(data))
+    return crc32c_numpy(data)
 
 
 def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
