@@ -10,6 +10,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import zlib
 from pathlib import Path
 
@@ -264,6 +265,13 @@ def test_inflate_is_isal_and_equals_zlib() -> None:
     data = np.random.default_rng(0).normal(size=50_000).astype(np.float32).tobytes() + bytes(100_000)
     for level in (1, 6, 9):
         assert wf.inflate(zlib.compress(data, level)) == data
+
+
+def test_without_the_c_packages_the_pure_paths_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "isal", None)  # import isal -> ImportError
+    monkeypatch.setitem(sys.modules, "google_crc32c", None)
+    assert wf._inflate_function() is zlib.decompress
+    assert tfrecord._c_crc32c() is None
 
 
 @needs_shared
