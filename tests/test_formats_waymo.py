@@ -316,3 +316,29 @@ def test_synthetic_lidar_matches_official_decoder(tmp_path: Path) -> None:
                     if len(expected):
                         assert np.abs(ours[name] - expected).max() <= tolerance, (k, ret, name)
     assert wf.lidar_points(frames[1], returns=(1, 2))["TOP"].shape == (104098 + 920, 3)
+
+
+@needs_shared
+def test_points_match_the_installed_official_decoder() -> None:
+    """Live cross-check, only where ``waymo-open-dataset`` (TensorFlow) happens to be installed: our points per
+    laser and return equal the official ``convert_range_image_to_point_cloud`` (same count and order)."""
+    pytest.importorskip("tensorflow", reason="the official decoder needs TensorFlow; not in the default install")
+    dataset_pb2 = pytest.importorskip("waymo_open_dataset.dataset_pb2", reason="waymo-open-dataset is not installed")
+    frame_utils = pytest.importorskip("waymo_open_dataset.utils.frame_utils")
+    for _, payload in iter_records(REFERENCE / "synthetic_lidar_3frames.tfrecord"):
+        official = dataset_pb2.Frame()
+        official.ParseFromString(payload)
+        parsed = frame_utils.parse_range_image_and_camera_projection(official)
+        range_image, projection, top_pose = parsed[0], parsed[1], parsed[-1]  # 3 or 4 values by version
+        ours = wf.parse_frame(payload)
+        for ret in (1, 2):
+            theirs, _ = frame_utils.convert_range_image_to_point_cloud(official, range_image, projection, top_pose,
+                                                                       ri_index=ret - 1)
+            names = [wf.LASER_NAMES[c.name - 1] for c in sorted(official.context.laser_calibrations,
+                                                                 key=lambda c: c.name)]
+            mine = wf.lidar_points(ours, returns=(ret,))
+            for name, expected in zip(names, theirs, strict=True):
+                assert mine[name].shape == expected.shape, (ret, name)
+                tolerance = 0.02 if name == "TOP" else 1e-3
+                if len(expected):
+                    assert np.abs(mine[name] - expected).max() <= tolerance, (ret, name)
