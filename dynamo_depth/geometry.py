@@ -1,4 +1,7 @@
-"""Batched camera and pose geometry in numpy (float64, for builders) and torch (for losses and warping).
+"""Batched camera and pose geometry in numpy (float64, for builders, datasets and evaluation).
+
+The differentiable torch counterparts the training path uses (back-projection, projection to a
+``grid_sample`` grid, pose vectors) live in ``dynamo_depth.warping``, with the same conventions.
 
 Conventions used throughout:
 
@@ -10,7 +13,7 @@ Conventions used throughout:
   convention of the original preprocessing, whose intrinsics are rescaled without a half-pixel shift.
 * For ``torch.nn.functional.grid_sample(..., align_corners=False)`` the normalised coordinate -1 is the
   LEFT EDGE of pixel 0 and +1 the right edge of pixel W-1, so pixel centre ``u`` maps to
-  ``x = (2u + 1) / W - 1`` (same for v with H). ``project_to_pixels_torch`` uses exactly this, so
+  ``x = (2u + 1) / W - 1`` (same for v with H). ``warping.project_to_grid`` uses exactly this, so
   backprojecting the true depth and projecting with the identity pose samples every pixel at its centre.
 
 Dataset axis conventions:
@@ -24,12 +27,8 @@ Dataset axis conventions:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:  # torch is imported inside the torch helpers: builders stay torch-free
-    import torch
 
 EARTH_RADIUS_M = 6378137.0
 _SMALL_ANGLE = 1e-4  # below this rotation angle (rad) the Taylor branches are used
@@ -165,25 +164,6 @@ def axis_angle_to_matrix(v) -> np.ndarray:
     return np.eye(3) + a[..., None, None] * K + b[..., None, None] * (K @ K)
 
 
-def axis_angle_to_matrix_torch(v: torch.Tensor) -> torch.Tensor:
-    """Torch Rodrigues, v (..., 3) -> R (..., 3, 3); finite values and gradients at zero angle."""
-    import torch
-
-    if v.shape[-1] != 3:
-        raise ValueError(f"v: expected shape (..., 3), got {tuple(v.shape)}")
-    theta_sq = (v * v).sum(-1)
-    small = theta_sq < _SMALL_ANGLE**2
-    safe_sq = torch.where(small, torch.ones_like(theta_sq), theta_sq)
-    safe_theta = safe_sq.sqrt()
-    a = torch.where(small, 1.0 - theta_sq / 6.0 + theta_sq**2 / 120.0, torch.sin(safe_theta) / safe_theta)
-    b = torch.where(small, 0.5 - theta_sq / 24.0 + theta_sq**2 / 720.0, (1.0 - torch.cos(safe_theta)) / safe_sq)
-    x, y, z = v.unbind(-1)
-    zero = torch.zeros_like(x)
-    K = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(v.shape[:-1] + (3, 3))
-    eye = torch.eye(3, dtype=v.dtype, device=v.device)
-    return eye + a[..., None, None] * K + b[..., None, None] * (K @ K)
-
-
 def matrix_to_quaternion(R) -> np.ndarray:
     """Rotation matrices (..., 3, 3) -> unit quaternions (..., 4) as (w, x, y, z) with w >= 0.
 
@@ -265,29 +245,6 @@ def pose_from_translation_quaternion(translation, quaternion) -> np.ndarray:
     return out
 
 
-def pose_vec_to_matrix_torch(
-    axisangle: torch.Tensor, translation: torch.Tensor, *, invert: bool = False
-) -> torch.Tensor:
-    """Pose-network output -> (B, 4, 4).
-
-    axisangle, translation: (B, 1, 3) (or (B, 3)). Returns T = [R(axisangle) | t], or its inverse
-    [R^T | -R^T t] when ``invert``.
-    """
-    import torch
-
-    for name, x in (("axisangle", axisangle), ("translation", translation)):
-        if x.shape[-1] != 3 or x.dim() not in (2, 3) or (x.dim() == 3 and x.shape[1] != 1):
-            raise ValueError(f"{name}: expected shape (B, 1, 3) or (B, 3), got {tuple(x.shape)}")
-    R = axis_angle_to_matrix_torch(axisangle.reshape(-1, 3))
-    t = translation.reshape(-1, 3)
-    if invert:
-        R = R.transpose(1, 2)
-        t = -(R @ t.unsqueeze(-1)).squeeze(-1)
-    bottom = torch.zeros(R.shape[0], 1, 4, dtype=R.dtype, device=R.device)
-    bottom[:, 0, 3] = 1.0
-    return torch.cat([torch.cat([R, t.unsqueeze(-1)], dim=2), bottom], dim=1)
-
-
 def rotation_from_rpy(roll, pitch, yaw) -> np.ndarray:
     """Rz(yaw) @ Ry(pitch) @ Rx(roll) (radians, arrays broadcast) -> (..., 3, 3) (KITTI OXTS)."""
     roll, pitch, yaw = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (roll, pitch, yaw)))
@@ -349,52 +306,6 @@ def backproject_pixels(uv, depth, K) -> np.ndarray:
     homog = np.concatenate([uv, np.ones_like(uv[..., :1])], axis=-1)
     rays = np.einsum("...ij,...nj->...ni", K_inv, homog)
     return rays * depth[..., None]
-
-
-def backproject_depth_torch(depth: torch.Tensor, inv_K: torch.Tensor) -> torch.Tensor:
-    """depth (B, 1, H, W) camera z (metres), inv_K (B, 3, 3) -> cam_points (B, 3, H*W).
-
-    Pixel (row j, column i) uses the centre (u, v) = (i, j); columns are ordered row-major.
-    """
-    import torch
-
-    if depth.dim() != 4 or depth.shape[1] != 1:
-        raise ValueError(f"depth: expected shape (B, 1, H, W), got {tuple(depth.shape)}")
-    b, _, h, w = depth.shape
-    if inv_K.shape != (b, 3, 3):
-        raise ValueError(f"inv_K: expected shape ({b}, 3, 3), got {tuple(inv_K.shape)}")
-    v, u = torch.meshgrid(
-        torch.arange(h, dtype=depth.dtype, device=depth.device),
-        torch.arange(w, dtype=depth.dtype, device=depth.device),
-        indexing="ij",
-    )
-    pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, dtype=depth.dtype, device=depth.device)])
-    return (inv_K.to(depth.dtype) @ pix) * depth.reshape(b, 1, h * w)
-
-
-def project_to_pixels_torch(
-    cam_points: torch.Tensor, K: torch.Tensor, T: torch.Tensor, *, hw: tuple[int, int], eps: float = 1e-7
-) -> torch.Tensor:
-    """Move cam_points (B, 3, N=H*W) by T (B, 4, 4) target_from_source, project with K (B, 3, 3).
-
-    Returns the sampling grid (B, H, W, 2) for ``grid_sample(..., align_corners=False)``:
-    x = (2u + 1) / W - 1, y = (2v + 1) / H - 1 (pixel centres, see the module docstring).
-    Depths below ``eps`` are clamped to ``eps`` (such points land far outside [-1, 1]).
-    """
-    import torch
-
-    h, w = _check_hw(hw, "hw")
-    if cam_points.dim() != 3 or cam_points.shape[1] != 3 or cam_points.shape[2] != h * w:
-        raise ValueError(f"cam_points: expected shape (B, 3, {h * w}), got {tuple(cam_points.shape)}")
-    b = cam_points.shape[0]
-    if K.shape != (b, 3, 3) or T.shape != (b, 4, 4):
-        raise ValueError(f"K, T: expected ({b}, 3, 3) and ({b}, 4, 4), got {tuple(K.shape)}, {tuple(T.shape)}")
-    moved = T[:, :3, :3] @ cam_points + T[:, :3, 3:]
-    pix = K @ moved
-    uv = pix[:, :2] / pix[:, 2:3].clamp(min=eps)
-    size = torch.tensor([w, h], dtype=uv.dtype, device=uv.device).view(1, 2, 1)
-    grid = (2.0 * uv + 1.0) / size - 1.0
-    return grid.view(b, 2, h, w).permute(0, 2, 3, 1)
 
 
 # ----------------------------------------------------------------------------- lens distortion

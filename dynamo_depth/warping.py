@@ -106,6 +106,8 @@ def project_to_grid(points: torch.Tensor, K: torch.Tensor, *, height: int, width
 
     Pixel u = (K @ X)_0 / z (z clamped to >= 1e-6 m), normalised as (2u + 1) / W - 1 (align_corners=False).
     """
+    if points.dim() != 3 or points.shape[1] != 3 or points.shape[2] != height * width:
+        raise ValueError(f"points must be (B, 3, {height * width}) for a {height}x{width} grid, got {tuple(points.shape)}")
     batch = points.shape[0]
     cam = K.to(points.dtype) @ points
     z = cam[:, 2:3].clamp(min=_MIN_Z)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamo_depth import geometry as g
+from dynamo_depth import warping
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ASSETS = SHARED / "reference" / "dynamo_depth_assets"
@@ -53,10 +54,10 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
         g.compose()
     with pytest.raises(ValueError, match="depth"):
         g.backproject_pixels(np.zeros((4, 2)), np.ones(3), np.eye(3))
-    with pytest.raises(ValueError, match="v: expected shape"):
-        g.axis_angle_to_matrix_torch(torch.zeros(2, 4))
-    with pytest.raises(ValueError, match="cam_points"):
-        g.project_to_pixels_torch(torch.zeros(1, 3, 5), torch.eye(3)[None], torch.eye(4)[None], hw=(2, 3))
+    with pytest.raises(ValueError, match="axis_angle must have a last dimension of 3"):
+        warping.axis_angle_to_matrix(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="points must be"):
+        warping.project_to_grid(torch.zeros(1, 3, 5), torch.eye(3)[None], height=2, width=3)
 
 
 # ----------------------------------------------------------------------------- SE(3)
@@ -142,29 +143,29 @@ def test_rotation_from_rpy_order():
     assert g.rotation_from_rpy(np.zeros(5), 0.0, np.zeros(5)).shape == (5, 3, 3)
 
 
-# ----------------------------------------------------------------------------- torch rotations / poses
+# ------------------------------------------------- torch rotations / poses (dynamo_depth.warping, the training path)
 def test_torch_axis_angle_matches_numpy_and_has_finite_gradient_at_zero():
     rng = np.random.default_rng(3)
     v = np.concatenate([rng.normal(size=(6, 3)), np.zeros((1, 3)), [[1e-6, -2e-6, 0.0]]])
-    out = g.axis_angle_to_matrix_torch(torch.from_numpy(v))
+    out = warping.axis_angle_to_matrix(torch.from_numpy(v))
     np.testing.assert_allclose(out.numpy(), g.axis_angle_to_matrix(v), atol=1e-15)
     zero = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    g.axis_angle_to_matrix_torch(zero)[1, 0].backward()  # R[1, 0] = v_z + O(|v|^2)
+    warping.axis_angle_to_matrix(zero)[1, 0].backward()  # R[1, 0] = v_z + O(|v|^2)
     np.testing.assert_allclose(zero.grad.numpy(), [0.0, 0.0, 1.0], atol=1e-15)
 
 
-def test_pose_vec_to_matrix_torch_and_invert():
+def test_pose_vector_to_matrix_and_invert():
     rng = np.random.default_rng(4)
     aa = torch.from_numpy(rng.normal(size=(3, 1, 3)))
     tr = torch.from_numpy(rng.normal(size=(3, 1, 3)))
-    T = g.pose_vec_to_matrix_torch(aa, tr)
+    T = warping.pose_vector_to_matrix(aa, tr)
     assert T.shape == (3, 4, 4)
     np.testing.assert_allclose(T[:, :3, :3].numpy(), g.axis_angle_to_matrix(aa[:, 0].numpy()), atol=1e-15)
     np.testing.assert_allclose(T[:, :3, 3].numpy(), tr[:, 0].numpy())
     np.testing.assert_array_equal(T[:, 3].numpy(), np.tile([0.0, 0.0, 0.0, 1.0], (3, 1)))
-    T_inv = g.pose_vec_to_matrix_torch(aa, tr, invert=True)
+    T_inv = warping.pose_vector_to_matrix(aa, tr, invert=True)
     np.testing.assert_allclose(T_inv.numpy(), g.invert_se3(T.numpy()), atol=1e-14)
-    one = g.pose_vec_to_matrix_torch(torch.tensor([[[0.0, 0.0, math.pi / 2]]]), torch.tensor([[[1.0, 2.0, 3.0]]]))
+    one = warping.pose_vector_to_matrix(torch.tensor([[[0.0, 0.0, math.pi / 2]]]), torch.tensor([[[1.0, 2.0, 3.0]]]))
     np.testing.assert_allclose(one[0, :3, :3].numpy(), RZ90, atol=1e-6)
 
 
@@ -215,9 +216,9 @@ def _torch_setup(b=2, h=4, w=6):
     return K, depth, image
 
 
-def test_backproject_depth_torch_matches_numpy():
+def test_torch_backproject_matches_numpy():
     K, depth, _ = _torch_setup()
-    cam = g.backproject_depth_torch(depth, torch.linalg.inv(K))
+    cam = warping.backproject(depth, torch.linalg.inv(K))
     assert cam.shape == (2, 3, 24)
     expected = g.backproject_pixels(g.pixel_grid(4, 6)[None], depth.reshape(2, 24).numpy(), K.numpy())
     np.testing.assert_allclose(cam.numpy(), np.swapaxes(expected, 1, 2), atol=1e-12)
@@ -225,15 +226,15 @@ def test_backproject_depth_torch_matches_numpy():
 
 def test_identity_warp_samples_each_pixel_centre():
     K, depth, image = _torch_setup()
-    cam = g.backproject_depth_torch(depth, torch.linalg.inv(K))
-    grid = g.project_to_pixels_torch(cam, K, torch.eye(4, dtype=torch.float64).repeat(2, 1, 1), hw=(4, 6))
+    cam = warping.backproject(depth, torch.linalg.inv(K))
+    grid = warping.project_to_grid(warping.transform_points(torch.eye(4, dtype=torch.float64).repeat(2, 1, 1), cam), K, height=4, width=6)
     assert grid.shape == (2, 4, 6, 2)
     # pixel centre i of W=6 sits at (2 i + 1) / 6 - 1 for align_corners=False
     np.testing.assert_allclose(grid[0, 0, :, 0].numpy(), [(2 * i + 1) / 6 - 1 for i in range(6)], atol=1e-12)
     np.testing.assert_allclose(grid[1, :, 0, 1].numpy(), [(2 * j + 1) / 4 - 1 for j in range(4)], atol=1e-12)
     warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
     np.testing.assert_allclose(warped.numpy(), image.numpy(), atol=1e-12)
-    grid32 = g.project_to_pixels_torch(cam.float(), K.float(), torch.eye(4).repeat(2, 1, 1), hw=(4, 6))
+    grid32 = warping.project_to_grid(warping.transform_points(torch.eye(4).repeat(2, 1, 1), cam.float()), K.float(), height=4, width=6)
     assert grid32.dtype == torch.float32
     np.testing.assert_allclose(grid32.numpy(), grid.numpy(), atol=1e-6)
 
@@ -243,8 +244,8 @@ def test_translation_warp_shifts_by_hand_computed_pixels():
     depth = torch.full((1, 1, 4, 6), 2.0, dtype=torch.float64)
     T = torch.eye(4, dtype=torch.float64)[None].clone()
     T[0, 0, 3] = 0.8  # x moves 0.8 m at depth 2 m: u shifts by fx * 0.8 / 2 = 2 px
-    cam = g.backproject_depth_torch(depth, torch.linalg.inv(K))
-    grid = g.project_to_pixels_torch(cam, K, T, hw=(4, 6))
+    cam = warping.backproject(depth, torch.linalg.inv(K))
+    grid = warping.project_to_grid(warping.transform_points(T, cam), K, height=4, width=6)
     warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     np.testing.assert_allclose(warped[..., :4].numpy(), image[..., 2:].numpy(), atol=1e-12)
     np.testing.assert_array_equal(warped[..., 4:].numpy(), 0.0)
