@@ -16,10 +16,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SKY_HORIZON = np.array([205.0, 215.0, 230.0])
-SKY_ZENITH = np.array([70.0, 115.0, 190.0])
-FOG_DISTANCE_M = 350.0  # surface colour fades towards the horizon colour with this e-folding distance
-_NOMINAL_FOCAL_PX = 1000.0  # used to fade texture octaves finer than a pixel (anti-aliasing)
+from dynamo_depth.synth.cameras import (  # noqa: F401 - re-exported: the world's camera model
+    _check_distortion,
+    camera_directions,
+    camera_rays,
+    distort_normalized,
+    hdl64_directions,
+    rotate,
+    transform_points,
+    undistort_normalized,
+)
+from dynamo_depth.synth.textures import (  # noqa: F401 - re-exported
+    FOG_DISTANCE_M,
+    SKY_HORIZON,
+    SKY_ZENITH,
+    _ground_colour,
+    _octaves,
+    sky_colour,
+)
+
 _EPS = 1e-9
 
 
@@ -88,92 +103,6 @@ class RayHits:
 
 
 # ------------------------------------------------------------------------------------------- textures
-_NOISE_TABLES: dict[int, np.ndarray] = {}
-
-
-def _noise_table(seed: int) -> np.ndarray:
-    """(65536,) seeded lattice values in [0, 1), flat index (ix << 8) | iy; cached."""
-    table = _NOISE_TABLES.get(seed)
-    if table is None:
-        if len(_NOISE_TABLES) > 256:
-            _NOISE_TABLES.clear()
-        table = _NOISE_TABLES[seed] = np.random.default_rng([seed, 77]).random(65536)
-    return table
-
-
-def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """Smooth lattice value noise in [0, 1] at (x, y) (lattice spacing 1, period 256), seeded."""
-    table = _noise_table(seed)
-    x_floor, y_floor = np.floor(x), np.floor(y)
-    ix = x_floor.astype(np.int32)
-    ix &= 255
-    ix <<= 8
-    iy = y_floor.astype(np.int32)
-    iy &= 255
-    ix1, iy1 = (ix + 256) & 0xFF00, (iy + 1) & 255
-    sx = _smoothstep(np.subtract(x, x_floor, out=x_floor))
-    sy = _smoothstep(np.subtract(y, y_floor, out=y_floor))
-    top = _lerp(table.take(ix | iy), table.take(ix1 | iy), sx)
-    bottom = _lerp(table.take(ix | iy1), table.take(ix1 | iy1), sx)
-    return _lerp(top, bottom, sy)
-
-
-def _smoothstep(f: np.ndarray) -> np.ndarray:
-    """``f * f * (3 - 2 f)`` for f in [0, 1) (same rounding as the expression)."""
-    weight = 2.0 * f
-    np.subtract(3.0, weight, out=weight)
-    f_squared = f * f
-    f_squared *= weight
-    return f_squared
-
-
-def _lerp(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """``a + (b - a) * s`` evaluated in place into ``b`` (same rounding as the expression)."""
-    np.subtract(b, a, out=b)
-    b *= s
-    b += a
-    return b
-
-
-def _octaves(u: np.ndarray, v: np.ndarray, distance: np.ndarray, wavelengths: tuple[float, ...],
-             seed: int) -> np.ndarray:
-    """Mean of value-noise octaves in [-1, 1]; octaves finer than ~2 pixels fade out with distance."""
-    total = np.zeros_like(u)
-    pixel_m = distance / _NOMINAL_FOCAL_PX
-    for i, wavelength in enumerate(wavelengths):
-        fade = np.clip(1.5 - 2.0 * pixel_m / wavelength, 0.0, 1.0)
-        active = np.flatnonzero(fade > 0.0)
-        if active.size == 0:
-            continue
-        if active.size == u.size:
-            noise = _value_noise(u / wavelength, v / wavelength, seed * 7919 + i)
-            total += fade * (2.0 * noise - 1.0)
-            continue
-        noise = _value_noise(u[active] / wavelength, v[active] / wavelength, seed * 7919 + i)
-        total[active] += fade[active] * (2.0 * noise - 1.0)
-    return total / len(wavelengths)
-
-
-def _ground_colour(points: np.ndarray, distance: np.ndarray, seed: int) -> np.ndarray:
-    """(M, 3) float colours of ground points: asphalt noise at several scales plus painted lines."""
-    x, y = points[:, 0], points[:, 1]
-    texture = _octaves(x, y, distance, (9.0, 2.3, 0.61, 0.17), seed)
-    grey = 112.0 + 95.0 * texture
-    # painted lines: a dashed line along world x every 7 m in y, and cross lines every 23 m in x
-    along = np.abs(((y + 3.5) % 7.0) - 3.5) < 0.09
-    dashed = along & ((x % 6.0) < 3.5)
-    across = np.abs(((x + 11.5) % 23.0) - 11.5) < 0.25
-    line_fade = np.clip(1.5 - 2.0 * (distance / _NOMINAL_FOCAL_PX) / 0.2, 0.0, 1.0)
-    paint = (dashed | across) * line_fade
-    unpainted = 1.0 - paint
-    colour = np.empty((len(grey), 3))
-    for channel, (asphalt, line) in enumerate(((grey + 4.0, 235.0), (grey, 228.0), (grey - 4.0, 200.0))):
-        asphalt *= unpainted  # each channel: asphalt * (1 - paint) + line colour * paint
-        asphalt += line * paint
-        colour[:, channel] = asphalt
-    return colour
-
-
 def _box_face_colour(local: np.ndarray, box: Box, distance: np.ndarray) -> np.ndarray:
     """(M, 3) float colours of points ``local`` (M, 3) in the box frame; one texture per face."""
     half = 0.5 * np.asarray(box.size)
@@ -189,136 +118,6 @@ def _box_face_colour(local: np.ndarray, box: Box, distance: np.ndarray) -> np.nd
     stripes = 0.25 * (np.abs(((v * 2.5) % 1.0) - 0.5) < 0.08)
     shade = 1.0 + 0.45 * noise - stripes
     return base[face] * shade[:, None]
-
-
-def sky_colour(directions: np.ndarray) -> np.ndarray:
-    """(N, 3) float colours of the sky for unit world directions (N, 3): a vertical gradient."""
-    up = np.sqrt(np.clip(directions[:, 2], 0.0, 1.0))[:, None]
-    return SKY_HORIZON + (SKY_ZENITH - SKY_HORIZON) * up
-
-
-# -------------------------------------------------------------------------------------- camera model
-def _check_distortion(distortion: tuple[float, ...] | None) -> tuple[float, float, float, float, float]:
-    if distortion is None:
-        return (0.0, 0.0, 0.0, 0.0, 0.0)
-    values = tuple(float(d) for d in distortion)
-    if len(values) not in (4, 5):
-        raise ValueError(f"distortion must be (k1, k2, p1, p2[, k3]) (OpenCV), got {len(values)} values")
-    return (*values, 0.0) if len(values) == 4 else values  # type: ignore[return-value]
-
-
-def distort_normalized(xy: np.ndarray, distortion: tuple[float, ...] | None) -> np.ndarray:
-    """Apply the OpenCV (k1, k2, p1, p2, k3) model to normalized points (N, 2) -> (N, 2)."""
-    k1, k2, p1, p2, k3 = _check_distortion(distortion)
-    x, y = xy[:, 0], xy[:, 1]
-    r2 = x * x + y * y
-    radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-    xd = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
-    yd = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
-    return np.stack([xd, yd], axis=1)
-
-
-def undistort_normalized(xy_distorted: np.ndarray, distortion: tuple[float, ...] | None,
-                         *, iterations: int = 30, tolerance: float = 1e-13) -> np.ndarray:
-    """Invert ``distort_normalized`` by fixed-point iteration (as OpenCV's undistortPoints).
-
-    xy_distorted: (N, 2) normalized distorted coordinates. Returns (N, 2) undistorted coordinates.
-    """
-    k1, k2, p1, p2, k3 = _check_distortion(distortion)
-    xd, yd = xy_distorted[:, 0], xy_distorted[:, 1]
-    x, y = xd.copy(), yd.copy()
-    if not any((k1, k2, p1, p2, k3)):
-        return np.stack([x, y], axis=1)
-    for _ in range(iterations):
-        r2 = x * x + y * y
-        radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
-        dx = 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
-        dy = p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
-        x_new, y_new = (xd - dx) / radial, (yd - dy) / radial
-        change = max(float(np.max(np.abs(x_new - x), initial=0.0)), float(np.max(np.abs(y_new - y), initial=0.0)))
-        x, y = x_new, y_new
-        if change < tolerance:
-            break
-    return np.stack([x, y], axis=1)
-
-
-_RAY_CACHE: dict[bytes, np.ndarray] = {}
-
-
-def camera_directions(*, K: np.ndarray, hw: tuple[int, int],
-                      distortion: tuple[float, ...] | None = None) -> np.ndarray:
-    """(H*W, 3) camera-frame ray directions [x_n, y_n, 1] (OpenCV axes, z = 1) for every pixel.
-
-    Row-major pixel order (index = v * W + u); integer (u, v) is the pixel centre. With
-    ``distortion`` the pixel is first undistorted (the distorted camera's view). Read-only, cached.
-    """
-    K = np.asarray(K, dtype=np.float64)
-    if K.shape != (3, 3) or K[0, 0] <= 0 or K[1, 1] <= 0:
-        raise ValueError(f"K must be a (3, 3) pinhole matrix with positive focal lengths, got {K!r}")
-    height, width = int(hw[0]), int(hw[1])
-    if height <= 0 or width <= 0:
-        raise ValueError(f"hw must be positive (H, W), got {hw!r}")
-    dist = _check_distortion(distortion)
-    key = K.tobytes() + np.array([height, width], np.int64).tobytes() + np.array(dist).tobytes()
-    cached = _RAY_CACHE.get(key)
-    if cached is not None:
-        return cached
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-    y_n = (v.ravel() - K[1, 2]) / K[1, 1]
-    x_n = (u.ravel() - K[0, 2] - K[0, 1] * y_n) / K[0, 0]
-    xy = undistort_normalized(np.stack([x_n, y_n], axis=1), dist)
-    rays = np.concatenate([xy, np.ones((xy.shape[0], 1))], axis=1)
-    rays.flags.writeable = False
-    if len(_RAY_CACHE) >= 8:
-        _RAY_CACHE.pop(next(iter(_RAY_CACHE)))
-    _RAY_CACHE[key] = rays
-    return rays
-
-
-def rotate(rotation: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """(N, 3) ``rotation @ v`` for each row, element-wise (deterministic, no BLAS)."""
-    r = np.asarray(rotation, dtype=np.float64)
-    x, y, z = vectors[:, 0], vectors[:, 1], vectors[:, 2]
-    return np.stack([r[i, 0] * x + r[i, 1] * y + r[i, 2] * z for i in range(3)], axis=1)
-
-
-def transform_points(target_from_source: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """(N, 3) points moved by a (4, 4) transform, element-wise."""
-    return rotate(target_from_source[:3, :3], points) + target_from_source[:3, 3]
-
-
-def camera_rays(*, K: np.ndarray, world_from_camera: np.ndarray, hw: tuple[int, int],
-                distortion: tuple[float, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """World rays of every pixel: (origins (H*W, 3), unit directions (H*W, 3)), row-major.
-
-    The camera z-depth of a hit at ``distance`` metres along a ray is
-    ``distance * (directions @ world_from_camera[:3, 2])``.
-    """
-    world_from_camera = np.asarray(world_from_camera, dtype=np.float64)
-    if world_from_camera.shape != (4, 4):
-        raise ValueError(f"world_from_camera must be (4, 4), got {world_from_camera.shape}")
-    cam = camera_directions(K=K, hw=hw, distortion=distortion)
-    unit = cam / np.sqrt(cam[:, 0] ** 2 + cam[:, 1] ** 2 + 1.0)[:, None]
-    directions = rotate(world_from_camera[:3, :3], unit)
-    origins = np.broadcast_to(world_from_camera[:3, 3], directions.shape)
-    return origins, directions
-
-
-def hdl64_directions(*, azimuth_step_deg: float = 0.35, beams: int = 64, up_deg: float = 2.0,
-                     down_deg: float = -24.8) -> np.ndarray:
-    """(beams * n_azimuth, 3) unit LiDAR ray directions in the sensor frame (x fwd, y left, z up).
-
-    Elevations are evenly spread from ``up_deg`` to ``down_deg`` (HDL-64E-like); azimuths go
-    once around starting straight ahead, counter-clockwise. Order: azimuth-major, then beam.
-    """
-    if azimuth_step_deg <= 0 or beams <= 0:
-        raise ValueError("azimuth_step_deg and beams must be positive")
-    elevation = np.radians(np.linspace(up_deg, down_deg, beams))
-    azimuth = np.radians(np.arange(0.0, 360.0, azimuth_step_deg))
-    az, el = np.meshgrid(azimuth, elevation, indexing="ij")
-    cos_el = np.cos(el)
-    out = np.stack([cos_el * np.cos(az), cos_el * np.sin(az), np.sin(el)], axis=-1)
-    return out.reshape(-1, 3)
 
 
 # ---------------------------------------------------------------------------------------- ray casting
