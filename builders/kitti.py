@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from builders.cli import cli_main
 from builders.images import read_image_bgr
-from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
+from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.formats import kitti as kf
 from dynamo_depth.geometry import compose, invert_se3, resize_intrinsics
 from dynamo_depth.schema import SampleMeta, TripletSample, make_key, matrix_tuple

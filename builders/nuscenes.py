@@ -52,8 +52,9 @@ from typing import Any
 
 import numpy as np
 
+from builders.cli import cli_main
 from builders.images import read_image_bgr as read_jpeg_bgr
-from builders.runner import BuilderSpec, SkippedFrame, Unit, cli_main
+from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.geometry import invert_se3, pose_from_translation_quaternion, resize_intrinsics
 from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dynamo_depth import metrics as m
+from dynamo_depth import motion_metrics
 from eval import PredictionFile, fmt, iter_samples, write_report
 from eval.figures import plot_pr_curve
 
@@ -62,13 +63,13 @@ def evaluate_motion(
         if not np.all(np.isfinite(motion_map)):
             raise ValueError(f"predictions {predictions.path!r}, key {sample.key!r}: non-finite motion scores")
         scores, is_moving = _scores_and_truth(sample, motion_map, dataset or sample.meta.dataset)
-        tp, npred, npos = m.pr_counts(scores=scores, is_moving=is_moving, thresholds=thresholds)
+        tp, npred, npos = motion_metrics.pr_counts(scores=scores, is_moving=is_moving, thresholds=thresholds)
         true_pos, num_pred, num_pos = true_pos + tp, num_pred + npred, num_pos + npos
         num_points, num_images = num_points + scores.size, num_images + 1
     if num_pos == 0:
         raise ValueError(f"--data {data_url!r}: no moving LiDAR point in {num_images} labelled images; F1 is undefined")
-    precision, recall, f1 = m.pr_from_counts(true_pos=true_pos, num_pred=num_pred, num_pos=num_pos)
-    best, at = m.best_f1(f1=f1, thresholds=thresholds)
+    precision, recall, f1 = motion_metrics.pr_from_counts(true_pos=true_pos, num_pred=num_pred, num_pos=num_pos)
+    best, at = motion_metrics.best_f1(f1=f1, thresholds=thresholds)
     half = int(np.argmin(np.abs(thresholds - 0.5)))
     report = {
         "command": "eval.motion_segmentation", "data": data_url, "num_images": num_images, "num_points": num_points,

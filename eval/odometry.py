@@ -10,7 +10,7 @@ pose of frame t+1 in camera t (``camera_t_from_camera_t+1``, OpenCV axes, transl
 Samples are grouped by (sequence, camera) and ordered by target frame index; runs of consecutive
 target frames t0..tk give ground truth world_from_camera for frames t0..tk+1 (each sample's
 ``poses.npy`` t and, for the last, t+1) and k+1 relative predictions. A run shorter than the snippet is
-reported as skipped. ATE per window is in ``dynamo_depth.metrics.ate_snippets``; mean and std are
+reported as skipped. ATE per window is in ``dynamo_depth.odometry_metrics.ate_snippets``; mean and std are
 over all windows of all runs.
 
 Outputs in ``--out``: ``metrics.json``, ``metrics.md``. Exit 0, or 2 on bad input.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth import metrics as m
+from dynamo_depth import odometry_metrics
 from eval import PredictionFile, fmt, iter_samples, write_report
 
 
@@ -62,7 +62,7 @@ def evaluate_odometry(
             gt = np.stack([e[1][1] for e in run] + [run[-1][1][2]])
             rel = np.stack([e[2] for e in run])
             try:
-                errors.append(m.ate_snippets(gt_poses=gt, pred_relative=rel, snippet=snippet, convention=convention))  # type: ignore[arg-type]
+                errors.append(odometry_metrics.ate_snippets(gt_poses=gt, pred_relative=rel, snippet=snippet, convention=convention))  # type: ignore[arg-type]
             except ValueError as exc:
                 raise ValueError(f"predictions {predictions.path!r}, run starting at {run[0][3]!r}: {exc}") from exc
     if not errors:

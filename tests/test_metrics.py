@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dynamo_depth import metrics as m
+from dynamo_depth import motion_metrics, odometry_metrics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference"
@@ -195,13 +196,13 @@ def test_pr_curve_hand_example():
     scores = np.array([0.9, 0.8, 0.3, 0.1])
     is_moving = np.array([True, False, True, False])
     thresholds = np.array([0.0, 0.5, 0.85, 0.95])
-    precision, recall, f1 = m.pr_curve(scores=scores, is_moving=is_moving, thresholds=thresholds)
+    precision, recall, f1 = motion_metrics.pr_curve(scores=scores, is_moving=is_moving, thresholds=thresholds)
     assert precision.tolist() == [0.5, 0.5, 1.0, 1.0]  # nothing predicted at 0.95: precision 1
     assert recall.tolist() == [1.0, 0.5, 0.5, 0.0]
     assert f1 == pytest.approx([2 / 3, 0.5, 2 / 3, 0.0])
-    assert m.best_f1(f1=f1, thresholds=thresholds) == (pytest.approx(2 / 3), 0.0)
+    assert motion_metrics.best_f1(f1=f1, thresholds=thresholds) == (pytest.approx(2 / 3), 0.0)
     with pytest.raises(ValueError, match="no moving point"):
-        m.pr_curve(scores=scores, is_moving=np.zeros(4, dtype=bool), thresholds=thresholds)
+        motion_metrics.pr_curve(scores=scores, is_moving=np.zeros(4, dtype=bool), thresholds=thresholds)
 
 
 # ---- odometry -----------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ def test_ate_zero_for_scaled_copy_of_gt():
     gt = np.stack([_pose(_rot_z(0.1 * i), [math.cos(i), 0.5 * i, 0.2 * i * i]) for i in range(7)])
     rel = np.stack([np.linalg.inv(gt[i]) @ gt[i + 1] for i in range(6)])
     rel[:, :3, 3] *= 2.5  # monocular scale ambiguity
-    mean, std = m.ate_5frame(gt_poses=gt, pred_relative=rel)
+    mean, std = odometry_metrics.ate_5frame(gt_poses=gt, pred_relative=rel)
     assert mean == pytest.approx(0.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
 
 
@@ -233,16 +234,16 @@ def test_ate_known_offset():
     gt = np.stack([_pose(np.eye(3), [0.0, 0.0, float(i)]) for i in range(6)])
     rel = np.stack([_pose(np.eye(3), [0.0, 0.0, 1.0]) for _ in range(5)])
     rel[0, 0, 3] = math.sqrt(7.5)
-    mean5, std5 = m.ate_5frame(gt_poses=gt[:5], pred_relative=rel[:4])
+    mean5, std5 = odometry_metrics.ate_5frame(gt_poses=gt[:5], pred_relative=rel[:4])
     assert mean5 == pytest.approx(math.sqrt(3.0)) and std5 == 0.0
-    mean6, std6 = m.ate_5frame(gt_poses=gt, pred_relative=rel)  # window 1 is exact
+    mean6, std6 = odometry_metrics.ate_5frame(gt_poses=gt, pred_relative=rel)  # window 1 is exact
     assert mean6 == pytest.approx(math.sqrt(3.0) / 2) and std6 == pytest.approx(math.sqrt(3.0) / 2)
-    sfm, _ = m.ate_5frame(gt_poses=gt[:5], pred_relative=rel[:4], convention="sfmlearner")
+    sfm, _ = odometry_metrics.ate_5frame(gt_poses=gt[:5], pred_relative=rel[:4], convention="sfmlearner")
     assert sfm == pytest.approx(math.sqrt(15.0) / 5)
     with pytest.raises(ValueError, match=r"pred_relative must have shape \(5, 4, 4\)"):
-        m.ate_5frame(gt_poses=gt, pred_relative=rel[:3])
+        odometry_metrics.ate_5frame(gt_poses=gt, pred_relative=rel[:3])
     with pytest.raises(ValueError, match="at least snippet=5"):
-        m.ate_5frame(gt_poses=gt[:4], pred_relative=rel[:3])
+        odometry_metrics.ate_5frame(gt_poses=gt[:4], pred_relative=rel[:3])
 
 
 # ---- real reference outputs ---------------------------------------------------------------------

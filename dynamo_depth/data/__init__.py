@@ -41,6 +41,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from dynamo_depth.data.augment import AugmentParams, augment_params, color_jitter, flip_sample
+from dynamo_depth.data.cache import ShardCache
 from dynamo_depth.data.collate import collate_batch, scaled_intrinsics
 from dynamo_depth.data.pipeline import (
     StreamingDataset,
@@ -50,7 +51,7 @@ from dynamo_depth.data.pipeline import (
     read_samples,
 )
 from dynamo_depth.data.plan import EpochPlan, make_plan
-from dynamo_depth.data.sources import RetryPolicy, ShardCache, ShardIntegrityError, ShardStore, load_index
+from dynamo_depth.data.sources import RetryPolicy, ShardIntegrityError, ShardStore, load_index
 
 __all__ = [
     "AugmentParams", "EpochPlan", "LoaderState", "RetryPolicy", "ShardCache", "ShardIntegrityError",
