@@ -3,8 +3,11 @@
     PYTHONPATH=. python bench/loader.py [--samples 96] [--width 640] [--height 192] [--no-s3]
 
 All runs read the same triplets in one process (num_workers=0, so the figure is per core), with the
-same flip/jitter draw per sample (``augment_params``), and deliver the same content per sample: the
-three frames as float32 in [0, 1] and their jittered copies, K and inv K per scale, the depth points.
+same flip/jitter draw per sample (``augment_params``), and deliver what training needs per sample:
+the three frames as float32 in [0, 1] and their jittered copies, K and inv K per scale, the depth
+points. Ours (and ``lean``) deliver the images at scale 0 only: the trainer makes the lower scales on
+its device (``dynamo_depth.losses``); the ``original`` path also builds the 3 lower scales of every
+plain and jittered image on the CPU, as the original does, and that work is part of what it costs.
 
 Baselines, both reading a KITTI-style folder tree with one JPEG file per frame, each opened with PIL:
 

@@ -214,8 +214,13 @@ def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options:
 
 def _remote_unit(builder: str, raw_root: str, unit: Unit, options: dict[str, Any], out_url: str,
                  frames: Any) -> UnitOutcome:
+    import cv2
+
     from builders.registry import get_builder
 
+    # One task per CPU (num_cpus=1): OpenCV's pthreads pool ignores OMP_NUM_THREADS and would start one
+    # thread per core in every worker.
+    cv2.setNumThreads(1)
     return run_unit(get_builder(builder), raw_root, unit, options, out_url, on_frames=frames.put_nowait)
 
 

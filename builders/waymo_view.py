@@ -58,9 +58,12 @@ def camera_wedge(calib: wf.CameraCalibration) -> HorizontalWedge | None:
     """The wedge holding every ray through the camera's image (pinhole ``calib.K``, 0..W x 0..H), or None
     when the wedge would be 180 degrees or wider (or a corner ray is vertical): no test for such a camera."""
     vehicle_from_camera = calib.vehicle_from_opencv_camera
-    rotation = vehicle_from_camera[:3, :3]
+    # The depth projects with invert_se3 (R^T); a ray is R^-T c, which is R c only for an exactly
+    # orthonormal R: solve, so that a calibration a few ulps off orthonormal cannot lose border points.
+    camera_rotation_t = vehicle_from_camera[:3, :3].T
     corners = [(0.0, 0.0), (calib.width, 0.0), (0.0, calib.height), (calib.width, calib.height)]
-    rays = [rotation @ np.array([(u - calib.c_u) / calib.f_u, (v - calib.c_v) / calib.f_v, 1.0]) for u, v in corners]
+    rays = [np.linalg.solve(camera_rotation_t, [(u - calib.c_u) / calib.f_u, (v - calib.c_v) / calib.f_v, 1.0])
+            for u, v in corners]
     flat = np.array([ray[:2] / np.linalg.norm(ray) for ray in rays])
     if np.min(np.linalg.norm(flat, axis=1)) < 1e-3:
         return None
@@ -113,7 +116,8 @@ def wedge_selector(wedge: HorizontalWedge) -> wf.PixelSelector:
 
     def select(pixels: wf.LaserPixels) -> np.ndarray:
         extrinsic = np.ascontiguousarray(pixels.calib.vehicle_from_laser, dtype=np.float64)
-        dir_x, dir_y = _directions(extrinsic.tobytes(), np.ascontiguousarray(pixels.inclinations).tobytes(),
+        dir_x, dir_y = _directions(extrinsic.tobytes(),
+                                   np.ascontiguousarray(pixels.inclinations, dtype=np.float64).tobytes(),
                                    np.ascontiguousarray(pixels.azimuths, dtype=np.float64).tobytes(), wedge.center)
         alpha, shift = rolling_shutter_bound(pixels)
         offset = extrinsic[:2, 3] - wedge.origin_xy

@@ -109,6 +109,40 @@ def test_cull_never_drops_a_visible_point(seed: int, turn: float, shift: float, 
     np.testing.assert_array_equal(culled, every[selected[rows, cols]])  # same bits for the points it keeps
 
 
+@pytest.mark.parametrize("scale", [1 + 1e-7, 1 - 1e-7])
+@pytest.mark.parametrize("column", [0, 1, 2])
+def test_cull_keeps_border_points_of_a_not_quite_orthonormal_camera(scale: float, column: int) -> None:
+    """A calibration a few ulps off orthonormal (one column of R scaled by 1 +- 1e-7): the depth projects
+    with R^T, so the wedge must be built from R^-T rays. Points found by bisection to lie on the image's
+    left and right borders (within 1e-12 rad of azimuth) at 75 m are kept."""
+    calib = _camera(yaw=0.1, xyz=(1.5, 0.0, 2.0), f=2000.0)
+    calib.vehicle_from_camera[:3, column] *= scale
+    wedge = camera_wedge(calib)
+    extrinsic = np.eye(4)
+    extrinsic[:3, 3] = [1.0, 0.3, 2.2]
+    laser = wf.LaserCalibration(name="FRONT", vehicle_from_laser=extrinsic, beam_inclinations=None,
+                                inclination_min=-0.2, inclination_max=0.2)
+    select, r = wedge_selector(wedge), float(np.float32(75.0))
+
+    def point(inclination: float, azimuth: float) -> np.ndarray:
+        direction = [math.cos(azimuth) * math.cos(inclination), math.sin(azimuth) * math.cos(inclination),
+                     math.sin(inclination)]
+        return (extrinsic[:3, 3] + r * np.array(direction))[None, :]
+
+    kept = 0
+    for inclination in np.linspace(-0.15, 0.15, 7):
+        for side in (-1.0, 1.0):
+            inside, outside = 0.1, 0.1 + side * (wedge.half_width + 0.3)
+            assert len(_visible(point(inclination, inside), calib)) == 1
+            while abs(outside - inside) > 1e-12:
+                middle = 0.5 * (inside + outside)
+                inside, outside = (middle, outside) if len(_visible(point(inclination, middle), calib)) else (inside, middle)
+            pixel = wf.LaserPixels(calib=laser, ranges=np.full((1, 1), r, np.float32), inclinations=np.array([inclination]),
+                                   azimuths=np.array([inside]), pixel_pose=None, world_from_vehicle=None)
+            kept += bool(select(pixel)[0, 0])
+    assert kept == 14
+
+
 def _frame_depths(path: Path, *, cull: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
     out = []
     for _, payload in iter_records(path):

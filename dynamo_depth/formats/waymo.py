@@ -1,4 +1,5 @@
-"""Waymo Open Dataset v1 ``Frame`` decoding with protobuf and numpy only (no TensorFlow).
+"""Waymo Open Dataset v1 ``Frame`` decoding with protobuf and numpy, no TensorFlow (range images are
+inflated by ISA-L when the optional ``isal`` is installed, else by zlib: the same bytes).
 
 Frames and axes (the public dataset's conventions):
 - vehicle frame: x forward, y left, z up, metres, origin on the ground below the rear axle;
