@@ -33,7 +33,8 @@ import torch  # noqa: E402
 from dynamo_depth import metrics  # noqa: E402
 from dynamo_depth.config import RunConfig, load_config  # noqa: E402
 from dynamo_depth.data import make_dataset  # noqa: E402
-from dynamo_depth.losses import LossSettings, compute_losses  # noqa: E402
+from dynamo_depth.loss_inputs import LossSettings, SeededDraws  # noqa: E402
+from dynamo_depth.losses import compute_losses  # noqa: E402
 from train.loop import Runtime, prepare_batch, run_training  # noqa: E402
 from train.phases import phase_windows  # noqa: E402
 
@@ -66,7 +67,7 @@ class StepRecorder:
 
 
 def evaluate(config: RunConfig, model: torch.nn.Module | None) -> dict[str, float]:
-    """Mean photometric loss (disp_init objective) and mean AbsRel over every shard sample (no augmentation)."""
+    """Mean scale-0 photometric loss (disp_init objective) and mean AbsRel over every shard sample (no augmentation)."""
     from train.loop import build_model
 
     net = model if model is not None else build_model(config, Runtime())
@@ -79,12 +80,14 @@ def evaluate(config: RunConfig, model: torch.nn.Module | None) -> dict[str, floa
         K4[:3, :3] = torch.from_numpy(sample["K"]).float()
         images = torch.from_numpy(sample["images"])[None]
         batch = prepare_batch({"images": images, "images_aug": images, "K": K4[None, None]},
-                              height=config.data.height, width=config.data.width, device=torch.device("cpu"))
+                              height=config.data.height, width=config.data.width, scales=config.model.scales,
+                              device=torch.device("cpu"))
         with torch.no_grad():
-            outputs = net(batch["images"], phase="disp_init")
-            losses = compute_losses(batch, outputs, phase="disp_init", phase_progress=0.0, settings=settings)
-        photometric.append(float(losses["photometric"]))
-        result = metrics.evaluate_image(points_uvz=sample["depth_points"], prediction=outputs["disp_0"][0, 0].double().numpy(),
+            outputs = net(batch.images_aug, phase="disp_init")
+            losses = compute_losses(batch.losses, outputs, phase="disp_init", ramp_factor=0.0, settings=settings,
+                                    draws=SeededDraws(seed=0))
+        photometric.append(float(losses.per_scale[0]["photometric"]))
+        result = metrics.evaluate_image(points_uvz=sample["depth_points"], prediction=outputs.disp[0][0, 0].double().numpy(),
                                         original_hw=sample["original_size"], dataset="kitti", key=sample["__key__"])
         abs_rel.append(result.metrics.abs_rel)
     return {"photometric": float(np.mean(photometric)), "abs_rel": float(np.mean(abs_rel)), "images": len(abs_rel)}

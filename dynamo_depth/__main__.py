@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("dynamo_depth.verify", "re-hash a shard set and compare it with a manifest"),
     "synth": ("dynamo_depth.synth.cli", "generate a small raw dataset (kitti, waymo, nuscenes)"),
     "show": ("dynamo_depth.show", "draw a sample: its three frames and LiDAR depth over the target"),
+    "predict": ("dynamo_depth.predict", "depth (and motion) of your own images from a checkpoint"),
 }
 
 

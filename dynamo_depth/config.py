@@ -64,6 +64,10 @@ class ModelConfig:
 
     depth_network: str = "resnet18"
     scales: tuple[int, ...] = (0, 1, 2, 3)
+    drop_path_rate: float = 0.4
+    """Lite-Mono stochastic depth: the last block's drop rate, rising linearly from 0 over the blocks as
+    the original hard-codes (0.4); 0 gives a deterministic train-mode forward. In [0, 1); networks
+    without stochastic depth (``resnet18``) ignore it."""
 
 
 @dataclass(frozen=True)
@@ -321,6 +325,8 @@ def _validate(config: RunConfig, source: str) -> RunConfig:
     if not config.model.scales or sorted(set(config.model.scales)) != list(config.model.scales) or \
             config.model.scales[0] != 0:
         fail("model.scales", f"{config.model.scales} must be increasing, distinct and start at 0")
+    if not 0.0 <= config.model.drop_path_rate < 1.0:
+        fail("model.drop_path_rate", f"{config.model.drop_path_rate} must be >= 0 and < 1")
     if t.amp not in AMP_MODES:
         fail("train.amp", f"{t.amp!r} is not one of {list(AMP_MODES)}")
     if min(t.log_every, t.image_every, t.checkpoint_every, t.threads) < 0:

@@ -13,8 +13,9 @@ Conventions used throughout:
   convention of the original preprocessing, whose intrinsics are rescaled without a half-pixel shift.
 * For ``torch.nn.functional.grid_sample(..., align_corners=False)`` the normalised coordinate -1 is the
   LEFT EDGE of pixel 0 and +1 the right edge of pixel W-1, so pixel centre ``u`` maps to
-  ``x = (2u + 1) / W - 1`` (same for v with H). ``warping.project_to_grid`` uses exactly this, so
-  backprojecting the true depth and projecting with the identity pose samples every pixel at its centre.
+  ``x = (2u + 1) / W - 1`` (same for v with H). ``warping.project_to_grid`` uses the equivalent
+  align_corners=True form ``x = 2u / (W - 1) - 1`` (as the original Dynamo-Depth), so backprojecting the
+  true depth and projecting with the identity pose samples every pixel at its centre either way.
 
 Dataset axis conventions:
 

@@ -1,357 +1,240 @@
-"""Dynamo-Depth training losses (photometric, smoothness, ground prior, flow/mask regularisers).
+"""Dynamo-Depth training losses, computing what the original computes (proven on the parity fixtures).
 
-Inputs (``compute_losses``): ``inputs["images"]`` (B, 3, 3, H, W) frames (t-1, t, t+1) in [0, 1] and
-``inputs["K"]`` (B, 3, 3) pinhole intrinsics in pixels of those H x W images. Outputs: the dict of
-``DynamoDepthModel`` (``disp_{s}``, ``source_from_target_prev/next``, ``flow_{s}``, ``mask_logits_{s}``).
-
-Per scale s every disparity, flow and mask map is upsampled (bilinear) to H x W and the terms are
-computed at full resolution, except the smoothness terms, which use the scale's own resolution
-and are multiplied by 1/2^s. Every term is averaged over the scales.
-
-Where a target pixel's 3D point X (camera t, metres; X = depth * inv_K [u, v, 1]) lands in source
-camera s in {t-1, t+1}, with ts = -1 / +1 its signed frame offset, T_s = source_from_target_s, C the
-complete flow (camera t, metres per frame, towards t+1) and m the motion-mask probability:
-  rigid  (disp_init):           X_s = T_s X
-  flow   (motion_init):         X_s = X + ts * C                      (complete flow alone)
-  masked (mask_init, fine_tune): X_s = (1 - m) * T_s X + m * (X + ts * C)
-ego flow: ego_flow_s = T_s X - X, the displacement a static point shows from t to s (camera t
-axes). For a static point ts * C = ego_flow_s, so C itself is the complete flow towards t+1, and
-the masked model reads X_s = T_s X + m * (ts * C - ego_flow_s): rigid motion plus the masked
-independent flow. (We do not use X_s = T_s (X + C): C contains the ego-motion, which the consistency
-and sparsity terms compare it with, so T_s would apply the ego-motion twice.)
+Per scale s (the scale's size h x w = H/2^s x W/2^s, full size H x W), sources f = -1, 1, with the
+warps of ``view_synthesis.generate_warps`` (every warp is at full size):
+  photometric  (p_photo)        mean over pixels of the per-pixel minimum over the sources of
+      e(pred, target) = 0.85 * mean_c clamp((1 - SSIM) / 2, 0, 1) + 0.15 * mean_c |pred - target|
+      (SSIM from 3x3 means after reflection padding by 1, C1 = 0.01^2, C2 = 0.03^2), target color[0]
+      at full size; in disp_init the minimum also runs over the identity errors e(color[f], target)
+      plus 1e-5 * N(0, 1) noise (automasking). NOT divided by 2^s (monodepth2 style).
+  smoothness   (d_smooth)       S(disp_s / (mean_hw disp_s + 1e-7), I_s) / 2^s
+  flow_smoothness (c_smooth)    sum_f S(sign(f) * complete_flow_s, I_s) / 2^s / 2
+  mask_smoothness (m_smooth)    sum_f S(mask_s, I_s) / 2^s / 2
+      with S(v, I) = mean |d_x v| exp(-mean_c |d_x I|) + mean |d_y v| exp(-mean_c |d_y I|) and
+      I_s = the target pyramid level s.
+  consistency  (c_consistency)  sum_f mean((disp_s > 0.03) * (1 - mask_s).detach() * |residual_flow_f|) / 2^s / 2
+  mask_sparsity (m_sparsity)    sum_f BCE_with_logits(logits_s, 0) over the static pixels / 2^s / 2, where
+      static = d < mean(d) over the batch, d = squared distance of sample_ego and sample_complete
+      bilinearly resized to h x w; 0 for a source unless every batch item has a static pixel.
+  ground       (d_ground)       ``ground_plane`` (fine_tune only).
+Which terms a phase computes: ``PHASE_TERMS``. total = mean over scales of sum_terms coef * value,
+coef = weight (times ``ramp_factor`` for ``RAMPED_TERMS``); ``terms`` = sum over scales of the
+unweighted per-scale values (the original's ``loss_term/<term>``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
 from dynamo_depth.config import LossWeights
-from dynamo_depth.models import phase_spec
-from dynamo_depth.models.depth import SCALES, disp_to_depth
-from dynamo_depth.warping import backproject, project_to_grid, sample_image, transform_points
+from dynamo_depth.ground_plane import GroundFit, ground_disp_diff, ground_loss, ransac_plane
+from dynamo_depth.loss_inputs import SOURCE_FRAMES, LossBatch, LossDraws, LossSettings
+from dynamo_depth.models.outputs import ModelOutputs
+from dynamo_depth.view_synthesis import Warps, generate_warps, resize, warp_model
+
+__all__ = [
+    "ORIGINAL_TERM_NAMES", "PHASE_TERMS", "RAMPED_TERMS", "TERMS", "LossResult", "LossSettings", "LossWeights",
+    "compute_losses", "disparity_smoothness", "edge_aware_smoothness", "photometric_error", "ssim_loss",
+]
 
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
-TERMS = ("photometric", "smoothness", "ground", "flow_smoothness", "consistency", "mask_sparsity", "mask_smoothness")
+TERMS: tuple[str, ...] = tuple(f.name for f in fields(LossWeights))
+ORIGINAL_TERM_NAMES: dict[str, str] = {
+    "photometric": "p_photo", "smoothness": "d_smooth", "ground": "d_ground", "flow_smoothness": "c_smooth",
+    "consistency": "c_consistency", "mask_sparsity": "m_sparsity", "mask_smoothness": "m_smooth",
+}
 RAMPED_TERMS = ("flow_smoothness", "consistency", "mask_sparsity", "mask_smoothness")
 PHASE_TERMS: dict[str, tuple[str, ...]] = {
-    "disp_init": ("photometric", "smoothness", "ground"),
+    "disp_init": ("photometric", "smoothness"),
     "motion_init": ("photometric", "flow_smoothness"),
     "mask_init": ("photometric", "flow_smoothness", "consistency", "mask_sparsity", "mask_smoothness"),
     "fine_tune": TERMS,
 }
-MOTION_MODEL = {"disp_init": "rigid", "motion_init": "flow", "mask_init": "masked", "fine_tune": "masked"}
-SOURCES = (("prev", -1, 0), ("next", 1, 2))  # (name, signed frame offset ts, index in images)
+AUTOMASK_PHASES = ("disp_init",)
+DEFAULT_SETTINGS = LossSettings()
 
 
 @dataclass(frozen=True)
-class LossSettings:
-    """Non-weight constants of the losses.
+class LossResult:
+    """The losses of one batch.
 
-    ground_rows_fraction: bottom fraction of image rows used by the ground prior.
-    ransac_inlier_ratio: a point is a plane inlier if its distance < ratio * median depth of the rows.
-    static_mask_threshold / static_disp_threshold: consistency uses pixels with mask < 0.5 and
-        scaled disparity 1/depth > 0.03 per metre (closer than 33.3 m; far pixels and sky excluded).
-    flow_agreement_ratio: ego and complete flow agree at a pixel when
-        |ts*C - ego_flow_s| <= ratio * |ego_flow_s| (Euclidean) for both sources.
-    seed: seeds the RANSAC samples and the automasking noise (the losses are deterministic).
+    total: scalar, the original's ``loss``. per_scale[s][term]: unweighted value of each computed term
+    at scale s. terms[term]: sum over scales of per_scale (``loss_term/<term>``), only computed terms.
+    scale_totals[s]: weighted sum at scale s (``loss_term/<s>``). warps: the warps the losses used.
+    identity_selection[s]: (B, H, W) 1 where a reprojection (not an identity) error was the minimum
+    (disp_init only). ground[s] / ground_disp_diff[s]: the RANSAC fit and the unclamped disparity
+    difference (B, 1, h, w) (fine_tune only).
     """
 
-    scales: tuple[int, ...] = SCALES
-    min_depth: float = 0.1
-    max_depth: float = 100.0
-    ssim_weight: float = 0.85
-    automask_noise: float = 1e-5
-    ground_rows_fraction: float = 0.4
-    ransac_iterations: int = 64
-    ransac_inlier_ratio: float = 0.02
-    static_mask_threshold: float = 0.5
-    static_disp_threshold: float = 0.03
-    flow_agreement_ratio: float = 0.1
-    seed: int = 0
+    total: torch.Tensor
+    per_scale: dict[int, dict[str, torch.Tensor]]
+    terms: dict[str, torch.Tensor]
+    scale_totals: dict[int, torch.Tensor]
+    warps: Warps
+    identity_selection: dict[int, torch.Tensor] = field(default_factory=dict)
+    ground: dict[int, GroundFit] = field(default_factory=dict)
+    ground_disp_diff: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-def ramp(progress: float) -> float:
-    """Linear ramp over the first third of a phase: 0 at progress 0, 1 from progress 1/3 on."""
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"phase_progress must be in [0, 1], got {progress}")
-    return min(1.0, 3.0 * progress)
+def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-pixel clamp((1 - SSIM) / 2, 0, 1) (B, C, H, W) of two images (B, C, H, W); 0 for x == y.
 
-
-def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-pixel SSIM (B, C, H, W) of two images (B, C, H, W): 3x3 mean windows, reflection padding.
-
-    SSIM = (2 mx my + C1)(2 sxy + C2) / ((mx^2 + my^2 + C1)(sx^2 + sy^2 + C2)), C1 = 0.01^2, C2 = 0.03^2.
+    3x3 means after reflection padding by 1; SSIM = (2 mx my + C1)(2 sxy + C2) / ((mx^2 + my^2 + C1)(sx + sy + C2))
+    with sx = mean(x^2) - mx^2, sxy = mean(x y) - mx my, C1 = 0.01^2, C2 = 0.03^2.
     """
     x, y = F.pad(x, (1, 1, 1, 1), mode="reflect"), F.pad(y, (1, 1, 1, 1), mode="reflect")
-    mean_x, mean_y = F.avg_pool2d(x, 3, 1), F.avg_pool2d(y, 3, 1)
-    var_x = F.avg_pool2d(x * x, 3, 1) - mean_x**2
-    var_y = F.avg_pool2d(y * y, 3, 1) - mean_y**2
-    cov_xy = F.avg_pool2d(x * y, 3, 1) - mean_x * mean_y
-    numerator = (2 * mean_x * mean_y + SSIM_C1) * (2 * cov_xy + SSIM_C2)
-    denominator = (mean_x**2 + mean_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
-    return numerator / denominator
+    mu_x, mu_y = F.avg_pool2d(x, 3, 1), F.avg_pool2d(y, 3, 1)
+    sigma_x = F.avg_pool2d(x**2, 3, 1) - mu_x**2
+    sigma_y = F.avg_pool2d(y**2, 3, 1) - mu_y**2
+    sigma_xy = F.avg_pool2d(x * y, 3, 1) - mu_x * mu_y
+    numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * sigma_xy + SSIM_C2)
+    denominator = (mu_x**2 + mu_y**2 + SSIM_C1) * (sigma_x + sigma_y + SSIM_C2)
+    return torch.clamp((1 - numerator / denominator) / 2, 0, 1)
 
 
 def photometric_error(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float = 0.85) -> torch.Tensor:
-    """(B, 1, H, W) = channel mean of ssim_weight * clamp((1 - SSIM) / 2, 0, 1) + (1 - ssim_weight) * |pred - target|."""
-    dissimilarity = ((1.0 - ssim(pred, target)) / 2.0).clamp(0.0, 1.0)
-    l1 = (pred - target).abs()
-    return (ssim_weight * dissimilarity + (1.0 - ssim_weight) * l1).mean(dim=1, keepdim=True)
+    """(B, 1, H, W) = ssim_weight * mean_c ssim_loss + (1 - ssim_weight) * mean_c |target - pred|."""
+    l1 = (target - pred).abs().mean(1, keepdim=True)
+    return ssim_weight * ssim_loss(pred, target).mean(1, keepdim=True) + (1 - ssim_weight) * l1
 
 
 def edge_aware_smoothness(values: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """mean |dx v| exp(-mean_c |dx I|) + mean |dy v| exp(-mean_c |dy I|); values (B, C, h, w), image (B, 3, h, w)."""
-    grad_v_x = (values[..., :, 1:] - values[..., :, :-1]).abs()
-    grad_v_y = (values[..., 1:, :] - values[..., :-1, :]).abs()
-    grad_i_x = (image[..., :, 1:] - image[..., :, :-1]).abs().mean(dim=1, keepdim=True)
-    grad_i_y = (image[..., 1:, :] - image[..., :-1, :]).abs().mean(dim=1, keepdim=True)
+    grad_v_x = (values[:, :, :, :-1] - values[:, :, :, 1:]).abs()
+    grad_v_y = (values[:, :, :-1, :] - values[:, :, 1:, :]).abs()
+    grad_i_x = (image[:, :, :, :-1] - image[:, :, :, 1:]).abs().mean(1, keepdim=True)
+    grad_i_y = (image[:, :, :-1, :] - image[:, :, 1:, :]).abs().mean(1, keepdim=True)
     return (grad_v_x * torch.exp(-grad_i_x)).mean() + (grad_v_y * torch.exp(-grad_i_y)).mean()
 
 
 def disparity_smoothness(disp: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """Edge-aware smoothness of disp / mean(disp) (mean over each image's pixels); 0 for a constant disp."""
-    normalised = disp / (disp.mean(dim=(2, 3), keepdim=True) + 1e-7)
-    return edge_aware_smoothness(normalised, image)
+    """Edge-aware smoothness of disp / (mean over (h, w) of disp + 1e-7); 0 for a constant disp."""
+    mean_disp = disp.mean(2, keepdim=True).mean(3, keepdim=True)
+    return edge_aware_smoothness(disp / (mean_disp + 1e-7), image)
 
 
-def ground_plane_loss(
-    depth: torch.Tensor, inv_K: torch.Tensor, *, settings: LossSettings = LossSettings()
-) -> torch.Tensor:
-    """Ground-plane prior on the bottom rows (scale invariant, unitless); depth (B, 1, H, W) metres.
-
-    Per image: the points X_i of the bottom ``ground_rows_fraction`` rows are back-projected; with
-    gradients off, RANSAC (``ransac_iterations`` random point triples, seeded) picks the plane with the
-    most inliers (distance < ransac_inlier_ratio * z_med, z_med the median depth of those points),
-    which is then refit to its inliers by least squares (normal n = smallest-eigenvalue eigenvector of
-    the inlier covariance, offset d = -n . mean). Loss = mean over inliers of |n . X_i + d| / z_med,
-    with n, d, z_med and the inlier set held fixed, so only the depths are pulled onto the plane.
-    Exactly 0 when the points lie on a plane. Returns the mean over the batch.
-    """
-    height = depth.shape[2]
-    first_row = height - max(3, round(settings.ground_rows_fraction * height))
-    points = backproject(depth, inv_K).reshape(depth.shape[0], 3, height, -1)[:, :, first_row:]
-    points = points.flatten(2).transpose(1, 2)  # (B, N, 3)
-    with torch.no_grad():
-        normal, offset, inliers, z_med = _fit_plane(points.detach(), settings)
-    distance = (points @ normal[:, :, None])[..., 0] + offset[:, None]
-    per_image = (distance.abs() * inliers).sum(dim=1) / inliers.sum(dim=1).clamp(min=1)
-    return (per_image / z_med).mean()
-
-
-def _fit_plane(
-    points: torch.Tensor, settings: LossSettings
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RANSAC + least-squares refit; points (B, N, 3) -> normal (B, 3), offset (B,), inliers (B, N), z_med (B,)."""
-    batch, count, _ = points.shape
-    generator = torch.Generator(device=points.device).manual_seed(settings.seed)
-    index = torch.randint(count, (batch, settings.ransac_iterations, 3), generator=generator, device=points.device)
-    triples = torch.gather(points[:, None].expand(-1, settings.ransac_iterations, -1, -1), 2,
-                           index[..., None].expand(-1, -1, -1, 3))  # (B, I, 3 points, 3)
-    normals = torch.linalg.cross(triples[:, :, 1] - triples[:, :, 0], triples[:, :, 2] - triples[:, :, 0])
-    lengths = normals.norm(dim=-1)
-    z_med = points[..., 2].median(dim=1).values
-    valid = lengths > 1e-12 * z_med[:, None] ** 2
-    normals = normals / lengths.clamp(min=1e-30)[..., None]
-    offsets = -(normals * triples[:, :, 0]).sum(dim=-1)  # (B, I)
-    distances = (normals @ points.transpose(1, 2) + offsets[..., None]).abs()  # (B, I, N)
-    threshold = settings.ransac_inlier_ratio * z_med
-    votes = torch.where(valid, (distances < threshold[:, None, None]).sum(dim=-1), -1)
-    best = votes.argmax(dim=1)
-    inliers = (distances[torch.arange(batch), best] < threshold[:, None]).to(points.dtype)
-    weight = inliers / inliers.sum(dim=1, keepdim=True).clamp(min=1)
-    centre = (weight[..., None] * points).sum(dim=1)
-    centred = points - centre[:, None]
-    covariance = (weight[..., None] * centred).transpose(1, 2) @ centred
-    normal = torch.linalg.eigh(covariance).eigenvectors[..., 0]
-    offset = -(normal * centre).sum(dim=-1)
-    refit = ((points @ normal[:, :, None])[..., 0] + offset[:, None]).abs() < threshold[:, None]
-    return normal, offset, (inliers.bool() & refit).to(points.dtype), z_med
-
-
-def source_points(
-    points: torch.Tensor,
-    *,
-    source_from_target: torch.Tensor,
-    ts: int,
-    model: str,
-    flow: torch.Tensor | None = None,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Target points (B, 3, N) -> their positions in the source camera (B, 3, N) (module docstring).
-
-    flow: complete flow (B, 3, N) metres per frame; mask: motion probability (B, 1, N).
-    """
-    if model == "rigid":
-        return transform_points(source_from_target, points)
-    moved = points + ts * flow
-    if model == "flow":
-        return moved
-    if model == "masked":
-        return (1.0 - mask) * transform_points(source_from_target, points) + mask * moved
-    raise ValueError(f"unknown motion model {model!r}; allowed: rigid, flow, masked")
-
-
-def _get(outputs: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
-    """outputs[key]; ValueError naming a missing key."""
-    if key not in outputs:
-        raise ValueError(f"outputs: missing key {key!r} (present: {sorted(outputs)})")
-    return outputs[key]
-
-
-def _full(outputs: Mapping[str, torch.Tensor], key: str, size: tuple[int, int]) -> torch.Tensor:
-    """outputs[key] upsampled (bilinear) to ``size``; ValueError naming a missing key."""
-    value = _get(outputs, key)
-    if tuple(value.shape[2:]) == size:
-        return value
-    return F.interpolate(value, size=size, mode="bilinear", align_corners=False)
-
-
-def _read_inputs(inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    for key in ("images", "K"):
-        if key not in inputs:
-            raise ValueError(f"inputs: missing key {key!r} (present: {sorted(inputs)})")
-    images, K = inputs["images"], inputs["K"]
-    if images.dim() != 5 or images.shape[1:3] != (3, 3):
-        raise ValueError(f"inputs['images'] must be (B, 3, 3, H, W), got {tuple(images.shape)}")
-    if K.shape != (images.shape[0], 3, 3):
-        raise ValueError(f"inputs['K'] must be ({images.shape[0]}, 3, 3), got {tuple(K.shape)}")
-    return images, K.to(images.dtype)
-
-
-def _automask_errors(images: torch.Tensor, settings: LossSettings) -> torch.Tensor:
-    """Identity reprojection errors of the unwarped sources (B, 2, H, W) plus seeded noise of 1e-5 scale."""
-    target = images[:, 1]
-    errors = torch.cat([photometric_error(images[:, i], target, ssim_weight=settings.ssim_weight)
-                        for _, _, i in SOURCES], dim=1)
-    generator = torch.Generator(device=images.device).manual_seed(settings.seed)
-    noise = torch.randn(errors.shape, generator=generator, device=images.device, dtype=errors.dtype)
-    return errors + settings.automask_noise * noise
-
-
-def _smoothness_terms(
-    target: torch.Tensor, outputs: Mapping[str, torch.Tensor], scale: int, active: tuple[str, ...]
-) -> dict[str, torch.Tensor]:
-    """Edge-aware smoothness of the scale's own disparity / flow / mask maps, times 1/2^scale.
-
-    The target image (B, 3, H, W) is area-resized to each map's resolution for the edge weights.
-    """
-    factor = 1.0 / 2**scale
-    terms: dict[str, torch.Tensor] = {}
-    for term, key, fn in (
-        ("smoothness", f"disp_{scale}", disparity_smoothness),
-        ("flow_smoothness", f"flow_{scale}", edge_aware_smoothness),
-        ("mask_smoothness", f"mask_{scale}", edge_aware_smoothness),
-    ):
-        if term in active:
-            value = _get(outputs, key)
-            image = F.interpolate(target, size=value.shape[2:], mode="area")
-            terms[term] = factor * fn(value, image)
-    return terms
-
-
-def _scale_terms(
-    images: torch.Tensor,
-    K: torch.Tensor,
-    inv_K: torch.Tensor,
-    outputs: Mapping[str, torch.Tensor],
-    scale: int,
-    phase: str,
+def _photometric(
+    batch: LossBatch, warps: Warps, scale: int, identity: torch.Tensor | None, draws: LossDraws,
     settings: LossSettings,
-) -> dict[str, torch.Tensor]:
-    """Unweighted terms of one scale (module docstring); ``photometric_errors`` is (B, 2, H, W)."""
-    active, model = PHASE_TERMS[phase], MOTION_MODEL[phase]
-    size = tuple(images.shape[3:])
-    batch, n_pix = images.shape[0], size[0] * size[1]
-    disp = _full(outputs, f"disp_{scale}", size)
-    inverse_depth, depth = disp_to_depth(disp, min_depth=settings.min_depth, max_depth=settings.max_depth)
-    points = backproject(depth, inv_K)
-    flow = _full(outputs, f"flow_{scale}", size).reshape(batch, 3, n_pix) if model != "rigid" else None
-    mask = _full(outputs, f"mask_{scale}", size).reshape(batch, 1, n_pix) if model == "masked" else None
-    errors = []
-    for name, ts, index in SOURCES:
-        transform = _get(outputs, f"source_from_target_{name}") if model != "flow" else None
-        moved = source_points(points, source_from_target=transform, ts=ts, model=model, flow=flow, mask=mask)
-        warped = sample_image(images[:, index], project_to_grid(moved, K, height=size[0], width=size[1]))
-        errors.append(photometric_error(warped, images[:, 1], ssim_weight=settings.ssim_weight))
-    terms = {"photometric_errors": torch.cat(errors, dim=1), **_smoothness_terms(images[:, 1], outputs, scale, active)}
-    if "ground" in active:
-        terms["ground"] = ground_plane_loss(depth, inv_K, settings=settings)
-    if "consistency" in active or "mask_sparsity" in active:
-        logits = _full(outputs, f"mask_logits_{scale}", size).reshape(batch, n_pix)
-        terms.update(_flow_terms(points, flow, mask, logits, inverse_depth.reshape(batch, n_pix), outputs, settings))
-    return terms
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """p_photo of one scale and, with automasking (identity (B, 2, H, W) given), the identity selection."""
+    target = batch.color[0]
+    errors = torch.cat([photometric_error(warps.scales[scale].frames[f].color, target, ssim_weight=settings.ssim_weight)
+                        for f in SOURCE_FRAMES], dim=1)
+    if identity is None:
+        return errors.min(dim=1).values.mean(), None
+    noise = draws.automask_noise(scale=scale, shape=tuple(identity.shape), device=identity.device)
+    combined = torch.cat([identity + noise * settings.automask_noise, errors], dim=1)
+    best, index = combined.min(dim=1)
+    return best.mean(), (index > identity.shape[1] - 1).to(errors.dtype)
 
 
 def _flow_terms(
-    points: torch.Tensor,
-    flow: torch.Tensor,
-    mask: torch.Tensor,
-    logits: torch.Tensor,
-    inverse_depth: torch.Tensor,
-    outputs: Mapping[str, torch.Tensor],
+    batch: LossBatch, outputs: ModelOutputs, warps: Warps, scale: int, active: tuple[str, ...],
     settings: LossSettings,
 ) -> dict[str, torch.Tensor]:
-    """Consistency and mask sparsity at full resolution: points, flow (B, 3, N), mask (B, 1, N),
-    logits and inverse_depth (B, N), N = H * W.
+    """c_smooth, m_smooth, c_consistency, m_sparsity of one scale (those in ``active``), summed over sources."""
+    image, factor = batch.target_pyramid[scale], 2**scale * len(SOURCE_FRAMES)
+    out: dict[str, torch.Tensor] = {}
+    for f in SOURCE_FRAMES:
+        terms: dict[str, torch.Tensor] = {}
+        if "flow_smoothness" in active:
+            flow = outputs.complete_flow[scale] if f > 0 else -outputs.complete_flow[scale]
+            terms["flow_smoothness"] = edge_aware_smoothness(flow, image)
+        if "mask_smoothness" in active:
+            terms["mask_smoothness"] = edge_aware_smoothness(outputs.motion_mask(scale), image)
+        if "consistency" in active:
+            terms["consistency"] = _consistency(outputs, warps, scale, f, settings)
+        if "mask_sparsity" in active:
+            terms["mask_sparsity"] = _mask_sparsity(outputs, warps, scale, f)
+        for name, value in terms.items():
+            out[name] = out[name] + value / factor if name in out else value / factor
+    return out
 
-    consistency = mean over sources s and over static pixels (mask < 0.5 and 1/depth > 0.03) of the L1
-    norm |ts * C - ego_flow_s|_1 (metres), ego_flow_s = T_s X - X with X, T_s detached.
-    mask_sparsity = mean over agreeing pixels of BCE(mask, 0) = softplus(logits).
-    """
-    near = inverse_depth.detach() > settings.static_disp_threshold
-    static = ((mask.detach()[:, 0] < settings.static_mask_threshold) & near).to(flow.dtype)
-    fixed_points = points.detach()
-    consistency, agree = [], torch.ones_like(static, dtype=torch.bool)
-    for name, ts, _ in SOURCES:
-        transform = _get(outputs, f"source_from_target_{name}").detach()
-        ego_flow = transform_points(transform, fixed_points) - fixed_points
-        residual = ts * flow - ego_flow
-        consistency.append((residual.abs().sum(dim=1) * static).sum() / static.sum().clamp(min=1))
-        agree &= residual.detach().norm(dim=1) <= settings.flow_agreement_ratio * ego_flow.norm(dim=1)
-    agree_f = agree.to(flow.dtype)
-    sparsity = (F.softplus(logits) * agree_f).sum() / agree_f.sum().clamp(min=1)
-    return {"consistency": torch.stack(consistency).mean(), "mask_sparsity": sparsity}
+
+def _consistency(outputs: ModelOutputs, warps: Warps, scale: int, frame: int, settings: LossSettings) -> torch.Tensor:
+    """mean((disp_s > threshold) * (1 - mask_s).detach() * |residual_flow|) over (B, 3, h, w)."""
+    near = (outputs.disp[scale] > settings.mask_disp_threshold).to(outputs.disp[scale].dtype)
+    static = 1 - outputs.motion_mask(scale).detach()
+    return (near * static * warps.scales[scale].frames[frame].residual_flow.abs()).mean()
+
+
+def _mask_sparsity(outputs: ModelOutputs, warps: Warps, scale: int, frame: int) -> torch.Tensor:
+    """BCE-with-logits towards 0 of the motion logits over the static pixels (ego and complete samples agree)."""
+    logits = outputs.motion_logits[scale]
+    size = tuple(logits.shape[2:])
+    fw = warps.scales[scale].frames[frame]
+    ego = resize(fw.sample_ego.permute(0, 3, 1, 2), size)
+    complete = resize(fw.sample_complete.permute(0, 3, 1, 2), size)
+    dist = ((ego - complete) ** 2).sum(dim=1)  # (B, h, w)
+    static = dist < dist.mean()
+    if not bool(static.flatten(1).any(dim=1).all()):
+        return logits.new_zeros(())
+    selected = logits[:, 0][static]
+    return F.binary_cross_entropy_with_logits(selected, torch.zeros_like(selected))
+
+
+def _identity_errors(batch: LossBatch, settings: LossSettings) -> torch.Tensor:
+    """Photometric errors of the un-warped sources against the target (B, 2, H, W) (automasking)."""
+    return torch.cat([photometric_error(batch.color[f], batch.color[0], ssim_weight=settings.ssim_weight)
+                      for f in SOURCE_FRAMES], dim=1)
 
 
 def compute_losses(
-    inputs: Mapping[str, torch.Tensor],
-    outputs: Mapping[str, torch.Tensor],
+    batch: LossBatch,
+    outputs: ModelOutputs,
     *,
     phase: str,
-    phase_progress: float,
+    ramp_factor: float,
     weights: LossWeights = LossWeights(),
-    settings: LossSettings = LossSettings(),
-) -> dict[str, torch.Tensor]:
-    """All loss terms (unweighted, averaged over scales; 0 when inactive in ``phase``) and ``total``.
+    settings: LossSettings = DEFAULT_SETTINGS,
+    draws: LossDraws,
+) -> LossResult:
+    """All loss terms of ``phase`` (module docstring), their per-scale values and the weighted total.
 
-    total = sum over active terms of weight * term, times ``ramp(phase_progress)`` for RAMPED_TERMS.
-    The photometric term is the mean over pixels of the per-pixel minimum over the two sources'
-    errors (and, in disp_init, over the identity errors of the unwarped sources: automasking).
+    ramp_factor in [0, 1] multiplies the weights of RAMPED_TERMS. ``draws`` gives the automasking
+    noise (disp_init) and the RANSAC indices (fine_tune), one call per scale in scale order.
     """
-    phase_spec(phase)
-    ramp_factor = ramp(phase_progress)
-    images, K = _read_inputs(inputs)
-    inv_K = torch.linalg.inv(K)
-    automask = _automask_errors(images, settings) if phase == "disp_init" else None
-    sums: dict[str, torch.Tensor] = {}
-    for scale in settings.scales:
-        terms = _scale_terms(images, K, inv_K, outputs, scale, phase, settings)
-        errors = terms.pop("photometric_errors")
-        if automask is not None:
-            errors = torch.cat([automask, errors], dim=1)
-        terms["photometric"] = errors.min(dim=1).values.mean()
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + value / len(settings.scales)
-    zero = images.new_zeros(())
-    result = {name: sums.get(name, zero) for name in TERMS}
-    total = zero
-    for name in PHASE_TERMS[phase]:
-        factor = ramp_factor if name in RAMPED_TERMS else 1.0
-        total = total + getattr(weights, name) * factor * result[name]
-    result["total"] = total
-    return result
+    warp_model(phase)
+    if not 0.0 <= ramp_factor <= 1.0:
+        raise ValueError(f"ramp_factor must be in [0, 1], got {ramp_factor}")
+    active = PHASE_TERMS[phase]
+    warps = generate_warps(batch, outputs, phase=phase, settings=settings)
+    identity = _identity_errors(batch, settings) if phase in AUTOMASK_PHASES else None
+    per_scale: dict[int, dict[str, torch.Tensor]] = {}
+    selection: dict[int, torch.Tensor] = {}
+    ground: dict[int, GroundFit] = {}
+    diffs: dict[int, torch.Tensor] = {}
+    for s in settings.scales:
+        values: dict[str, torch.Tensor] = {}
+        values["photometric"], chosen = _photometric(batch, warps, s, identity, draws, settings)
+        if chosen is not None:
+            selection[s] = chosen
+        if "smoothness" in active:
+            values["smoothness"] = disparity_smoothness(outputs.disp[s], batch.target_pyramid[s]) / 2**s
+        if "ground" in active:
+            ground[s] = ransac_plane(outputs.disp[s], batch.inv_K[s], scale=s, draws=draws, settings=settings)
+            diffs[s] = ground_disp_diff(outputs.disp[s], batch.inv_K[s], ground[s].plane, settings=settings)
+            values["ground"] = ground_loss(diffs[s], scale=s)
+        values.update(_flow_terms(batch, outputs, warps, s, active, settings))
+        per_scale[s] = {name: values[name] for name in TERMS if name in values}
+    return _assemble(per_scale, ramp_factor, weights, warps=warps, identity_selection=selection, ground=ground,
+                     ground_disp_diff=diffs)
+
+
+def _assemble(
+    per_scale: dict[int, dict[str, torch.Tensor]], ramp_factor: float, weights: LossWeights, **extra: object
+) -> LossResult:
+    """Weighted per-scale sums, their mean over scales (``total``) and the per-term sums over scales."""
+    coef = {name: getattr(weights, name) * (ramp_factor if name in RAMPED_TERMS else 1.0) for name in TERMS}
+    scale_totals = {s: sum(coef[n] * v for n, v in values.items()) for s, values in per_scale.items()}
+    total = sum(scale_totals.values()) / len(per_scale)
+    terms: dict[str, torch.Tensor] = {}
+    for values in per_scale.values():
+        for name, value in values.items():
+            terms[name] = terms[name] + value if name in terms else value
+    return LossResult(total=total, per_scale=per_scale, terms=terms, scale_totals=scale_totals, **extra)

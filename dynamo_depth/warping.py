@@ -2,8 +2,12 @@
 
 Conventions (docs/ARCHITECTURE.md): OpenCV camera axes (x right, y down, z forward), metres,
 transforms named ``target_from_source`` as (B, 4, 4). Pixel (u, v) = (column, row) has its centre at
-integer coordinates, matching the pinhole K of the stored images; ``grid_sample`` is called with
-``align_corners=False``, so pixel centre u maps to the normalised coordinate (2u + 1) / W - 1.
+integer coordinates, matching the pinhole K of the stored images. As the original Dynamo-Depth,
+``grid_sample`` is called with ``align_corners=True``: pixel centre u maps to the normalised
+coordinate 2 u / (W - 1) - 1 (the same pixel centre as (2u + 1) / W - 1 with align_corners=False),
+and projection divides by z + 1e-7 (no clamp: points behind the camera project mirrored, as there).
+
+The per-phase warps of the training losses (``generate_warps``) live in ``dynamo_depth.view_synthesis``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 _SMALL_ANGLE = 1e-4
-_MIN_Z = 1e-6
+PROJECTION_EPS = 1e-7
 
 
 def axis_angle_to_matrix(axis_angle: torch.Tensor) -> torch.Tensor:
@@ -84,16 +88,16 @@ def pixel_grid(height: int, width: int, *, dtype: torch.dtype = torch.float32, d
 
 
 def backproject(depth: torch.Tensor, inv_K: torch.Tensor) -> torch.Tensor:
-    """depth (B, 1, H, W) z-depth in metres, inv_K (B, 3, 3) -> camera points (B, 3, H*W) in metres.
+    """depth (B, 1, H, W) z-depth in metres, inv_K (B, 3, 3) or (B, 4, 4) -> camera points (B, 3, H*W), metres.
 
-    X = depth * inv_K @ [u, v, 1]^T for every pixel centre.
+    X = depth * (inv_K[:3, :3] @ [u, v, 1]^T) for every pixel centre (u = column, v = row).
     """
     if depth.dim() != 4 or depth.shape[1] != 1:
         raise ValueError(f"depth must be (B, 1, H, W), got {tuple(depth.shape)}")
     batch, _, height, width = depth.shape
     pixels = pixel_grid(height, width, dtype=depth.dtype, device=depth.device)
-    rays = inv_K.to(depth.dtype) @ pixels.expand(batch, 3, height * width)
-    return rays * depth.reshape(batch, 1, height * width)
+    rays = inv_K[:, :3, :3].to(depth.dtype) @ pixels.expand(batch, 3, height * width)
+    return depth.reshape(batch, 1, height * width) * rays
 
 
 def transform_points(transform: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -101,25 +105,32 @@ def transform_points(transform: torch.Tensor, points: torch.Tensor) -> torch.Ten
     return transform[:, :3, :3] @ points + transform[:, :3, 3:4]
 
 
-def project_to_grid(points: torch.Tensor, K: torch.Tensor, *, height: int, width: int) -> torch.Tensor:
-    """Camera points (B, 3, H*W) -> ``grid_sample`` grid (B, H, W, 2) for an image of size (height, width).
+def project_to_grid(
+    points: torch.Tensor, K: torch.Tensor, *, height: int, width: int, transform: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Camera points (B, 3, H*W) -> ``grid_sample`` grid (B, H, W, 2) (x, y), align_corners=True convention.
 
-    Pixel u = (K @ X)_0 / z (z clamped to >= 1e-6 m), normalised as (2u + 1) / W - 1 (align_corners=False).
+    With ``transform`` (B, 4, 4) the points are first moved by it (as one matrix (K @ T)[:3] applied to
+    the homogeneous points). K (B, 3, 3) or (B, 4, 4) in pixels of the (height, width) image.
+    u = (K X)_0 / ((K X)_2 + 1e-7), x = 2 u / (width - 1) - 1; likewise v, y with height.
     """
     if points.dim() != 3 or points.shape[1] != 3 or points.shape[2] != height * width:
         raise ValueError(f"points must be (B, 3, {height * width}) for a {height}x{width} grid, got {tuple(points.shape)}")
     batch = points.shape[0]
-    cam = K.to(points.dtype) @ points
-    z = cam[:, 2:3].clamp(min=_MIN_Z)
-    u = cam[:, 0] / z[:, 0]
-    v = cam[:, 1] / z[:, 0]
-    grid = torch.stack([(2.0 * u + 1.0) / width - 1.0, (2.0 * v + 1.0) / height - 1.0], dim=-1)
-    return grid.reshape(batch, height, width, 2)
+    matrix = torch.zeros(batch, 3, 4, dtype=points.dtype, device=points.device)
+    matrix[:, :, :3] = K[:, :3, :3].to(points.dtype)
+    if transform is not None:
+        matrix = matrix @ transform.to(points.dtype)
+    cam = matrix[:, :, :3] @ points + matrix[:, :, 3:4]
+    pix = cam[:, :2] / (cam[:, 2:3] + PROJECTION_EPS)
+    pix = pix.reshape(batch, 2, height, width).permute(0, 2, 3, 1)
+    scale = torch.tensor([width - 1, height - 1], dtype=points.dtype, device=points.device)
+    return pix / scale * 2.0 - 1.0
 
 
 def sample_image(image: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear ``grid_sample`` of image (B, C, H, W) at grid (B, H', W', 2); border padding."""
-    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    """Bilinear ``grid_sample`` of image (B, C, H, W) at grid (B, H', W', 2); border padding, align_corners=True."""
+    return F.grid_sample(image, grid.to(image.dtype), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def warp_source_to_target(
@@ -133,8 +144,8 @@ def warp_source_to_target(
     """Rigid view synthesis: the source image (B, C, H, W) resampled into the target view.
 
     Each target pixel is back-projected with its depth (B, 1, H, W), moved by source_from_target
-    (B, 4, 4), projected with K (B, 3, 3) and the source sampled there.
+    (B, 4, 4), projected with K and the source sampled there (K, inv_K (B, 3, 3) or (B, 4, 4)).
     """
-    points = transform_points(source_from_target, backproject(depth, inv_K))
-    grid = project_to_grid(points, K, height=depth.shape[2], width=depth.shape[3])
+    points = backproject(depth, inv_K)
+    grid = project_to_grid(points, K, height=depth.shape[2], width=depth.shape[3], transform=source_from_target)
     return sample_image(source_image, grid)

@@ -35,51 +35,20 @@ Predictor = Callable[[Any], np.ndarray]
 
 
 def load_depth_predictor(ckpt_path: str) -> Predictor:
-    """A predictor from a trainer checkpoint (``train/checkpoint.py`` layout): scale-0 disparity of the depth network.
+    """Scale-0 sigmoid disparity of a trainer checkpoint or an original module folder (``eval.predictors``)."""
+    from eval.predictors import depth_predictor
 
-    The checkpoint (read with ``torch.load(..., weights_only=True)``) holds ``model`` (``depth.*`` are the
-    depth network's weights) and ``config`` (``model.depth_network``, ``model.scales`` and the training size
-    ``data.height`` x ``data.width``). Each target frame is resized (bilinear, antialiased) to the training
-    size before the network; the returned (height, width) disparity is upsampled by the metrics protocol.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from dynamo_depth.models import build_depth_network
-
-    try:
-        raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # missing, truncated or foreign files raise several types
-        raise ValueError(f"--checkpoint {ckpt_path!r}: cannot read it: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("format") != "dynamo-depth-checkpoint":
-        raise ValueError(f"--checkpoint {ckpt_path!r}: not a dynamo-depth trainer checkpoint")
-    model_config, data_config = raw["config"]["model"], raw["config"]["data"]
-    network = build_depth_network(model_config["depth_network"], scales=tuple(model_config["scales"]))
-    weights = {name[len("depth."):]: value for name, value in raw["model"].items() if name.startswith("depth.")}
-    network.load_state_dict(weights)
-    network.eval()
-    size = (int(data_config["height"]), int(data_config["width"]))
-
-    def predict(sample: Any) -> np.ndarray:
-        rgb = rgb_from_jpeg(sample.images[1])
-        image = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)[None] / 255.0
-        if tuple(image.shape[-2:]) != size:
-            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
-        with torch.no_grad():
-            disparity = network(image)[0]
-        return disparity[0, 0].double().numpy()
-
-    return predict
+    return depth_predictor(ckpt_path)
 
 
 def disparity_from_network(*, network: Any, image_rgb: np.ndarray) -> np.ndarray:
-    """Scale-0 sigmoid disparity (H, W) of a depth network for one (H, W, 3) uint8 RGB image."""
+    """Scale-0 sigmoid disparity (H, W) of a ``DynamoDepthModel`` for one (H, W, 3) uint8 RGB image."""
     import torch
 
     image = torch.from_numpy(np.ascontiguousarray(image_rgb)).permute(2, 0, 1)[None].float() / 255.0
     network.eval()
     with torch.no_grad():
-        disparity = network(image)[0]
+        disparity = network.predict_disparity(image)[0]
     return disparity[0, 0].double().numpy()
 
 
@@ -160,7 +129,7 @@ def depth_markdown(report: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.depth", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="shard .tar, folder/prefix of shards, or manifest.json")
-    parser.add_argument("--checkpoint", help="trainer checkpoint (depth network)")
+    parser.add_argument("--checkpoint", help="trainer checkpoint or original Dynamo-Depth module folder")
     parser.add_argument("--predictions", help=".npz of per-sample maps named by sample key")
     parser.add_argument("--dataset", choices=sorted(m.DATASET_PROTOCOL), help="protocol; default: meta.json's dataset")
     parser.add_argument("--kind", choices=("disparity", "depth"), default="disparity", help="what the maps hold")

@@ -19,9 +19,10 @@ Outputs in ``--out``: ``metrics.json``, ``metrics.md``, ``pr_curve.png``. Exit 0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ def _scores_and_truth(sample: Any, motion_map: np.ndarray, dataset: str) -> tupl
 
 
 def evaluate_motion(
-    *, data_url: str, predictions: PredictionFile, thresholds: np.ndarray, dataset: str | None = None,
+    *, data_url: str, predict: Callable[[Any], np.ndarray], thresholds: np.ndarray, dataset: str | None = None,
     max_samples: int | None = None,
 ) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Pooled PR curve over ``data_url``; returns the JSON report and (precision, recall, f1)."""
@@ -59,9 +60,9 @@ def evaluate_motion(
         if sample.motion is None:
             skipped.append({"key": sample.key, "reason": "no motion labels"})
             continue
-        motion_map = predictions.get(sample.key, ndim=2)
+        motion_map = predict(sample)
         if not np.all(np.isfinite(motion_map)):
-            raise ValueError(f"predictions {predictions.path!r}, key {sample.key!r}: non-finite motion scores")
+            raise ValueError(f"sample {sample.key!r}: non-finite motion scores")
         scores, is_moving = _scores_and_truth(sample, motion_map, dataset or sample.meta.dataset)
         tp, npred, npos = motion_metrics.pr_counts(scores=scores, is_moving=is_moving, thresholds=thresholds)
         true_pos, num_pred, num_pos = true_pos + tp, num_pred + npred, num_pos + npos
@@ -97,7 +98,8 @@ def motion_markdown(report: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.motion_segmentation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="shard .tar, folder/prefix of shards, or manifest.json")
-    parser.add_argument("--predictions", required=True, help=".npz of per-sample motion probabilities")
+    parser.add_argument("--predictions", help=".npz of per-sample motion probabilities")
+    parser.add_argument("--checkpoint", help="trainer checkpoint or original module folder (all seven modules)")
     parser.add_argument("--dataset", choices=sorted(m.DATASET_PROTOCOL), help="protocol; default: meta.json's")
     parser.add_argument("--thresholds", type=int, default=101, help="number of thresholds in [0, 1]")
     parser.add_argument("--out", help="folder for metrics.json, metrics.md and pr_curve.png")
@@ -106,14 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.predictions is None):
+        parser.error("give exactly one of --checkpoint and --predictions")
     try:
         if args.thresholds < 2:
             raise ValueError(f"--thresholds must be >= 2, got {args.thresholds}")
         thresholds = np.linspace(0.0, 1.0, args.thresholds)
-        with PredictionFile(args.predictions) as preds:
+        with contextlib.ExitStack() as stack:
+            if args.predictions is not None:
+                preds = stack.enter_context(PredictionFile(args.predictions))
+                predict = lambda sample: preds.get(sample.key, ndim=2)  # noqa: E731
+            else:
+                from eval.predictors import motion_predictor
+                predict = motion_predictor(args.checkpoint)
             report, (precision, recall, _) = evaluate_motion(
-                data_url=args.data, predictions=preds, thresholds=thresholds, dataset=args.dataset,
+                data_url=args.data, predict=predict, thresholds=thresholds, dataset=args.dataset,
                 max_samples=args.max_samples)
     except ValueError as exc:
         print(f"eval.motion_segmentation: error: {exc}", file=sys.stderr)

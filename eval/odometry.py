@@ -19,9 +19,10 @@ Outputs in ``--out``: ``metrics.json``, ``metrics.md``. Exit 0, or 2 on bad inpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,13 +43,13 @@ def _runs(entries: list[tuple[int, np.ndarray, np.ndarray, str]]) -> list[list[t
 
 
 def evaluate_odometry(
-    *, data_url: str, predictions: PredictionFile, snippet: int = 5, convention: str = "rmse",
+    *, data_url: str, predict: Callable[[Any], np.ndarray], snippet: int = 5, convention: str = "rmse",
     max_samples: int | None = None,
 ) -> dict[str, Any]:
     """ATE report over all runs of consecutive frames in ``data_url``."""
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for sample in iter_samples(data_url, max_samples=max_samples):
-        relative = predictions.get(sample.key, ndim=2, shape=(4, 4))
+        relative = predict(sample)
         groups[(sample.meta.sequence, sample.meta.camera)].append(
             (sample.meta.frame_indices[1], sample.poses, relative, sample.key))
     errors: list[np.ndarray] = []
@@ -64,7 +65,7 @@ def evaluate_odometry(
             try:
                 errors.append(odometry_metrics.ate_snippets(gt_poses=gt, pred_relative=rel, snippet=snippet, convention=convention))  # type: ignore[arg-type]
             except ValueError as exc:
-                raise ValueError(f"predictions {predictions.path!r}, run starting at {run[0][3]!r}: {exc}") from exc
+                raise ValueError(f"run starting at {run[0][3]!r}: {exc}") from exc
     if not errors:
         raise ValueError(f"--data {data_url!r}: no run of {snippet} consecutive frames to evaluate")
     all_errors = np.concatenate(errors)
@@ -88,7 +89,8 @@ def odometry_markdown(report: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m eval.odometry", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="shard .tar, folder/prefix of shards, or manifest.json")
-    parser.add_argument("--predictions", required=True, help=".npz of per-sample (4, 4) camera_t_from_camera_t+1")
+    parser.add_argument("--predictions", help=".npz of per-sample (4, 4) camera_t_from_camera_t+1")
+    parser.add_argument("--checkpoint", help="trainer checkpoint or original module folder (all seven modules)")
     parser.add_argument("--snippet", type=int, default=5, help="frames per snippet")
     parser.add_argument("--convention", choices=("rmse", "sfmlearner"), default="rmse",
                         help="rmse: sqrt(mean |e|^2); sfmlearner: sqrt(sum |e|^2) / frames")
@@ -98,10 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.predictions is None):
+        parser.error("give exactly one of --checkpoint and --predictions")
     try:
-        with PredictionFile(args.predictions) as preds:
-            report = evaluate_odometry(data_url=args.data, predictions=preds, snippet=args.snippet,
+        with contextlib.ExitStack() as stack:
+            if args.predictions is not None:
+                preds = stack.enter_context(PredictionFile(args.predictions))
+                predict = lambda sample: preds.get(sample.key, ndim=2, shape=(4, 4))  # noqa: E731
+            else:
+                from eval.predictors import odometry_predictor
+                predict = odometry_predictor(args.checkpoint)
+            report = evaluate_odometry(data_url=args.data, predict=predict, snippet=args.snippet,
                                        convention=args.convention, max_samples=args.max_samples)
     except ValueError as exc:
         print(f"eval.odometry: error: {exc}", file=sys.stderr)

@@ -149,7 +149,7 @@ def test_depth_cli_errors(shards, tmp_path, capsys):
     assert f"no array for sample key {samples[1].key!r}" in capsys.readouterr().err
     assert eval_depth.main(["--data", str(folder), "--checkpoint", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
-    assert "--checkpoint" in err and "x.pt" in err and "No such file" in err
+    assert "--checkpoint" in err and "x.pt" in err and "no such file" in err
     assert eval_depth.main(["--data", str(tmp_path), "--predictions", missing]) == 2
     assert "no *.tar shard found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -198,11 +198,12 @@ def test_odometry_cli(shards, tmp_path, capsys):
 
 
 def test_disparity_from_random_depth_network():
-    depth_models = pytest.importorskip("dynamo_depth.models.depth", reason="depth network module not present")
     import torch
 
+    from dynamo_depth.models import DynamoDepthModel
+
     torch.manual_seed(0)
-    network = depth_models.DepthNetwork()
+    network = DynamoDepthModel()
     image = np.full((64, 96, 3), 128, dtype=np.uint8)
     disparity = eval_depth.disparity_from_network(network=network, image_rgb=image)
     assert disparity.shape == (64, 96) and np.all((disparity > 0) & (disparity < 1))
@@ -322,3 +323,36 @@ def test_altered_or_missing_shard_is_named(tmp_path, capsys):
     shard.unlink()
     assert eval_depth.main(["--data", str(folder), "--predictions", preds]) == 2
     assert "waymo-val-000001.tar" in capsys.readouterr().err
+
+
+def test_eval_commands_read_an_original_checkpoint_folder(shards, tmp_path, capsys):
+    """--checkpoint of eval.depth / motion_segmentation / odometry takes an original module folder; the
+    computed predictions equal the model's own on the same (resized) frames."""
+    import torch
+
+    from dynamo_depth.models import DynamoDepthModel
+    from dynamo_depth.models.original import export_folder
+    from eval import predictors
+
+    torch.manual_seed(0)
+    model = DynamoDepthModel()
+    model.eval()
+    ckpt = export_folder(model, tmp_path / "ckpt", height=64, width=96)
+    folder, samples = shards
+    frames = predictors._frames(samples[1], (64, 96))
+    with torch.no_grad():
+        expected_disp = model.predict_disparity(frames[1:2])[0][0, 0].double().numpy()
+        outputs = model(frames[None], phase="fine_tune")
+    assert np.array_equal(predictors.depth_predictor(str(ckpt))(samples[1]), expected_disp)
+    assert np.array_equal(predictors.motion_predictor(str(ckpt))(samples[1]),
+                          outputs.motion_mask(0)[0, 0].double().numpy())
+    relative = predictors.odometry_predictor(str(ckpt))(samples[1])
+    assert np.allclose(relative @ outputs.cam_T_cam[1][0].double().numpy(), np.eye(4), atol=1e-9)
+    assert eval_depth.main(["--data", str(folder), "--checkpoint", str(ckpt)]) == 0
+    assert eval_motion.main(["--data", str(folder), "--checkpoint", str(ckpt)]) == 0
+    assert eval_odometry.main(["--data", str(folder), "--checkpoint", str(ckpt)]) == 0
+    (ckpt / "motion_mask.pth").unlink()
+    capsys.readouterr()
+    assert eval_motion.main(["--data", str(folder), "--checkpoint", str(ckpt)]) == 2
+    assert "motion_mask.pth" in capsys.readouterr().err
+    assert eval_depth.main(["--data", str(folder), "--checkpoint", str(ckpt)]) == 0  # depth-only is enough

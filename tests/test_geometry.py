@@ -227,14 +227,14 @@ def test_torch_backproject_matches_numpy():
 def test_identity_warp_samples_each_pixel_centre():
     K, depth, image = _torch_setup()
     cam = warping.backproject(depth, torch.linalg.inv(K))
-    grid = warping.project_to_grid(warping.transform_points(torch.eye(4, dtype=torch.float64).repeat(2, 1, 1), cam), K, height=4, width=6)
+    grid = warping.project_to_grid(cam, K, height=4, width=6, transform=torch.eye(4, dtype=torch.float64).repeat(2, 1, 1))
     assert grid.shape == (2, 4, 6, 2)
-    # pixel centre i of W=6 sits at (2 i + 1) / 6 - 1 for align_corners=False
-    np.testing.assert_allclose(grid[0, 0, :, 0].numpy(), [(2 * i + 1) / 6 - 1 for i in range(6)], atol=1e-12)
-    np.testing.assert_allclose(grid[1, :, 0, 1].numpy(), [(2 * j + 1) / 4 - 1 for j in range(4)], atol=1e-12)
-    warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    np.testing.assert_allclose(warped.numpy(), image.numpy(), atol=1e-12)
-    grid32 = warping.project_to_grid(warping.transform_points(torch.eye(4).repeat(2, 1, 1), cam.float()), K.float(), height=4, width=6)
+    # pixel centre i of W=6 sits at 2 i / 5 - 1 for align_corners=True (z + 1e-7: ~1e-8 relative off)
+    np.testing.assert_allclose(grid[0, 0, :, 0].numpy(), [2 * i / 5 - 1 for i in range(6)], atol=1e-7)
+    np.testing.assert_allclose(grid[1, :, 0, 1].numpy(), [2 * j / 3 - 1 for j in range(4)], atol=1e-7)
+    warped = warping.sample_image(image, grid)
+    np.testing.assert_allclose(warped.numpy(), image.numpy(), atol=1e-6)
+    grid32 = warping.project_to_grid(cam.float(), K.float(), height=4, width=6)
     assert grid32.dtype == torch.float32
     np.testing.assert_allclose(grid32.numpy(), grid.numpy(), atol=1e-6)
 
@@ -245,10 +245,13 @@ def test_translation_warp_shifts_by_hand_computed_pixels():
     T = torch.eye(4, dtype=torch.float64)[None].clone()
     T[0, 0, 3] = 0.8  # x moves 0.8 m at depth 2 m: u shifts by fx * 0.8 / 2 = 2 px
     cam = warping.backproject(depth, torch.linalg.inv(K))
-    grid = warping.project_to_grid(warping.transform_points(T, cam), K, height=4, width=6)
-    warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    np.testing.assert_allclose(warped[..., :4].numpy(), image[..., 2:].numpy(), atol=1e-12)
-    np.testing.assert_array_equal(warped[..., 4:].numpy(), 0.0)
+    grid = warping.project_to_grid(cam, K, height=4, width=6, transform=T)
+    warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    np.testing.assert_allclose(warped[..., :4].numpy(), image[..., 2:].numpy(), atol=1e-6)
+    np.testing.assert_allclose(warped[..., 4:].numpy(), 0.0, atol=1e-6)
+    # transform= equals moving the points first
+    moved = warping.project_to_grid(warping.transform_points(T, cam), K, height=4, width=6)
+    np.testing.assert_allclose(moved.numpy(), grid.numpy(), atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- distortion

@@ -6,6 +6,7 @@ of 640x192 images, trained at 64x64 (``--set`` overrides), batch 2, 1 thread per
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -20,6 +21,7 @@ from dynamo_depth.config import load_config
 from train import main as train_main
 from train.checkpoint import CheckpointError, load_checkpoint, model_digest
 from train.loop import (
+    InitSources,
     NonFiniteLossError,
     Runtime,
     build_model,
@@ -94,15 +96,31 @@ def test_prepare_batch_resizes_images_and_scales_intrinsics() -> None:
     K4 = torch.eye(4)
     K4[:3, :3] = torch.tensor([[320.0, 0.0, 319.5], [0.0, 300.0, 95.5], [0.0, 0.0, 1.0]])
     images = torch.full((1, 3, 3, 192, 640), 0.25)
-    batch = prepare_batch({"images": images, "images_aug": images * 2, "K": K4[None, None]}, height=64, width=192,
-                          device=torch.device("cpu"))
-    assert batch["images"].shape == (1, 3, 3, 64, 192) and batch["images_aug"].shape == (1, 3, 3, 64, 192)
-    assert torch.allclose(batch["images"], torch.tensor(0.25)) and torch.allclose(batch["images_aug"], torch.tensor(0.5))
+    ts = torch.tensor([[0.5, 0.25]])
+    batch = prepare_batch({"images": images, "images_aug": images * 2, "K": K4[None, None], "ts": ts}, height=64,
+                          width=192, scales=(0, 1, 2, 3), device=torch.device("cpu"))
+    assert batch.images_aug.shape == (1, 3, 3, 64, 192) and batch.losses.color[0].shape == (1, 3, 64, 192)
+    assert torch.allclose(batch.losses.color[-1], torch.tensor(0.25))
+    assert torch.allclose(batch.images_aug, torch.tensor(0.5))
     expected = torch.tensor([[320.0 * 0.3, 0.0, 319.5 * 0.3], [0.0, 100.0, 95.5 / 3], [0.0, 0.0, 1.0]])
-    assert torch.allclose(batch["K"][0], expected)
+    assert torch.allclose(batch.losses.K[0][0, :3, :3], expected)
+    assert torch.allclose(batch.losses.K[2][0, :3, :3], expected * torch.tensor([[0.25], [0.25], [1.0]]))
+    assert torch.allclose(batch.losses.inv_K[1][0] @ batch.losses.K[1][0], torch.eye(4), atol=1e-6)
+    assert batch.losses.target_pyramid[3].shape == (1, 3, 8, 24)
+    assert float(batch.losses.ts[-1][0]) == 0.5 and float(batch.losses.ts[1][0]) == 0.25
     same = prepare_batch({"images": images, "images_aug": images, "K": K4[None, None]}, height=192, width=640,
-                         device=torch.device("cpu"))
-    assert torch.equal(same["images"], images) and torch.equal(same["K"][0], K4[:3, :3])
+                         scales=(0,), device=torch.device("cpu"))
+    assert torch.equal(same.losses.color[1], images[:, 2]) and torch.allclose(same.losses.K[0][0], K4, atol=1e-5)
+    assert float(same.losses.ts[1][0]) == 1.0  # no ts from the loader: evenly spaced frames
+
+
+def test_ramp_rises_over_the_first_third_of_an_epoch_of_each_phase() -> None:
+    from train.phases import PhaseWindow, ramp_factor
+
+    window = PhaseWindow(name="mask_init", start=100, steps=50, lr_scale=1.0)
+    assert ramp_factor(window, 100, iterations_per_epoch=30) == 0.0
+    assert ramp_factor(window, 105, iterations_per_epoch=30) == 0.5
+    assert ramp_factor(window, 110, iterations_per_epoch=30) == ramp_factor(window, 149, iterations_per_epoch=30) == 1.0
 
 
 # ----------------------------------------------------------------------------- DDP
@@ -140,12 +158,39 @@ def test_two_process_ddp_runs_every_phase_with_identical_parameters(shards: Path
     saved_parameters = {name: checkpoint.model[name] for name, _ in model.named_parameters()}
     rank_digests = [(digests / f"params_rank{r}.sha256").read_text().strip() for r in (0, 1)]
     assert rank_digests[0] == rank_digests[1] == model_digest(saved_parameters)
-    for prefix in ("depth.", "pose.", "motion.encoder.", "motion.flow_decoder.", "motion.mask_decoder."):
+    for prefix in ("depth_enc.", "depth_dec.", "pose_enc.", "pose_dec.", "motion_enc.", "motion_dec.", "motion_mask."):
         changed = [n for n in initial if n.startswith(prefix) and initial[n].is_floating_point()
                    and not torch.equal(initial[n], checkpoint.model[n])]
         assert changed, f"{prefix} never trained"
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     _check_eval_hook(run_dir / "checkpoints" / "last.pt", shards, model, checkpoint)
+
+
+LITEMONO = ["model.depth_network=litemono", "model.scales=[0,1,2]", "model.drop_path_rate=0.4"]
+
+
+def _torchrun(shards: Path, run_dir: Path, digests: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(REPO / "train" / "main.py"), "--config", str(DEMO),
+               "--set", f"data.url={shards}", f"train.run_dir={run_dir}", "schedule.iterations_per_epoch=2",
+               *TINY, *LITEMONO, "train.deterministic=true", "--digest-dir", str(digests), *extra]
+    return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_litemono_two_processes_every_phase_and_exact_resume(shards: Path, tmp_path: Path) -> None:
+    """Lite-Mono (stochastic depth 0.4) through all four phases on 2 ranks; a run stopped after step 4 and
+    resumed ends with the parameters of an uninterrupted run, bitwise."""
+    whole = _torchrun(shards, tmp_path / "whole", tmp_path / "d_whole")
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    assert "done: step 8" in whole.stdout
+    first = _torchrun(shards, tmp_path / "split", tmp_path / "d_first", "--max-steps", "4")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = _torchrun(shards, tmp_path / "split", tmp_path / "d_split", "--resume")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    digests = [(tmp_path / d / f"params_rank{r}.sha256").read_text() for d in ("d_whole", "d_split") for r in (0, 1)]
+    assert len(set(digests)) == 1
+    saved = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    assert saved.step == 8 and any(k.startswith("depth_enc.stages.") for k in saved.model)
 
 
 def _check_eval_hook(path: Path, shards: Path, model, checkpoint) -> None:
@@ -158,14 +203,13 @@ def _check_eval_hook(path: Path, shards: Path, model, checkpoint) -> None:
     assert disparity.shape == (64, 64) and ((disparity > 0) & (disparity < 1)).all()
     model.load_state_dict(checkpoint.model)
     model.eval()
-    image = torch.tensor(rgb_from_jpeg(sample.images[1]), dtype=torch.float32).permute(2, 0, 1)[None, None] / 255.0
-    K4 = torch.eye(4)[None, None]
-    batch = prepare_batch({"images": image.expand(1, 3, -1, -1, -1), "images_aug": image.expand(1, 3, -1, -1, -1),
-                           "K": K4}, height=64, width=64, device=torch.device("cpu"))
+    image = torch.tensor(rgb_from_jpeg(sample.images[1]), dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
+    image = torch.nn.functional.interpolate(image, size=(64, 64), mode="bicubic", align_corners=False,
+                                            antialias=True).clamp(0, 1)
     with torch.no_grad():
-        expected = model.depth(batch["images"][:, 1])[0][0, 0].double().numpy()
+        expected = model.predict_disparity(image)[0][0, 0].double().numpy()
     assert abs(disparity - expected).max() < 1e-6
-    with pytest.raises(ValueError, match="cannot read it"):
+    with pytest.raises(ValueError, match="no such file"):
         load_depth_predictor(str(path.with_name("missing.pt")))
 
 
@@ -221,7 +265,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_pat
         losses = real(*args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
-            losses = {**losses, "total": losses["total"] * math.nan}
+            losses = dataclasses.replace(losses, total=losses.total * math.nan)
         return losses
 
     monkeypatch.setattr(loop, "compute_losses", poisoned)
@@ -242,10 +286,13 @@ def test_train_step_refuses_nan_before_touching_parameters(one_thread: None) -> 
     optimizer, scheduler = make_optimizer(config, params, window)
     images = torch.rand(1, 3, 3, 64, 64)
     images[0, 1, :, 10, 10] = math.nan
-    K = torch.tensor([[[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]]])
+    K = torch.eye(4)
+    K[:3, :3] = torch.tensor([[50.0, 0.0, 32.0], [0.0, 50.0, 32.0], [0.0, 0.0, 1.0]])
+    batch = prepare_batch({"images": images, "images_aug": images, "K": K[None, None]}, height=64, width=64,
+                          scales=config.model.scales, device=torch.device("cpu"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(NonFiniteLossError, match="loss is not finite"):
-        train_step(module=model, params=params, batch={"images": images, "images_aug": images, "K": K},
+        train_step(module=model, params=params, batch=batch,
                    optimizer=optimizer, scheduler=scheduler, window=window, step=0, config=config, runtime=Runtime())
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert scheduler.last_epoch == 0
@@ -264,3 +311,38 @@ def test_trains_from_s3_shards(shards: Path, s3_bucket: str, tmp_path: Path, one
     saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert saved.step == 1 and saved.loader == {"epoch": 0, "consumed": 3, "seed": 0, "world_size": 1}
     assert load_config(run_dir / "config.yaml").data.url == f"{s3_bucket}/kitti"
+
+
+def test_init_from_an_original_folder(shards: Path, tmp_path: Path, one_thread: None) -> None:
+    """--init-from starts a run from an original module folder: the model's initial weights are the folder's."""
+    from dynamo_depth.models import DynamoDepthModel
+    from dynamo_depth.models.original import export_folder
+
+    torch.manual_seed(123)
+    source = DynamoDepthModel()
+    folder = export_folder(source, tmp_path / "released", height=64, width=64)
+    config = load_config(DEMO, overrides=["data.height=64", "data.width=64"])
+    model = build_model(config, Runtime(), init=InitSources(checkpoint=str(folder)))
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    run_dir = tmp_path / "finetune"
+    assert _run(shards, run_dir, "--init-from", str(folder), "--max-steps", "1") == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt").step == 1
+    (folder / "pose_dec.pth").unlink()
+    assert _run(shards, tmp_path / "bad", "--init-from", str(folder), "--max-steps", "1") == 2
+
+
+def test_init_weights_from_an_imagenet_resnet_file(tmp_path: Path) -> None:
+    """--init-weights with torchvision's ResNet-18 file initialises every encoder (conv1 repeated / n)."""
+    from dynamo_depth.models.resnet import ResnetEncoder
+
+    torch.manual_seed(7)
+    imagenet = {k: torch.randn(v.shape) if v.is_floating_point() else v
+                for k, v in ResnetEncoder().encoder.state_dict().items()}
+    path = tmp_path / "resnet18.pth"
+    torch.save(imagenet, path)
+    config = load_config(DEMO, overrides=["data.height=64", "data.width=64"])
+    model = build_model(config, Runtime(), init=InitSources(imagenet=str(path)))
+    assert torch.equal(model.depth_enc.encoder.layer4[1].conv2.weight, imagenet["layer4.1.conv2.weight"])
+    assert torch.equal(model.pose_enc.encoder.layer1[0].bn1.running_var, imagenet["layer1.0.bn1.running_var"])
+    assert torch.allclose(model.motion_enc.encoder.conv1.weight[:, 6:], imagenet["conv1.weight"] / 3)

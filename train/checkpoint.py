@@ -9,7 +9,7 @@ key            content
 format         ``"dynamo-depth-checkpoint"``; version: ``CHECKPOINT_VERSION``
 step           optimiser steps done (the next step to run is ``step``)
 phase          the phase the optimizer / scheduler states belong to (that of step ``step - 1``)
-model          ``DynamoDepthModel.state_dict()`` (sub-networks ``depth.*``, ``pose.*``, ``motion.*``)
+model          ``DynamoDepthModel.state_dict()`` (the original's modules ``depth_enc.*`` ... ``motion_mask.*``)
 optimizer      Adam ``state_dict()`` of that phase; scheduler: its ``StepLR.state_dict()``
 loader         ``LoaderState.to_dict()`` of the streaming loader (same on every rank)
 rng            per-rank RNG states, each a tensor with a leading world-size axis (``capture_rng``)
@@ -34,7 +34,8 @@ import torch
 import torch.distributed as dist
 
 CHECKPOINT_FORMAT = "dynamo-depth-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the model holds the original's seven modules (``depth_enc.*`` ... ``motion_mask.*``); 1 had ``depth.*``."""
 REQUIRED_KEYS = ("format", "version", "step", "phase", "model", "optimizer", "scheduler", "loader", "rng", "config")
 
 
@@ -93,7 +94,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a {CHECKPOINT_FORMAT} file")
     if raw.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: version {raw.get('version')!r}, expected {CHECKPOINT_VERSION}")
+        hint = " (written by an earlier model layout; it cannot be resumed)" if raw.get("version") == 1 else ""
+        raise CheckpointError(f"checkpoint {path}: version {raw.get('version')!r}, expected {CHECKPOINT_VERSION}{hint}")
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"checkpoint {path}: missing keys {missing}")

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynamo_depth.config import PHASE_NAMES, RunConfig, config_to_dict
-from dynamo_depth.losses import TERMS, LossSettings, LossWeights, compute_losses
-from dynamo_depth.models import DynamoDepthModel
+from dynamo_depth.loss_inputs import LossBatch, LossSettings, SeededDraws, make_loss_batch
+from dynamo_depth.losses import TERMS, LossWeights, compute_losses
+from dynamo_depth.models import DynamoDepthModel, ModelOutputs
 from train.checkpoint import Checkpoint, capture_rng, model_digest, restore_rng, save_checkpoint
-from train.phases import PhaseWindow, phase_windows, total_steps
+from train.phases import PhaseWindow, phase_windows, ramp_factor, total_steps
 
 FIND_UNUSED_PARAMETERS = {name: False for name in PHASE_NAMES}
 """Per phase: whether DDP must look for trainable parameters without a gradient (none do here)."""
@@ -65,7 +66,7 @@ class StepResult:
     terms: Mapping[str, float]
     lr: float
     grad_norm: float
-    outputs: Mapping[str, torch.Tensor] | None = None
+    outputs: ModelOutputs | None = None
 
 
 @dataclass(frozen=True)
@@ -83,19 +84,34 @@ class RunSummary:
 
 
 # ----------------------------------------------------------------------------- batches
+@dataclass(frozen=True)
+class StepBatch:
+    """One step's input: the augmented triplet the networks see and what the losses read.
+
+    images_aug: (B, 3 frames [t-1, t, t+1], 3, H, W) in [0, 1]; losses: ``LossBatch`` (un-augmented frames,
+    target pyramid, K / inv_K per scale, ts per source frame).
+    """
+
+    images_aug: torch.Tensor
+    losses: LossBatch
+
+
 def scale_intrinsics(K: torch.Tensor, *, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> torch.Tensor:
     """K (B, 3, 3) of images resized from (H, W) to (H', W'): row 0 * W'/W, row 1 * H'/H (no half-pixel shift)."""
     factors = torch.tensor([to_hw[1] / from_hw[1], to_hw[0] / from_hw[0], 1.0], dtype=K.dtype, device=K.device)
     return K * factors[:, None]
 
 
-def prepare_batch(batch: Mapping[str, Any], *, height: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """The loader's batch -> ``images``, ``images_aug`` (B, 3, 3, height, width) in [0, 1] and ``K`` (B, 3, 3).
+def prepare_batch(batch: Mapping[str, Any], *, height: int, width: int, scales: tuple[int, ...],
+                  device: torch.device) -> StepBatch:
+    """The loader's batch -> ``StepBatch`` at (height, width).
 
-    Images stored at another size are resized (bilinear, antialiased) and K scaled to match.
+    Images stored at another size are resized (bilinear, antialiased) and K scaled to match. The losses'
+    intrinsics pyramid follows the original: K normalised by the image size, rows 0 / 1 times W // 2^s /
+    H // 2^s, inverse by float32 pseudo-inverse. ``ts`` comes from the loader (1 unless nuScenes).
     """
     images, augmented = batch["images"].to(device), batch["images_aug"].to(device)
-    K = batch["K"][:, 0, :3, :3].to(device=device, dtype=torch.float32)
+    K = batch["K"][:, 0, :3, :3].to(dtype=torch.float32)
     stored = tuple(images.shape[-2:])
     if stored != (height, width):
         def resize(x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +120,12 @@ def prepare_batch(batch: Mapping[str, Any], *, height: int, width: int, device: 
             return flat.clamp(0.0, 1.0).unflatten(0, x.shape[:2])
         images, augmented = resize(images), resize(augmented)
         K = scale_intrinsics(K, from_hw=stored, to_hw=(height, width))
-    return {"images": images, "images_aug": augmented, "K": K}
+    ts = batch["ts"].to(device=device, dtype=torch.float32) if "ts" in batch else torch.ones(images.shape[0], 2,
+                                                                                              device=device)
+    color = {-1: images[:, 0], 0: images[:, 1], 1: images[:, 2]}
+    losses = make_loss_batch(color=color, K=K.numpy(), ts={-1: ts[:, 0], 1: ts[:, 1]}, scales=scales,
+                             normalised=False)
+    return StepBatch(images_aug=augmented, losses=losses)
 
 
 def batch_stream(config: RunConfig, runtime: Runtime, *, start: Mapping[str, int] | None = None,
@@ -127,14 +148,48 @@ def batch_stream(config: RunConfig, runtime: Runtime, *, start: Mapping[str, int
 
 
 # ----------------------------------------------------------------------------- model and optimiser
-def build_model(config: RunConfig, runtime: Runtime) -> DynamoDepthModel:
-    """The networks, initialised from ``train.seed`` (identical on every rank), on the runtime's device."""
+@dataclass(frozen=True)
+class InitSources:
+    """Where a new run's initial weights come from (all optional; None = ``train.seed``'s random init).
+
+    imagenet: the depth network's ImageNet file (resnet18: torchvision's ResNet-18, loaded into every
+        encoder; litemono: Lite-Mono's encoder file); imagenet_resnet: torchvision's ResNet-18 file for
+        the pose and motion encoders (litemono runs); checkpoint: a trainer checkpoint or an original
+        module folder whose weights replace everything (fine-tuning from released models).
+    """
+
+    imagenet: str | None = None
+    imagenet_resnet: str | None = None
+    checkpoint: str | None = None
+
+
+def build_model(config: RunConfig, runtime: Runtime, *, init: InitSources = InitSources()) -> DynamoDepthModel:
+    """The networks, initialised from ``train.seed`` (identical on every rank), then from ``init``."""
+    from dynamo_depth.models.pretrained import load_imagenet_weights
+
     torch.manual_seed(config.train.seed)
-    model = DynamoDepthModel(depth_network=config.model.depth_network, scales=config.model.scales)
+    model = DynamoDepthModel(depth_network=config.model.depth_network, scales=config.model.scales,
+                             drop_path_rate=config.model.drop_path_rate)
+    resnet = init.imagenet_resnet or (init.imagenet if config.model.depth_network == "resnet18" else None)
+    if init.imagenet is not None or resnet is not None:
+        load_imagenet_weights(model, depth_encoder=init.imagenet, resnet=resnet)
+    if init.checkpoint is not None:
+        init_weights(model, init.checkpoint)
     model = model.to(runtime.device)
     if runtime.device.type == "cuda" and config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def init_weights(model: DynamoDepthModel, source: str) -> None:
+    """Copy every module's weights from a trainer checkpoint or an original folder into ``model``."""
+    from dynamo_depth.models.loading import load_for_inference
+
+    loaded = load_for_inference(source, need_motion=True, depth_network=model.depth_network)
+    if loaded.model.depth_network != model.depth_network:
+        raise ValueError(f"--init-from {source}: holds a {loaded.model.depth_network} depth network, the run "
+                         f"uses {model.depth_network}")
+    model.load_state_dict(loaded.model.state_dict())
 
 
 def select_trainable(model: DynamoDepthModel, *, phase: str) -> list[nn.Parameter]:
@@ -180,30 +235,50 @@ def _mean_over_ranks(values: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return values
 
 
-def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: Mapping[str, torch.Tensor],
+def loss_settings(config: RunConfig) -> LossSettings:
+    c = config.loss
+    return LossSettings(scales=config.model.scales, min_depth=c.min_depth, max_depth=c.max_depth)
+
+
+def loss_weights(config: RunConfig) -> LossWeights:
+    return LossWeights(**{f: getattr(config.loss, f) for f in LossWeights.__dataclass_fields__})
+
+
+def step_draws(config: RunConfig, runtime: Runtime, step: int) -> SeededDraws:
+    """The losses' random draws of ``step`` on this rank: a function of (seed, rank, step), so resumes replay them."""
+    return SeededDraws(seed=(config.train.seed * 1_000_003 + runtime.rank) * 1_000_033 + step)
+
+
+def _float_outputs(outputs: ModelOutputs) -> ModelOutputs:
+    def f(m: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return {k: v.float() for k, v in m.items()}
+    return ModelOutputs(disp=f(outputs.disp), axisangle=f(outputs.axisangle), translation=f(outputs.translation),
+                        cam_T_cam=f(outputs.cam_T_cam), complete_flow=f(outputs.complete_flow),
+                        motion_logits=f(outputs.motion_logits))
+
+
+def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: StepBatch,
                optimizer: torch.optim.Optimizer, scheduler: Any, window: PhaseWindow, step: int,
                config: RunConfig, runtime: Runtime, keep_outputs: bool = False) -> StepResult:
     """Forward (bf16 autocast if enabled), losses in fp32, finiteness check on all ranks, backward, step."""
     amp = autocast_enabled(config, runtime.device)
     with torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16, enabled=amp):
-        outputs = module(batch["images_aug"], phase=window.name)
-    outputs = {k: v.float() for k, v in outputs.items()}
-    c = config.loss
-    weights = LossWeights(**{f: getattr(c, f) for f in LossWeights.__dataclass_fields__})
-    settings = LossSettings(scales=config.model.scales, min_depth=c.min_depth, max_depth=c.max_depth)
+        outputs = module(batch.images_aug, phase=window.name)
+    outputs = _float_outputs(outputs)
     names = (*TERMS, "total")
-    try:
-        losses = compute_losses(batch, outputs, phase=window.name, phase_progress=window.progress(step),
-                                weights=weights, settings=settings)
-        local = torch.stack([losses[n].detach().float() for n in names])
-    except torch.linalg.LinAlgError:  # NaN depths make the ground-plane fit fail: report it as non-finite
-        local = torch.full((len(names),), math.nan, device=runtime.device)
+    ramp = ramp_factor(window, step, iterations_per_epoch=config.schedule.iterations_per_epoch)
+    result = compute_losses(batch.losses, outputs, phase=window.name, ramp_factor=ramp,
+                            weights=loss_weights(config), settings=loss_settings(config),
+                            draws=step_draws(config, runtime, step))
+    values = {**result.terms, "total": result.total}
+    local = torch.stack([torch.as_tensor(values.get(n, 0.0), device=runtime.device).detach().float()
+                         for n in names])
     mean = _mean_over_ranks(local, runtime)  # every rank sees the same values, so all stop together
     if not bool(torch.isfinite(mean).all()):
         bad = {n: v for n, v in zip(names, mean.tolist(), strict=True) if not math.isfinite(v)}
         raise NonFiniteLossError(f"step {step} ({window.name}): loss is not finite on some rank: {bad}")
     optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()
+    result.total.backward()
     max_norm = config.optim.grad_clip_norm if config.optim.grad_clip_norm is not None else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
     if not bool(torch.isfinite(grad_norm)):
@@ -211,9 +286,8 @@ def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: Mapping[
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
     scheduler.step()
-    kept = {k: v.detach() for k, v in outputs.items()} if keep_outputs else None
     return StepResult(terms=dict(zip(names, mean.tolist(), strict=True)), lr=lr, grad_norm=float(grad_norm),
-                      outputs=kept)
+                      outputs=outputs.detached() if keep_outputs else None)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -240,9 +314,13 @@ def _should(every: int, step: int) -> bool:
 
 
 def run_training(*, config: RunConfig, runtime: Runtime, max_steps: int | None = None,
-                 resume: Checkpoint | None = None, logger: Any = None) -> RunSummary:
-    """Train from step 0 (or ``resume``) to ``max_steps`` (absolute, capped by the schedule)."""
-    model = build_model(config, runtime)
+                 resume: Checkpoint | None = None, logger: Any = None, init: InitSources = InitSources(),
+                 ) -> RunSummary:
+    """Train from step 0 (or ``resume``) to ``max_steps`` (absolute, capped by the schedule).
+
+    ``init`` (ignored when resuming: the checkpoint holds the weights): the initial weights' sources.
+    """
+    model = build_model(config, runtime, init=InitSources() if resume is not None else init)
     position = _Position(step=0, loader=None)
     if resume is not None:
         model.load_state_dict(resume.model)
@@ -285,7 +363,8 @@ def _run_phase(*, window, config, runtime, model, stream, position, stop, resume
     while position.step < end:
         tick = time.perf_counter()
         raw, loader_state = next(stream)
-        batch = prepare_batch(raw, height=config.data.height, width=config.data.width, device=runtime.device)
+        batch = prepare_batch(raw, height=config.data.height, width=config.data.width, scales=config.model.scales,
+                              device=runtime.device)
         fetched = time.perf_counter()
         show = logger is not None and _should(config.train.image_every, position.step + 1)
         result = train_step(module=module, params=params, batch=batch, optimizer=optimizer, scheduler=scheduler,

@@ -11,6 +11,9 @@ Options:
   --set KEY=VALUE ...   dotted overrides (``optim.lr=2e-4 data.url=s3://bucket/shards``)
   --max-steps N         stop after global step N (absolute; a resumed run counts the steps before it)
   --resume              continue from ``run_dir/checkpoints/last.pt`` exactly (--resume-from FILE: another file)
+  --init-from D         initial weights: a trainer checkpoint or an original module folder (fine-tuning)
+  --init-weights F      ImageNet weights of the depth encoder (torchvision resnet18 or Lite-Mono's file)
+  --init-resnet-weights F  torchvision resnet18 weights for the pose / motion encoders (litemono runs)
   --digest-dir DIR      every rank writes ``DIR/params_rank{r}.sha256`` of its final parameters (tests)
 
 Exit status: 0 done, 2 bad configuration or input, 3 non-finite loss (the last good checkpoint is kept).
@@ -32,7 +35,14 @@ import torch.distributed as dist  # noqa: E402
 
 from dynamo_depth.config import RunConfig, config_differences, config_from_dict, load_config, save_config  # noqa: E402
 from train.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
-from train.loop import LAST_CHECKPOINT, NonFiniteLossError, Runtime, deterministic_mode, run_training  # noqa: E402
+from train.loop import (  # noqa: E402
+    LAST_CHECKPOINT,
+    InitSources,
+    NonFiniteLossError,
+    Runtime,
+    deterministic_mode,
+    run_training,
+)
 from train.phases import total_steps  # noqa: E402
 
 RESUMABLE_CHANGES = frozenset({
@@ -50,6 +60,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this global step")
     parser.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoints/last.pt")
     parser.add_argument("--resume-from", default=None, help="continue from this checkpoint file")
+    parser.add_argument("--init-from", default=None, metavar="DIR_OR_CKPT",
+                        help="start from these weights: a trainer checkpoint or an original Dynamo-Depth module "
+                             "folder (fine-tune from released models); ignored with --resume")
+    parser.add_argument("--init-weights", default=None, metavar="FILE",
+                        help="ImageNet weights of the depth encoder: torchvision's resnet18 file (also loaded into "
+                             "the pose and motion encoders) or Lite-Mono's encoder file; ignored with --resume")
+    parser.add_argument("--init-resnet-weights", default=None, metavar="FILE",
+                        help="torchvision's resnet18 file for the pose and motion encoders of a litemono run")
     parser.add_argument("--digest-dir", default=None, help="write each rank's parameter sha256 here")
     return parser.parse_args(argv)
 
@@ -118,11 +136,11 @@ class RankZeroLogger:
             self._images(step, batch, result.outputs)
 
     def _images(self, step: int, batch: Any, outputs: Any) -> None:
-        self.writer.add_image("input/cur", batch["images"][0, 1].float().cpu(), step)
-        disparity = outputs["disp_0"][0].float().cpu()
+        self.writer.add_image("input/cur", batch.losses.color[0][0].float().cpu(), step)
+        disparity = outputs.disp[0][0].float().cpu()
         self.writer.add_image("output/disparity", disparity / disparity.max().clamp(min=1e-6), step)
-        if "mask_0" in outputs:
-            self.writer.add_image("output/motion_mask", outputs["mask_0"][0].float().cpu(), step)
+        if 0 in outputs.motion_logits:
+            self.writer.add_image("output/motion_mask", outputs.motion_mask(0)[0].float().cpu(), step)
 
     def close(self) -> None:
         self.bar.close()
@@ -156,7 +174,9 @@ def train(args: argparse.Namespace, runtime: Runtime) -> int:
     try:
         with deterministic_mode(config.train.deterministic):
             summary = run_training(config=config, runtime=runtime, max_steps=args.max_steps, resume=resume,
-                                   logger=logger)
+                                   logger=logger, init=InitSources(imagenet=args.init_weights,
+                                                                   imagenet_resnet=args.init_resnet_weights,
+                                                                   checkpoint=args.init_from))
     finally:
         if logger is not None:
             logger.close()

@@ -66,3 +66,18 @@ def learning_rate(*, optim: OptimConfig, window: PhaseWindow, step: int, iterati
         raise ValueError(f"step {step} is not in phase {window.name} [{window.start}, {window.end})")
     decays = (step - window.start) // (optim.decay_every_epochs * iterations_per_epoch)
     return optim.lr * window.lr_scale * optim.decay_factor**decays
+
+
+RAMP_EPOCHS = 1.0 / 3.0
+"""The ramped loss terms reach full weight after this many epochs of their phase (the original's ramp_red 3)."""
+
+
+def ramp_factor(window: PhaseWindow, step: int, *, iterations_per_epoch: int) -> float:
+    """clip(3 * steps_into_phase / iterations_per_epoch, 0, 1): the weight factor of the ramped loss terms.
+
+    The original computes clip(ramp_red * step / num_steps_per_epoch, 0, 1) with ramp_red = 3; the step
+    is counted from the start of the phase here (its phases start their own step count).
+    """
+    if iterations_per_epoch < 1:
+        raise ValueError(f"iterations_per_epoch must be >= 1, got {iterations_per_epoch}")
+    return min(1.0, max(0.0, (step - window.start) / (RAMP_EPOCHS * iterations_per_epoch)))

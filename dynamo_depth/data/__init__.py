@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 
 from dynamo_depth.data.augment import AugmentParams, augment_params, color_jitter, flip_sample
@@ -202,6 +203,8 @@ def make_loader(url: str, *, batch_size: int, num_workers: int, rank: int = 0, w
         extra["multiprocessing_context"] = "forkserver"
         # the forkserver keeps the environment of its start: hand workers the caller's (AWS_*...)
         extra["worker_init_fn"] = partial(_use_environment, dict(os.environ))
+    # The DataLoader draws a base seed at every iter() from its generator; a private one keeps the global
+    # torch RNG (stochastic depth, resumed from checkpoints) untouched. Nothing here uses worker seeds.
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_identity,
-                        pin_memory=pin_memory, **extra)
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **extra)
     return StreamingLoader(dataset, loader, batch_size=batch_size)

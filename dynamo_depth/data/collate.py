@@ -10,7 +10,26 @@ import torch
 
 from dynamo_depth.schema import MotionLabel
 
-__all__ = ["collate_batch", "collate_geometry", "scaled_intrinsics"]
+__all__ = ["collate_batch", "collate_geometry", "frame_time_scales", "scaled_intrinsics"]
+
+TIME_SCALED_DATASETS = ("nuscenes",)
+"""Datasets whose frames are unevenly spaced: their complete flow is scaled by the frame gap."""
+
+
+def frame_time_scales(timestamps_us: np.ndarray, *, dataset: str) -> np.ndarray:
+    """(2,) float32 ``ts`` of the source frames (t-1, t+1) of a triplet: the factor on the complete flow.
+
+    As the original: 1 for KITTI and Waymo (evenly spaced frames); for nuScenes the gap between the
+    target and the source frame in whole milliseconds (rounded) divided by 100, so 0.5 for a 50 ms gap.
+    Deliberate difference: the original keeps gaps as uint8 and wraps above 255 ms; this does not wrap.
+    """
+    if dataset not in TIME_SCALED_DATASETS:
+        return np.ones(2, dtype=np.float32)
+    t = np.asarray(timestamps_us, dtype=np.int64)
+    if t.shape != (3,):
+        raise ValueError(f"timestamps_us must be (3,), got {t.shape}")
+    gaps_ms = np.rint(np.abs(np.array([t[1] - t[0], t[2] - t[1]], dtype=np.float64)) / 1000.0)
+    return (gaps_ms / 100.0).astype(np.float32)
 
 
 def scaled_intrinsics(K: np.ndarray, *, scales: int) -> np.ndarray:
@@ -29,6 +48,7 @@ def collate_batch(samples: Sequence[dict[str, Any]], *, scales: int) -> dict[str
         images, images_aug: (B, 3, 3, H, W) float32 in [0, 1], frames (prev, cur, next);
         K, inv_K: (B, S, 4, 4) float32, scale s has rows 0, 1 of K divided by 2**s;
         poses: (B, 3, 4, 4) float64 world_from_camera (metres); timestamps_us: (B, 3) int64;
+        ts: (B, 2) float32 time scales of the source frames (t-1, t+1) (``frame_time_scales``);
         depth_points: (B, Nmax, 3) float32 [u, v, z] zero-padded, depth_valid: (B, Nmax) bool;
         motion: (B, Nmax) uint8 (only if some sample has labels; padding and unlabeled samples = 3);
         flipped: (B,) bool; keys: list of B keys.
@@ -45,6 +65,11 @@ def collate_batch(samples: Sequence[dict[str, Any]], *, scales: int) -> dict[str
     return batch
 
 
+def _dataset(sample: dict[str, Any]) -> str:
+    meta = sample.get("meta")
+    return str(getattr(meta, "dataset", sample.get("dataset", "")))
+
+
 def collate_geometry(samples: Sequence[dict[str, Any]], *, scales: int) -> dict[str, Any]:
     """Everything of ``collate_batch`` except the images (K, inv_K, poses, depth, motion, flipped, keys)."""
     if not samples:
@@ -55,6 +80,7 @@ def collate_geometry(samples: Sequence[dict[str, Any]], *, scales: int) -> dict[
         "inv_K": torch.from_numpy(np.linalg.inv(K).astype(np.float32)),
         "poses": torch.from_numpy(np.stack([s["poses"] for s in samples]).astype(np.float64)),
         "timestamps_us": torch.from_numpy(np.stack([s["timestamps_us"] for s in samples]).astype(np.int64)),
+        "ts": torch.from_numpy(np.stack([frame_time_scales(s["timestamps_us"], dataset=_dataset(s)) for s in samples])),
         "flipped": torch.tensor([bool(s.get("flipped", False)) for s in samples]),
         "keys": [s["__key__"] for s in samples],
     }

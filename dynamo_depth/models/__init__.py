@@ -1,25 +1,26 @@
-"""Dynamo-Depth networks: depth, pose, complete flow and motion mask, and the 4-phase wrapper.
+"""Dynamo-Depth networks as the original builds them, and the 4-phase forward.
 
-``DynamoDepthModel.forward(images, phase=...)`` takes a triplet batch images (B, 3, 3, H, W)
-(frames t-1, t, t+1; RGB in [0, 1]; H, W multiples of 32) and returns a dict of tensors:
+``DynamoDepthModel`` holds the original's seven modules under the original's names (``depth_enc``,
+``depth_dec``, ``pose_enc``, ``pose_dec``, ``motion_enc``, ``motion_dec``, ``motion_mask``), each with
+the original's state-dict keys, so an original checkpoint folder (one ``<name>.pth`` per module) maps
+onto it one to one (``dynamo_depth.models.original``).
 
-=============================  ===========================  ==========================================
-key                            shape                        meaning
-=============================  ===========================  ==========================================
-``disp_{s}``, s = 0..3          (B, 1, H/2^s, W/2^s)          sigmoid disparity of frame t (``disp_to_depth``)
-``source_from_target_prev``    (B, 4, 4)                    camera t -> camera t-1 (metres)
-``source_from_target_next``    (B, 4, 4)                    camera t -> camera t+1
-``pose_vector_prev/next``      (B, 6)                       raw later_from_earlier [axis-angle, t]
-``ego_motion``                 (B, 6)                       mean of the two pose vectors (per-frame)
-``flow_{s}``                   (B, 3, H/2^s, W/2^s)          complete flow t -> t+1, metres, camera t
-``mask_logits_{s}``/``mask_{s}`` (B, 1, H/2^s, W/2^s)        independent-motion logits / probability
-=============================  ===========================  ==========================================
+``forward(images_aug, phase=...)`` takes the (colour-augmented) triplet (B, 3 frames [t-1, t, t+1], 3,
+H, W) in [0, 1] and returns ``ModelOutputs`` (``dynamo_depth.models.outputs``):
+- depth: ``depth_dec(depth_enc(image_0))`` -> disp[s];
+- pose: for f in (-1, +1) ``pose_dec(pose_enc(cat(image_f, image_0)))`` -> axisangle[f], translation[f],
+  cam_T_cam[f] = transformation(axisangle, translation, invert=True);
+- motion (phases with complete flow / mask): one ``motion_enc`` call on cat(image_-1, image_0, image_+1);
+  ``motion_dec`` / ``motion_mask`` read [that raw input, its 5 features] and the detached ego-motion.
 
-Which sub-networks run and which learn is data (``PHASES``). Frozen sub-networks run under
-``torch.no_grad()`` and in eval mode (BatchNorm statistics untouched). Build the optimiser from
-``trainable_parameters(phase=...)``: every one of those parameters gets a gradient from
-``compute_losses(...)["total"]`` in its phase (tested), so DDP over those alone needs no
-``find_unused_parameters``; parameters outside that list get none.
+As in the original, every module runs in the mode the caller set (train mode: BatchNorm on the
+batch's statistics, running statistics updated) whether or not it learns in the phase; modules that
+do not learn run under ``torch.no_grad()``. Which run and which learn is data (``PHASES``).
+
+Deliberate difference (skipped unused work): the original also runs the depth network on frames -1
+and +1 and discards the result. We do not; the outputs and losses are unchanged, but the depth
+network's BatchNorm running statistics (used in eval mode only) see one call per step instead of
+three, so a model trained here is not bit-identical in eval mode to one trained by the original.
 """
 
 from __future__ import annotations
@@ -31,18 +32,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dynamo_depth.models.depth import SCALES, DepthNetwork, disp_to_depth
-from dynamo_depth.models.motion import MotionNetwork
-from dynamo_depth.models.pose import PoseNetwork, predict_source_from_target
+from dynamo_depth.models.depth import SCALES, disp_to_depth
+from dynamo_depth.models.motion import build_motion_networks, ego_motion
+from dynamo_depth.models.outputs import ModelOutputs
+from dynamo_depth.models.pose import build_pose_network, transformation_from_parameters
 from dynamo_depth.models.registry import DEPTH_NETWORKS, build_depth_network
-from dynamo_depth.models.resnet import ResNet18Encoder, load_torchvision_weights
 
 SUBNETWORKS = ("depth", "pose", "flow", "mask")
+MODULE_NAMES = ("depth_enc", "depth_dec", "pose_enc", "pose_dec", "motion_enc", "motion_dec", "motion_mask")
+"""The original's module names, in its order (checkpoint files ``<name>.pth``)."""
+SUBNETWORK_MODULES: dict[str, tuple[str, ...]] = {
+    "depth": ("depth_enc", "depth_dec"), "pose": ("pose_enc", "pose_dec"),
+    "flow": ("motion_enc", "motion_dec"), "mask": ("motion_mask",),
+}
+"""The original's trained groups: Depth, Pose, CmpFlow (motion encoder + flow decoder), MotMask."""
 
 __all__ = [
-    "DEPTH_NETWORKS", "PHASES", "SCALES", "SUBNETWORKS", "DepthNetwork", "DynamoDepthModel", "MotionNetwork",
-    "PhaseSpec", "PoseNetwork", "ResNet18Encoder", "build_depth_network", "disp_to_depth",
-    "load_torchvision_weights", "phase_spec",
+    "DEPTH_NETWORKS", "MODULE_NAMES", "PHASES", "SCALES", "SUBNETWORKS", "DynamoDepthModel", "ModelOutputs",
+    "PhaseSpec", "build_depth_network", "disp_to_depth", "phase_spec",
 ]
 
 
@@ -75,71 +82,79 @@ def phase_spec(phase: str) -> PhaseSpec:
 
 
 @contextlib.contextmanager
-def _frozen_unless(trained: bool, modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Run the body with grad and unchanged modes if ``trained``; else in eval mode under no_grad."""
-    if trained:
+def _grad_if(enabled: bool) -> Iterator[None]:
+    if enabled:
         yield
-        return
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
+    else:
         with torch.no_grad():
             yield
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
 
 
 class DynamoDepthModel(nn.Module):
-    """Depth, pose and motion (complete flow + mask) networks; see the module docstring for outputs."""
+    """The seven original modules; see the module docstring."""
 
-    def __init__(self, *, depth_network: str = "resnet18", scales: Sequence[int] = SCALES) -> None:
+    def __init__(self, *, depth_network: str = "resnet18", scales: Sequence[int] = SCALES,
+                 drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        self.depth_network = depth_network
         self.scales = tuple(scales)
-        self.depth = build_depth_network(depth_network, scales=self.scales)
-        self.pose = PoseNetwork()
-        self.motion = MotionNetwork(scales=self.scales)
+        self.depth_enc, self.depth_dec = build_depth_network(depth_network, scales=self.scales,
+                                                             drop_path_rate=drop_path_rate)
+        self.pose_enc, self.pose_dec = build_pose_network()
+        self.motion_enc, self.motion_dec, self.motion_mask = build_motion_networks(scales=self.scales)
 
-    def _modules_of(self, name: str) -> list[nn.Module]:
-        return {
-            "depth": [self.depth], "pose": [self.pose],
-            "flow": [self.motion.flow_decoder], "mask": [self.motion.mask_decoder],
-        }[name]
+    def subnetwork_modules(self, name: str) -> list[nn.Module]:
+        """The modules of sub-network ``name`` (one of ``SUBNETWORKS``)."""
+        return [getattr(self, m) for m in SUBNETWORK_MODULES[name]]
 
     def trainable_parameters(self, *, phase: str) -> list[nn.Parameter]:
-        """Parameters that learn in ``phase`` (the motion encoder learns when flow or mask does)."""
+        """Parameters that learn in ``phase``, in module order, each once.
+
+        Parameters a module declares as never used in its forward (``never_used_parameters()``, e.g.
+        Lite-Mono's unapplied LayerNorms) are left out: they get no gradient, so DDP needs no
+        ``find_unused_parameters``.
+        """
         spec = phase_spec(phase)
-        params = [p for name in spec.train for m in self._modules_of(name) for p in m.parameters()]
-        if spec.train & {"flow", "mask"}:
-            params += list(self.motion.encoder.parameters())
+        seen: set[int] = {id(p) for m in self.modules() if hasattr(m, "never_used_parameters")
+                          for p in m.never_used_parameters()}
+        params = []
+        for name in SUBNETWORKS:
+            if name in spec.train:
+                for module in self.subnetwork_modules(name):
+                    for p in module.parameters():
+                        if id(p) not in seen:
+                            seen.add(id(p))
+                            params.append(p)
         return params
 
-    def forward(self, images: torch.Tensor, *, phase: str) -> dict[str, torch.Tensor]:
+    def predict_disparity(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
+        """image (B, 3, H, W) in [0, 1] -> {scale: sigmoid disparity (B, 1, H/2^s, W/2^s)}."""
+        return self.depth_dec(self.depth_enc(image))
+
+    def forward(self, images: torch.Tensor, *, phase: str) -> ModelOutputs:
         spec = phase_spec(phase)
         if images.dim() != 5 or images.shape[1:3] != (3, 3):
             raise ValueError(f"images must be (B, 3 frames, 3, H, W), got {tuple(images.shape)}")
-        out: dict[str, torch.Tensor] = {}
-        with _frozen_unless("depth" in spec.train, [self.depth]):
-            for scale, disp in self.depth(images[:, 1]).items():
-                out[f"disp_{scale}"] = disp
-        with _frozen_unless("pose" in spec.train, [self.pose]):
-            out.update(predict_source_from_target(self.pose, images))
-        out["ego_motion"] = 0.5 * (out["pose_vector_prev"] + out["pose_vector_next"])
+        frames = {-1: images[:, 0], 0: images[:, 1], 1: images[:, 2]}
+        with _grad_if("depth" in spec.train):
+            disp = self.predict_disparity(frames[0])
+        axisangle, translation, cam_T_cam = {}, {}, {}
+        with _grad_if("pose" in spec.train):
+            for f in (-1, 1):
+                features = self.pose_enc(torch.cat([frames[f], frames[0]], dim=1))
+                axisangle[f], translation[f] = self.pose_dec(features[-1])
+                cam_T_cam[f] = transformation_from_parameters(axisangle[f], translation[f], invert=True)
+        flow, logits = {}, {}
         if spec.run & {"flow", "mask"}:
-            self._run_motion(images, out, spec)
-        return out
-
-    def _run_motion(self, images: torch.Tensor, out: dict[str, torch.Tensor], spec: PhaseSpec) -> None:
-        ego = out["ego_motion"].detach()
-        with _frozen_unless(bool(spec.train & {"flow", "mask"}), [self.motion.encoder]):
-            features = self.motion.encode(images)
-        if "flow" in spec.run:
-            with _frozen_unless("flow" in spec.train, [self.motion.flow_decoder]):
-                for scale, flow in self.motion.complete_flow(features, ego).items():
-                    out[f"flow_{scale}"] = flow
-        if "mask" in spec.run:
-            with _frozen_unless("mask" in spec.train, [self.motion.mask_decoder]):
-                for scale, logits in self.motion.mask_logits(features, ego).items():
-                    out[f"mask_logits_{scale}"] = logits
-                    out[f"mask_{scale}"] = torch.sigmoid(logits)
+            ego = ego_motion(translation=translation, axisangle=axisangle)
+            raw = torch.cat([frames[-1], frames[0], frames[1]], dim=1)
+            with _grad_if(bool(spec.train & {"flow", "mask"})):
+                features = [raw, *self.motion_enc(raw)]
+            if "flow" in spec.run:
+                with _grad_if("flow" in spec.train):
+                    flow = self.motion_dec(features, ego)
+            if "mask" in spec.run:
+                with _grad_if("mask" in spec.train):
+                    logits = self.motion_mask(features, ego)
+        return ModelOutputs(disp=disp, axisangle=axisangle, translation=translation, cam_T_cam=cam_T_cam,
+                            complete_flow=flow, motion_logits=logits)

@@ -1,11 +1,12 @@
-"""Depth network: ResNet-18 encoder + a U-Net style disparity decoder (monodepth2 layout).
+"""ResNet-18 depth network: encoder + the monodepth2-layout disparity decoder, original key names.
 
-Decoder level i = 4 .. 0 (output resolution H/2^i):
-  x = ELU(conv3x3_reflect(x))            -> DECODER_CHANNELS[i] channels
+Decoder (``DepthDecoder``, channels 16/32/64/128/256), level i = 4 .. 0 (output resolution H/2^i):
+  x = upconv_i_0(x)                       ConvBlock: reflection-padded 3x3 conv + ELU
   x = nearest_upsample_x2(x)
-  x = concat(x, encoder_feature[i - 1])  (no skip at level 0)
-  x = ELU(conv3x3_reflect(x))            -> DECODER_CHANNELS[i] channels
-and at scales 0..3 a disparity head sigmoid(conv3x3_reflect(x)) -> (B, 1, H/2^s, W/2^s) in (0, 1).
+  x = concat(x, encoder_feature[i - 1])   (no skip at level 0)
+  x = upconv_i_1(x)                       ConvBlock
+  disp_i = sigmoid(dispconv_i(x))         reflection-padded 3x3 conv -> 1 channel, for i in scales
+State-dict keys: ``upconv_{i}_{j}.conv.conv.{weight,bias}``, ``dispconv_{s}.conv.{weight,bias}``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynamo_depth.models.resnet import ENCODER_CHANNELS, ResNet18Encoder
+from dynamo_depth.models.resnet import ENCODER_CHANNELS, ResnetEncoder
 
 DECODER_CHANNELS = (16, 32, 64, 128, 256)
 SCALES = (0, 1, 2, 3)
@@ -24,8 +25,8 @@ DEFAULT_MIN_DEPTH = 0.1
 DEFAULT_MAX_DEPTH = 100.0
 
 
-class ReflectConv3x3(nn.Module):
-    """3x3 convolution with 1-pixel reflection padding (output size = input size)."""
+class Conv3x3(nn.Module):
+    """3x3 convolution after 1-pixel reflection padding (output size = input size); keys ``conv.*``."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -36,72 +37,59 @@ class ReflectConv3x3(nn.Module):
         return self.conv(self.pad(x))
 
 
-class ConvELU(nn.Module):
-    """ReflectConv3x3 followed by ELU."""
+class ConvBlock(nn.Module):
+    """Conv3x3 followed by ELU; keys ``conv.conv.*``."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = ReflectConv3x3(in_channels, out_channels)
-        self.act = nn.ELU(inplace=True)
+        self.conv = Conv3x3(in_channels, out_channels)
+        self.nonlin = nn.ELU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x))
-
-
-class UpDecoder(nn.Module):
-    """The U-Net trunk shared by the depth, complete-flow and motion-mask decoders.
-
-    ``forward(features)`` returns the decoder feature map of every level i = 4..0 as a dict
-    {i: (B, DECODER_CHANNELS[i], H/2^i, W/2^i)}.
-    """
-
-    def __init__(self, *, encoder_channels: Sequence[int] = ENCODER_CHANNELS) -> None:
-        super().__init__()
-        self.encoder_channels = tuple(encoder_channels)
-        self.pre = nn.ModuleDict()
-        self.post = nn.ModuleDict()
-        for level in range(4, -1, -1):
-            cin = self.encoder_channels[-1] if level == 4 else DECODER_CHANNELS[level + 1]
-            self.pre[str(level)] = ConvELU(cin, DECODER_CHANNELS[level])
-            skip = self.encoder_channels[level - 1] if level > 0 else 0
-            self.post[str(level)] = ConvELU(DECODER_CHANNELS[level] + skip, DECODER_CHANNELS[level])
-
-    def forward(self, features: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
-        x = features[-1]
-        levels: dict[int, torch.Tensor] = {}
-        for level in range(4, -1, -1):
-            x = F.interpolate(self.pre[str(level)](x), scale_factor=2.0, mode="nearest")
-            if level > 0:
-                x = torch.cat([x, features[level - 1]], dim=1)
-            x = self.post[str(level)](x)
-            levels[level] = x
-        return levels
+        return self.nonlin(self.conv(x))
 
 
 class DepthDecoder(nn.Module):
-    """Disparity heads on ``UpDecoder``: {scale: (B, 1, H/2^s, W/2^s) sigmoid disparity}."""
+    """Encoder features -> {scale: sigmoid disparity (B, 1, H/2^s, W/2^s)} (module docstring)."""
 
     def __init__(self, *, encoder_channels: Sequence[int] = ENCODER_CHANNELS, scales: Sequence[int] = SCALES) -> None:
         super().__init__()
         self.scales = tuple(scales)
-        self.trunk = UpDecoder(encoder_channels=encoder_channels)
-        self.heads = nn.ModuleDict({str(s): ReflectConv3x3(DECODER_CHANNELS[s], 1) for s in self.scales})
+        if not set(self.scales) <= set(range(5)):
+            raise ValueError(f"scales must be within 0..4, got {self.scales}")
+        channels = tuple(encoder_channels)
+        for level in range(4, -1, -1):
+            cin = channels[-1] if level == 4 else DECODER_CHANNELS[level + 1]
+            self.add_module(f"upconv_{level}_0", ConvBlock(cin, DECODER_CHANNELS[level]))
+            skip = channels[level - 1] if level > 0 else 0
+            self.add_module(f"upconv_{level}_1", ConvBlock(DECODER_CHANNELS[level] + skip, DECODER_CHANNELS[level]))
+        for scale in range(4):
+            self.add_module(f"dispconv_{scale}", Conv3x3(DECODER_CHANNELS[scale], 1))
 
     def forward(self, features: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
-        levels = self.trunk(features)
-        return {s: torch.sigmoid(self.heads[str(s)](levels[s])) for s in self.scales}
+        x = features[-1]
+        disps: dict[int, torch.Tensor] = {}
+        for level in range(4, -1, -1):
+            x = F.interpolate(getattr(self, f"upconv_{level}_0")(x), scale_factor=2.0, mode="nearest")
+            if level > 0:
+                x = torch.cat([x, features[level - 1]], dim=1)
+            x = getattr(self, f"upconv_{level}_1")(x)
+            if level in self.scales:
+                disps[level] = torch.sigmoid(getattr(self, f"dispconv_{level}")(x))
+        return disps
 
 
-class DepthNetwork(nn.Module):
-    """ResNet-18 depth network: image (B, 3, H, W) in [0, 1] -> {scale: disparity (B, 1, H/2^s, W/2^s)}."""
+def build_resnet18_depth(*, scales: Sequence[int] = SCALES, drop_path_rate: float = 0.0,
+                         ) -> tuple[ResnetEncoder, DepthDecoder]:
+    """The ``resnet18`` depth network: (encoder, decoder).
 
-    def __init__(self, *, scales: Sequence[int] = SCALES) -> None:
-        super().__init__()
-        self.encoder = ResNet18Encoder(num_input_images=1)
-        self.decoder = DepthDecoder(encoder_channels=self.encoder.num_ch_enc, scales=scales)
-
-    def forward(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
-        return self.decoder(self.encoder(image))
+    It has no stochastic depth: ``drop_path_rate`` (configs carry Lite-Mono's 0.4 by default) is accepted
+    and ignored, after the same range check as Lite-Mono's ([0, 1)).
+    """
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate must be >= 0 and < 1, got {drop_path_rate}")
+    encoder = ResnetEncoder(num_input_images=1)
+    return encoder, DepthDecoder(encoder_channels=encoder.num_ch_enc, scales=scales)
 
 
 def disp_to_depth(
@@ -122,6 +110,6 @@ def disp_to_depth(
 def depth_to_disp(
     depth: torch.Tensor, *, min_depth: float = DEFAULT_MIN_DEPTH, max_depth: float = DEFAULT_MAX_DEPTH
 ) -> torch.Tensor:
-    """Inverse of ``disp_to_depth``: depth in metres -> sigmoid-space disparity (not clamped)."""
+    """Inverse of ``disp_to_depth`` to sigmoid space: (1/depth - 1/max_depth) / (1/min_depth - 1/max_depth), not clamped."""
     min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
     return (1.0 / depth - min_disp) / (max_disp - min_disp)

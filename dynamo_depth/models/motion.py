@@ -1,19 +1,20 @@
-"""Motion networks: a shared 3-frame ResNet-18 encoder with a complete-flow and a motion-mask decoder.
+"""Motion decoders of Dynamo-Depth: complete 3D flow (3 channels) and motion-mask logits (1 channel).
 
-Complete flow C (B, 3, H/2^s, W/2^s): the 3D displacement, in metres per frame and in camera-t
-coordinates, of the scene point seen at each target pixel between t and t+1 *including* the
-displacement caused by the ego-motion (for a static point C = T_{t+1<-t} X - X). Under the linear
-(constant-velocity) motion assumption the displacement towards t-1 is -C.
+Both read the motion encoder's features of ``cat([image_-1, image_0, image_+1])`` (9 channels) together
+with that raw, un-normalised 9-channel input, and the DETACHED ego-motion of the pose network:
 
-Motion mask (B, 1, H/2^s, W/2^s): probability that the pixel moves independently; ``mask_logits``
-are its logits (mask = sigmoid(logits)).
+    ego = cat((t_-1 - t_+1) / 2, (a_-1 - a_+1) / 2)   (B, 6, 1, 1), translation first
 
-Both decoders are coarse to fine and start from the ego-motion: the DETACHED 6-dof ego-motion
-vector e = [axis-angle, translation] (B, 6) goes through a 1x1 conv (equivalent to a linear map,
-broadcast over all pixels) to give the level-4 (H/16) prediction; each level s = 3..0 adds a
-residual: pred_s = bilinear_up(pred_{s+1}) + 0.01 * head_s(decoder features at s). The flow's ego
-conv starts as the identity on the translation (C = t at init, the exact ego flow of a pure
-translation); the mask's starts at zero (logit 0).
+with t_f / a_f the translation / axis-angle predicted for the pair (f, 0). The decoder is linear (no
+nonlinearity anywhere). ``start = _residual_translation(100 * ego)`` (1x1 conv). Six levels ii = 0..5
+run over the features [512 @ H/32, 256 @ H/16, 128 @ H/8, 64 @ H/4, 64 @ H/2, raw input @ H]:
+
+    up    = bilinear resize (align_corners=False) of the previous level's field to this level's size
+    x1    = refine_motion_conv{ii}.0(cat(up, feature))     3x3, zero padding 1, with bias
+    x2    = refine_motion_conv{ii}.1(x1)                   3x3
+    field = refine_motion_redu{ii}(cat(x1, x2)) + up       1x1
+
+and the output of scale s is 0.01 * the field of level 5 - s (s = 0 at H x W). Keys are the original's.
 """
 
 from __future__ import annotations
@@ -24,79 +25,62 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynamo_depth.models.depth import DECODER_CHANNELS, SCALES, ReflectConv3x3, UpDecoder
-from dynamo_depth.models.resnet import ENCODER_CHANNELS, ResNet18Encoder
+from dynamo_depth.models.resnet import ENCODER_CHANNELS, ResnetEncoder
 
-RESIDUAL_SCALE = 0.01
+OUTPUT_SCALE = 0.01
+EGO_INPUT_SCALE = 100.0
 EGO_MOTION_DIM = 6
+LEVELS = 6
+RAW_INPUT_CHANNELS = 9
 
 
-class CoarseToFineDecoder(nn.Module):
-    """Features + ego-motion (B, 6) -> {scale: (B, out_channels, H/2^s, W/2^s)}; see module docstring."""
+def ego_motion(*, translation: dict[int, torch.Tensor], axisangle: dict[int, torch.Tensor]) -> torch.Tensor:
+    """(B, 6, 1, 1) = cat((t_-1 - t_+1) / 2, (a_-1 - a_+1) / 2) of the detached (B, 1, 3) pose outputs."""
+    t = (translation[-1].detach() - translation[1].detach()) / 2
+    a = (axisangle[-1].detach() - axisangle[1].detach()) / 2
+    return torch.cat([t, a], dim=2).reshape(-1, EGO_MOTION_DIM, 1, 1)
 
-    def __init__(
-        self,
-        *,
-        out_channels: int,
-        identity_translation_init: bool,
-        encoder_channels: Sequence[int] = ENCODER_CHANNELS,
-        scales: Sequence[int] = SCALES,
-    ) -> None:
+
+class MotionDecoder(nn.Module):
+    """[raw input, f0..f4] + ego (B, 6, 1, 1) -> {scale: (B, out_channels, H/2^s, W/2^s)} (module docstring)."""
+
+    def __init__(self, *, out_channels: int, encoder_channels: Sequence[int] = ENCODER_CHANNELS,
+                 scales: Sequence[int] = (0, 1, 2, 3)) -> None:
         super().__init__()
-        if identity_translation_init and out_channels != 3:
-            raise ValueError("identity_translation_init needs out_channels == 3 (a 3D flow)")
-        self.scales = tuple(sorted(scales))
-        self.trunk = UpDecoder(encoder_channels=encoder_channels)
-        self.ego_conv = nn.Conv2d(EGO_MOTION_DIM, out_channels, 1)
-        self.heads = nn.ModuleDict(
-            {str(s): ReflectConv3x3(DECODER_CHANNELS[s], out_channels) for s in range(max(self.scales) + 1)}
-        )
-        with torch.no_grad():
-            self.ego_conv.weight.zero_()
-            self.ego_conv.bias.zero_()
-            if identity_translation_init:
-                for axis in range(3):
-                    self.ego_conv.weight[axis, 3 + axis] = 1.0
+        self.out_channels = out_channels
+        self.scales = tuple(scales)
+        if not set(self.scales) <= set(range(LEVELS)):
+            raise ValueError(f"scales must be within 0..{LEVELS - 1}, got {self.scales}")
+        level_channels = (*tuple(encoder_channels)[::-1], RAW_INPUT_CHANNELS)
+        self._residual_translation = nn.Conv2d(EGO_MOTION_DIM, out_channels, 1)
+        for ii, channels in enumerate(level_channels):
+            convs = nn.Sequential(nn.Conv2d(channels + out_channels, channels, 3, padding=1),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+            self.add_module(f"refine_motion_conv{ii}", convs)
+            self.add_module(f"refine_motion_redu{ii}", nn.Conv2d(2 * channels, out_channels, 1))
 
-    def forward(self, features: Sequence[torch.Tensor], ego_motion: torch.Tensor) -> dict[int, torch.Tensor]:
-        if ego_motion.dim() != 2 or ego_motion.shape[1] != EGO_MOTION_DIM:
-            raise ValueError(f"ego_motion must be (B, 6), got {tuple(ego_motion.shape)}")
-        levels = self.trunk(features)
-        coarse_hw = levels[4].shape[2:]
-        pred = self.ego_conv(ego_motion.detach()[:, :, None, None]).expand(-1, -1, *coarse_hw)
+    def forward(self, features: Sequence[torch.Tensor], ego: torch.Tensor) -> dict[int, torch.Tensor]:
+        """features = [raw 9-channel input, encoder features 0..4]; ego (B, 6, 1, 1) (see ``ego_motion``)."""
+        if len(features) != LEVELS:
+            raise ValueError(f"expected {LEVELS} feature maps (raw input + 5 encoder features), got {len(features)}")
+        field = self._residual_translation(EGO_INPUT_SCALE * ego)
         outputs: dict[int, torch.Tensor] = {}
-        for scale in range(max(self.scales), -1, -1):
-            up = F.interpolate(pred, size=levels[scale].shape[2:], mode="bilinear", align_corners=False)
-            pred = up + RESIDUAL_SCALE * self.heads[str(scale)](levels[scale])
+        for ii in range(LEVELS):
+            feature = features[LEVELS - 1 - ii]
+            up = F.interpolate(field, size=feature.shape[2:], mode="bilinear", align_corners=False)
+            convs = getattr(self, f"refine_motion_conv{ii}")
+            x1 = convs[0](torch.cat([up, feature], dim=1))
+            x2 = convs[1](x1)
+            field = getattr(self, f"refine_motion_redu{ii}")(torch.cat([x1, x2], dim=1)) + up
+            scale = LEVELS - 1 - ii
             if scale in self.scales:
-                outputs[scale] = pred
+                outputs[scale] = OUTPUT_SCALE * field
         return outputs
 
 
-class MotionNetwork(nn.Module):
-    """Shared 9-channel encoder on (t-1, t, t+1) with complete-flow and motion-mask decoders."""
-
-    def __init__(self, *, scales: Sequence[int] = SCALES) -> None:
-        super().__init__()
-        self.encoder = ResNet18Encoder(num_input_images=3)
-        channels = self.encoder.num_ch_enc
-        self.flow_decoder = CoarseToFineDecoder(
-            out_channels=3, identity_translation_init=True, encoder_channels=channels, scales=scales
-        )
-        self.mask_decoder = CoarseToFineDecoder(
-            out_channels=1, identity_translation_init=False, encoder_channels=channels, scales=scales
-        )
-
-    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """images (B, 3 frames, 3, H, W) in [0, 1] -> encoder features of the stacked frames."""
-        if images.dim() != 5 or images.shape[1:3] != (3, 3):
-            raise ValueError(f"images must be (B, 3, 3, H, W), got {tuple(images.shape)}")
-        return self.encoder(images.flatten(1, 2))
-
-    def complete_flow(self, features: Sequence[torch.Tensor], ego_motion: torch.Tensor) -> dict[int, torch.Tensor]:
-        """{scale: C (B, 3, H/2^s, W/2^s)} metres per frame, camera-t frame, towards t+1."""
-        return self.flow_decoder(features, ego_motion)
-
-    def mask_logits(self, features: Sequence[torch.Tensor], ego_motion: torch.Tensor) -> dict[int, torch.Tensor]:
-        """{scale: logits (B, 1, H/2^s, W/2^s)}; the motion probability is sigmoid(logits)."""
-        return self.mask_decoder(features, ego_motion)
+def build_motion_networks(*, scales: Sequence[int]) -> tuple[ResnetEncoder, MotionDecoder, MotionDecoder]:
+    """(motion_enc, motion_dec, motion_mask): a 9-channel ResNet-18, the 3-channel flow and 1-channel mask decoders."""
+    encoder = ResnetEncoder(num_input_images=3)
+    channels = encoder.num_ch_enc
+    return (encoder, MotionDecoder(out_channels=3, encoder_channels=channels, scales=scales),
+            MotionDecoder(out_channels=1, encoder_channels=channels, scales=scales))

@@ -1,13 +1,15 @@
-"""Pose network: ResNet-18 on two stacked frames + a small convolutional pose decoder.
+"""Pose network: ResNet-18 on (source, target) stacked frames + the original's pose decoder.
 
-Convention (fixed here, tested in tests/test_models.py):
-  * The network always sees a pair in temporal order ``(earlier, later)`` and its 6-dof output
-    (axis-angle, translation in metres) is read as ``later_from_earlier``: it maps points in the
-    earlier camera's frame to the later camera's frame.
-  * For the neighbour t+1 the pair is (img_t, img_t+1) and T_source_from_target = later_from_earlier.
-  * For the neighbour t-1 the pair is (img_t-1, img_t) and T_source_from_target = inverse(later_from_earlier).
-So both returned transforms map target-camera (frame t) points into the source camera, the
-transform used by ``dynamo_depth.warping``: X_source = T_source_from_target @ X_target.
+Pairs, as the original: for each neighbour f in (-1, +1) the encoder sees ``cat([image_f, image_0])``
+(source first, 6 channels), one call per neighbour (its own BatchNorm statistics in training). The
+decoder output of that pair gives ``cam_T_cam[f] = transformation(axisangle, translation, invert=True)``
+for BOTH neighbours: the transform taking target-camera (frame 0) points into camera f.
+
+Decoder (``PoseDecoder``): ``squeeze`` 1x1 (512 -> 256) + ReLU, ``pose0`` 3x3 (padding 1) + ReLU,
+``pose1`` 3x3 + ReLU, ``pose2`` 1x1 -> 12; mean over width then height; x 0.01; viewed (B, 2, 1, 6).
+The original predicts two transforms and uses the first: ``axisangle = out[:, 0, :, :3]``,
+``translation = out[:, 0, :, 3:]`` (B, 1, 3). It also registers its four convolutions a second time as
+``net.0`` .. ``net.3`` (same tensors), so its state dict lists each tensor twice; so does ours.
 """
 
 from __future__ import annotations
@@ -15,65 +17,68 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynamo_depth.models.resnet import ResNet18Encoder
-from dynamo_depth.warping import pose_vector_to_matrix
+from dynamo_depth.models.resnet import ResnetEncoder
 
 POSE_SCALE = 0.01
+PREDICTED_TRANSFORMS = 2
+_AXIS_EPS = 1e-7
 
 
 class PoseDecoder(nn.Module):
-    """layer4 features (B, 512, h, w) -> (axis_angle (B, 1, 3) radians, translation (B, 1, 3) metres).
-
-    squeeze: 1x1 conv 512->256 + ReLU; the squeezed features of the inputs are concatenated (one
-    pair here, so 256 channels); three 3x3 convs of 256 channels, each followed by ReLU; a final
-    1x1 conv -> 6 channels; spatial mean; x0.01.
-    """
+    """layer4 features (B, 512, h, w) -> (axisangle (B, 1, 3) rad, translation (B, 1, 3)); see module docstring."""
 
     def __init__(self, *, in_channels: int = 512, hidden: int = 256) -> None:
         super().__init__()
         self.squeeze = nn.Conv2d(in_channels, hidden, 1)
-        self.conv1 = nn.Conv2d(hidden, hidden, 3, padding=1)
-        self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1)
-        self.conv3 = nn.Conv2d(hidden, hidden, 3, padding=1)
-        self.out = nn.Conv2d(hidden, 6, 1)
+        self.pose0 = nn.Conv2d(hidden, hidden, 3, padding=1)
+        self.pose1 = nn.Conv2d(hidden, hidden, 3, padding=1)
+        self.pose2 = nn.Conv2d(hidden, 6 * PREDICTED_TRANSFORMS, 1)
         self.relu = nn.ReLU()
+        self.net = nn.ModuleList([self.squeeze, self.pose0, self.pose1, self.pose2])
 
     def forward(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.relu(self.squeeze(feature))
-        x = self.relu(self.conv1(x))
-        x = self.relu(self.conv2(x))
-        x = self.relu(self.conv3(x))
-        vector = POSE_SCALE * self.out(x).mean(dim=(2, 3))
-        return vector[:, None, :3], vector[:, None, 3:]
+        x = self.relu(self.pose0(x))
+        x = self.relu(self.pose1(x))
+        out = self.pose2(x).mean(3).mean(2)
+        out = POSE_SCALE * out.view(-1, PREDICTED_TRANSFORMS, 1, 6)
+        return out[:, 0, :, :3], out[:, 0, :, 3:]
 
 
-class PoseNetwork(nn.Module):
-    """(earlier, later) images (B, 3, H, W) each in [0, 1] -> later_from_earlier (axis_angle, translation)."""
+def rotation_from_axisangle(axisangle: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 3) axis-angle -> (B, 3, 3) rotation, with the original's axis = v / (|v| + 1e-7).
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder = ResNet18Encoder(num_input_images=2)
-        self.decoder = PoseDecoder(in_channels=self.encoder.num_ch_enc[-1])
-
-    def forward(self, earlier: torch.Tensor, later: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.encoder(torch.cat([earlier, later], dim=1))
-        return self.decoder(features[-1])
-
-
-def predict_source_from_target(pose_net: PoseNetwork, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Run the pose network on a triplet images (B, 3 frames [t-1, t, t+1], 3, H, W).
-
-    Returns:
-        ``source_from_target_prev`` / ``source_from_target_next``: (B, 4, 4), camera t -> camera t-1 / t+1.
-        ``pose_vector_prev`` / ``pose_vector_next``: (B, 6) raw later_from_earlier [axis-angle, translation]
-        of the pairs (t-1, t) and (t, t+1).
+    R = cos(a) I + sin(a) [n]x + (1 - cos(a)) n n^T for the angle a = |v| and axis n = v / (a + 1e-7).
     """
-    prev_img, cur_img, next_img = images.unbind(dim=1)
-    rot_prev, trans_prev = pose_net(prev_img, cur_img)
-    rot_next, trans_next = pose_net(cur_img, next_img)
-    return {
-        "source_from_target_prev": pose_vector_to_matrix(rot_prev, trans_prev, invert=True),
-        "source_from_target_next": pose_vector_to_matrix(rot_next, trans_next, invert=False),
-        "pose_vector_prev": torch.cat([rot_prev, trans_prev], dim=-1)[:, 0],
-        "pose_vector_next": torch.cat([rot_next, trans_next], dim=-1)[:, 0],
-    }
+    v = axisangle.reshape(-1, 3)
+    angle = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+    axis = v / (angle + _AXIS_EPS)
+    ca, sa = torch.cos(angle)[:, 0], torch.sin(angle)[:, 0]
+    c = 1.0 - ca
+    x, y, z = axis.unbind(dim=1)
+    rows = (
+        torch.stack([x * x * c + ca, x * y * c - z * sa, z * x * c + y * sa], dim=1),
+        torch.stack([x * y * c + z * sa, y * y * c + ca, y * z * c - x * sa], dim=1),
+        torch.stack([z * x * c - y * sa, y * z * c + x * sa, z * z * c + ca], dim=1),
+    )
+    return torch.stack(rows, dim=1)
+
+
+def transformation_from_parameters(axisangle: torch.Tensor, translation: torch.Tensor, *, invert: bool,
+                                   ) -> torch.Tensor:
+    """(B, 1, 3) axis-angle and translation -> (B, 4, 4): [R | t], or its inverse [R^T | -R^T t]."""
+    rotation = rotation_from_axisangle(axisangle)
+    t = translation.reshape(-1, 3, 1)
+    if invert:
+        rotation = rotation.transpose(1, 2)
+        t = -(rotation @ t)
+    top = torch.cat([rotation, t], dim=2)
+    bottom = torch.zeros_like(top[:, :1])
+    bottom[:, 0, 3] = 1.0
+    return torch.cat([top, bottom], dim=1)
+
+
+def build_pose_network() -> tuple[ResnetEncoder, PoseDecoder]:
+    """(pose_enc, pose_dec): a 6-channel ResNet-18 and the pose decoder."""
+    encoder = ResnetEncoder(num_input_images=2)
+    return encoder, PoseDecoder(in_channels=encoder.num_ch_enc[-1])

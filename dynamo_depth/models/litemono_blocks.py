@@ -1,0 +1,200 @@
+"""Building blocks of the Lite-Mono encoder (Zhang et al., CVPR 2023), original state-dict names.
+
+- ``ConvBN``: conv (no bias) optionally followed by ``bn_gelu`` = BatchNorm + exact GELU; keys
+  ``conv.weight`` [, ``bn_gelu.bn.*``].
+- ``DilatedConvBlock`` (the paper's consecutive dilated convolutions, CDC): depthwise 3x3 conv with
+  dilation d -> BatchNorm -> channels-last Linear(C, 6C) -> GELU -> Linear(6C, C) -> * ``gamma`` ->
+  stochastic depth -> + input. Its LayerNorm ``norm`` is kept for the state dict and never applied.
+- ``LGFIBlock`` (local-global features interaction): tokens (B, HW, C) [+ Fourier positional encoding]
+  -> t + gamma_xca * XCA(LayerNorm(t)) -> LayerNorm -> Linear(C, 6C) -> GELU -> Linear -> * ``gamma``
+  -> stochastic depth -> + the block INPUT (the XCA branch reaches the output only through the MLP).
+- ``XCA``: cross-covariance attention (Ali et al., XCiT 2021) over channels, per head.
+- ``drop_path``: per-sample stochastic depth with keep-probability scaling, torch's global RNG.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EXPANSION = 6
+LAYER_SCALE_INIT = 1e-6
+LN_EPS = 1e-6
+POS_HIDDEN = 32
+POS_TEMPERATURE = 10000.0
+
+
+def drop_path(x: torch.Tensor, *, p: float, training: bool) -> torch.Tensor:
+    """Zero whole samples of x (B, ...) with probability p and scale the kept ones by 1 / (1 - p).
+
+    Identity when p == 0 or not training. The mask (B, 1, ..., 1) is drawn with ``bernoulli_`` from
+    torch's global generator of x's device, so RNG capture/restore reproduces it.
+    """
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    """``drop_path`` as a module with rate ``drop_prob`` (no state-dict entries)."""
+
+    def __init__(self, *, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, p=self.drop_prob, training=self.training)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class BNGELU(nn.Module):
+    """BatchNorm2d (eps 1e-5) then exact GELU; keys ``bn.*``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, eps=1e-5)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(x))
+
+
+class ConvBN(nn.Module):
+    """(B, cin, H, W) -> (B, cout, H', W'): k x k conv without bias (padding (k-1)/2 * dilation), + ``bn_gelu``."""
+
+    def __init__(self, cin: int, cout: int, *, kernel: int = 3, stride: int = 1, dilation: int = 1,
+                 groups: int = 1, bn_act: bool = False) -> None:
+        super().__init__()
+        padding = (kernel - 1) // 2 * dilation
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, dilation=dilation,
+                              groups=groups, bias=False)
+        self.bn_act = bn_act
+        if bn_act:
+            self.bn_gelu = BNGELU(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return self.bn_gelu(x) if self.bn_act else x
+
+
+class _ChannelMLP(nn.Module):
+    """Shared tail: channels-last Linear(C, 6C) -> GELU -> Linear(6C, C) -> * gamma (keys pwconv1/2)."""
+
+    gamma: nn.Parameter
+
+    def _init_mlp(self, dim: int) -> None:
+        self.pwconv1 = nn.Linear(dim, EXPANSION * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(EXPANSION * dim, dim)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * self.pwconv2(self.act(self.pwconv1(x)))
+
+
+class DilatedConvBlock(_ChannelMLP):
+    """(B, C, H, W) -> (B, C, H, W): the CDC block (module docstring) with dilation ``dilation``."""
+
+    def __init__(self, *, dim: int, dilation: int, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(LAYER_SCALE_INIT * torch.ones(dim))
+        self.ddwconv = ConvBN(dim, dim, dilation=dilation, groups=dim)
+        self.bn1 = nn.BatchNorm2d(dim)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)  # in the original's state dict, never applied
+        self._init_mlp(dim)
+        self.drop_path = DropPath(drop_prob=drop_path_rate)
+
+    def never_used_parameters(self) -> list[nn.Parameter]:
+        """The LayerNorm ``norm``: kept for the original's checkpoints, never applied, so never trained."""
+        return list(self.norm.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn1(self.ddwconv(x)).permute(0, 2, 3, 1)
+        y = self._mlp(y).permute(0, 3, 1, 2)
+        return x + self.drop_path(y)
+
+
+class XCA(nn.Module):
+    """Cross-covariance attention: tokens (B, N, C) -> (B, N, C), ``heads`` heads of C/heads channels.
+
+    q, k, v (B, h, C/h, N) from one Linear(C, 3C) split as (3, h, C/h); q and k L2-normalised over the
+    tokens; attention softmax(q k^T * temperature[h]) (B, h, C/h, C/h); output proj(attn @ v).
+    """
+
+    def __init__(self, *, dim: int, heads: int = 8) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 4, 1)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
+        return self.proj((attn @ v).permute(0, 3, 1, 2).reshape(b, n, c))
+
+
+class FourierPositionalEncoding(nn.Module):
+    """(B, H, W) grid -> (B, dim, H, W): sine/cosine of normalised row / column positions, then a 1x1 conv.
+
+    pos_y = i / (H + 1e-6) * 2 pi for row i = 1..H (x likewise over columns); feature k of each uses
+    frequency 10000 ** (2 * (k // 2) / 32), sin for even k, cos for odd k; cat(y features, x features)
+    (64 channels) -> ``token_projection`` conv1x1 -> dim.
+    """
+
+    def __init__(self, *, dim: int, hidden: int = POS_HIDDEN, temperature: float = POS_TEMPERATURE) -> None:
+        super().__init__()
+        self.hidden, self.temperature = hidden, temperature
+        self.token_projection = nn.Conv2d(2 * hidden, dim, kernel_size=1)
+
+    def _features(self, embed: torch.Tensor) -> torch.Tensor:
+        k = torch.arange(self.hidden, dtype=torch.float32, device=embed.device)
+        freq = self.temperature ** (2 * torch.div(k, 2, rounding_mode="floor") / self.hidden)
+        pos = embed[..., None] / freq
+        return torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=4).flatten(3)
+
+    def forward(self, *, batch: int, height: int, width: int) -> torch.Tensor:
+        device = self.token_projection.weight.device
+        ones = torch.ones(batch, height, width, device=device)
+        y, x = ones.cumsum(1), ones.cumsum(2)
+        y = y / (y[:, -1:, :] + 1e-6) * (2 * math.pi)
+        x = x / (x[:, :, -1:] + 1e-6) * (2 * math.pi)
+        pos = torch.cat((self._features(y), self._features(x)), dim=3).permute(0, 3, 1, 2)
+        return self.token_projection(pos.to(self.token_projection.weight.dtype))
+
+
+class LGFIBlock(_ChannelMLP):
+    """(B, C, H, W) -> (B, C, H, W): the LGFI block (module docstring); ``positional`` in stage 0 only."""
+
+    def __init__(self, *, dim: int, heads: int = 8, positional: bool = False, drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.gamma_xca = nn.Parameter(LAYER_SCALE_INIT * torch.ones(dim))
+        self.gamma = nn.Parameter(LAYER_SCALE_INIT * torch.ones(dim))
+        self.pos_embd = FourierPositionalEncoding(dim=dim) if positional else None
+        self.norm_xca = nn.LayerNorm(dim, eps=LN_EPS)
+        self.xca = XCA(dim=dim, heads=heads)
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self._init_mlp(dim)
+        self.drop_path = DropPath(drop_prob=drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = x.reshape(b, c, h * w).permute(0, 2, 1)
+        if self.pos_embd is not None:
+            tokens = tokens + self.pos_embd(batch=b, height=h, width=w).reshape(b, c, h * w).permute(0, 2, 1)
+        tokens = tokens + self.gamma_xca * self.xca(self.norm_xca(tokens))
+        y = self._mlp(self.norm(tokens.reshape(b, h, w, c)))
+        return x + self.drop_path(y.permute(0, 3, 1, 2))

@@ -1,0 +1,112 @@
+"""Load a model for inference from either checkpoint kind a user may hold.
+
+- a trainer checkpoint file (``train/checkpoint.py``: ``format == "dynamo-depth-checkpoint"``, ``model`` is
+  ``DynamoDepthModel.state_dict()``, ``config`` the resolved run config); or
+- an original Dynamo-Depth folder of module files (``dynamo_depth.models.original``); a folder with only
+  ``depth_enc.pth`` / ``depth_dec.pth`` is enough for depth.
+
+Errors are ``WeightLoadError`` (a ValueError) naming the path and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dynamo_depth.models import MODULE_NAMES, DynamoDepthModel
+from dynamo_depth.models.original import (
+    DEPTH_MODULES,
+    available_modules,
+    is_original_folder,
+    load_folder,
+    load_module_state,
+)
+from dynamo_depth.models.resnet import WeightLoadError, read_state_dict_file
+
+TRAINER_FORMAT = "dynamo-depth-checkpoint"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model in eval mode with the network input size it was trained at and which modules hold weights."""
+
+    model: DynamoDepthModel
+    height: int
+    width: int
+    modules: tuple[str, ...]
+    min_depth: float = 0.1
+    max_depth: float = 100.0
+
+    @property
+    def has_motion(self) -> bool:
+        return set(MODULE_NAMES) <= set(self.modules)
+
+
+def _guess_depth_network(path: Path) -> str:
+    """``resnet18`` unless the folder's depth encoder has no ResNet keys (then the first other registered one)."""
+    from dynamo_depth.models.registry import DEPTH_NETWORKS
+
+    state = read_state_dict_file(path / "depth_enc.pth")
+    if any(k.startswith("encoder.layer1.") for k in state):
+        return "resnet18"
+    others = [name for name in DEPTH_NETWORKS if name != "resnet18"]
+    if not others:
+        raise WeightLoadError(f"{path / 'depth_enc.pth'}: not a ResNet-18 depth encoder and no other depth "
+                              f"network is available (allowed: {sorted(DEPTH_NETWORKS)})")
+    return others[0]
+
+
+def load_for_inference(path: str | os.PathLike[str], *, need_motion: bool = False,
+                       depth_network: str | None = None) -> LoadedModel:
+    """The model of a trainer checkpoint or an original folder, in eval mode on the CPU."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightLoadError(f"checkpoint {path}: no such file or directory")
+    if path.is_dir():
+        return _from_folder(path, need_motion=need_motion, depth_network=depth_network)
+    return _from_trainer_file(path, need_motion=need_motion)
+
+
+def _from_folder(path: Path, *, need_motion: bool, depth_network: str | None) -> LoadedModel:
+    if not is_original_folder(path):
+        raise WeightLoadError(f"checkpoint folder {path}: no depth_enc.pth (expected the original's module files "
+                              f"{', '.join(m + '.pth' for m in MODULE_NAMES)})")
+    present = available_modules(path)
+    depth_only = not need_motion and set(present) < set(MODULE_NAMES)
+    from dynamo_depth.models.registry import default_scales
+
+    name = depth_network or _guess_depth_network(path)
+    model = DynamoDepthModel(depth_network=name, scales=default_scales(name))  # the original's --scales
+    folder = load_folder(model, path, depth_only=depth_only)
+    model.eval()
+    return LoadedModel(model=model, height=folder.height, width=folder.width,
+                       modules=DEPTH_MODULES if depth_only else MODULE_NAMES)
+
+
+def _from_trainer_file(path: Path, *, need_motion: bool) -> LoadedModel:
+    raw = read_state_dict_file(path)
+    if raw.get("format") != TRAINER_FORMAT:
+        raise WeightLoadError(f"checkpoint {path}: not a dynamo-depth trainer checkpoint nor an original folder")
+    config = raw.get("config", {})
+    try:
+        model_config, data_config, loss_config = config["model"], config["data"], config.get("loss", {})
+        model = DynamoDepthModel(depth_network=model_config["depth_network"], scales=tuple(model_config["scales"]))
+    except (KeyError, TypeError) as err:
+        raise WeightLoadError(f"checkpoint {path}: its config lacks {err}") from err
+    load_module_state(model, raw["model"], source=str(path))
+    model.eval()
+    return LoadedModel(model=model, height=int(data_config["height"]), width=int(data_config["width"]),
+                       modules=MODULE_NAMES, min_depth=float(loss_config.get("min_depth", 0.1)),
+                       max_depth=float(loss_config.get("max_depth", 100.0)))
+
+
+@torch.no_grad()
+def predict_disparity(loaded: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """images (B, 3, H, W) in [0, 1] at the network's size -> scale-0 sigmoid disparity (B, 1, H, W)."""
+    if tuple(images.shape[-2:]) != (loaded.height, loaded.width):
+        raise ValueError(f"images must be {loaded.height}x{loaded.width} (the network's size), "
+                         f"got {tuple(images.shape[-2:])}")
+    return loaded.model.predict_disparity(images)[0]

@@ -1,0 +1,124 @@
+"""Original Dynamo-Depth checkpoint folders: load them into ``DynamoDepthModel`` and write them back.
+
+A folder holds one ``torch.save``d state dict per module: ``depth_enc.pth`` (plus the ints ``height`` and
+``width``: the network's input size), ``depth_dec.pth``, ``pose_enc.pth``, ``pose_dec.pth``,
+``motion_enc.pth``, ``motion_dec.pth``, ``motion_mask.pth``. Our modules carry the original's names
+and keys, so each file maps onto one module unchanged; ``export_folder`` writes the same keys,
+dtypes and shapes in the same order (``pose_dec.pth`` lists its tensors twice, as the original's).
+A depth-only folder (the two ``depth_*`` files) is enough for depth evaluation and prediction.
+Files are read with ``torch.load(weights_only=True)``: tensors and plain numbers only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dynamo_depth.models import MODULE_NAMES
+from dynamo_depth.models.resnet import WeightLoadError, read_state_dict_file
+
+DEPTH_MODULES = ("depth_enc", "depth_dec")
+SIZE_KEYS = ("height", "width")
+
+
+@dataclass(frozen=True)
+class OriginalFolder:
+    """What a folder holds: its module state dicts and the stored network input size (height, width)."""
+
+    path: Path
+    states: Mapping[str, Mapping[str, torch.Tensor]]
+    height: int
+    width: int
+
+
+def is_original_folder(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a directory with at least ``depth_enc.pth``."""
+    return Path(path).is_dir() and (Path(path) / "depth_enc.pth").is_file()
+
+
+def read_folder(path: str | os.PathLike[str], *, modules: Sequence[str] = MODULE_NAMES) -> OriginalFolder:
+    """Read the ``modules`` files of an original checkpoint folder; WeightLoadError naming a missing one."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise WeightLoadError(f"checkpoint folder {folder}: not a directory")
+    absent = [m for m in modules if not (folder / f"{m}.pth").is_file()]
+    if absent:
+        raise WeightLoadError(f"checkpoint folder {folder}: missing module file(s) "
+                              f"{', '.join(m + '.pth' for m in absent)}")
+    states = {m: dict(read_state_dict_file(folder / f"{m}.pth")) for m in modules}
+    encoder = states["depth_enc"]
+    sizes = {k: encoder.pop(k, None) for k in SIZE_KEYS}
+    if not all(isinstance(v, int) or (isinstance(v, torch.Tensor) and v.numel() == 1) for v in sizes.values()):
+        raise WeightLoadError(f"{folder / 'depth_enc.pth'}: needs integer 'height' and 'width' entries, got {sizes}")
+    return OriginalFolder(path=folder, states=states, height=int(sizes["height"]), width=int(sizes["width"]))
+
+
+def load_module_state(module: nn.Module, state: Mapping[str, object], *, source: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with errors naming the file, keys and shapes."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        hint = _depth_network_hint(own, state)
+        raise WeightLoadError(f"{source}: missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
+                              f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}{hint}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightLoadError(f"{source}: key {key!r} holds {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise WeightLoadError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
+                                  f"the network expects {tuple(own[key].shape)}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def _depth_network_hint(own: Mapping[str, object], given: Mapping[str, object]) -> str:
+    resnet_own, resnet_given = any(k.startswith("encoder.layer1") for k in own), any(
+        k.startswith("encoder.layer1") for k in given)
+    if resnet_own != resnet_given:
+        theirs = "resnet18" if resnet_given else "another depth network (e.g. litemono)"
+        return f" (the file holds a {theirs} depth network: set model.depth_network to match)"
+    return ""
+
+
+def load_folder(model: nn.Module, path: str | os.PathLike[str], *, depth_only: bool = False) -> OriginalFolder:
+    """Load an original folder into ``model`` (all seven modules, or the depth pair with ``depth_only``)."""
+    folder = read_folder(path, modules=DEPTH_MODULES if depth_only else MODULE_NAMES)
+    for name, state in folder.states.items():
+        load_module_state(getattr(model, name), state, source=str(folder.path / f"{name}.pth"))
+    return folder
+
+
+def available_modules(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The module names whose ``.pth`` file exists in ``path``."""
+    return tuple(m for m in MODULE_NAMES if (Path(path) / f"{m}.pth").is_file())
+
+
+def _copied(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies of a state dict's tensors; keys that share a tensor (aliases) keep sharing its copy."""
+    copies: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        ident = (value.data_ptr(), tuple(value.shape))
+        if ident not in copies or value.numel() == 0:
+            copies[ident] = value.detach().cpu().clone()
+        out[key] = copies[ident]
+    return out
+
+
+def export_folder(model: nn.Module, out_dir: str | os.PathLike[str], *, height: int, width: int) -> Path:
+    """Write ``model``'s seven modules as an original checkpoint folder (each file atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODULE_NAMES:
+        state = _copied(getattr(model, name).state_dict())
+        if name == "depth_enc":
+            state["height"], state["width"] = int(height), int(width)
+        tmp = out / f".{name}.pth.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, out / f"{name}.pth")
+    return out

@@ -1,0 +1,51 @@
+"""What the Dynamo-Depth networks hand to the warping and the losses (torch tensors, float32).
+
+Frame offsets are ints: 0 = target t, -1 = t-1, +1 = t+1. Scales are ints s = 0..3 (H/2^s x W/2^s).
+
+``ModelOutputs`` (one training forward, the original's names in brackets):
+
+==========================  ==========================  ==================================================
+field                       shape                       meaning
+==========================  ==========================  ==================================================
+``disp[s]``                 (B, 1, H/2^s, W/2^s)        sigmoid disparity of frame 0 (``('disp', 0, s)``)
+``axisangle[f]``            (B, 1, 3) rad               pose-decoder rotation of the pair (f, 0), f = -1, 1
+``translation[f]``          (B, 1, 3)                   pose-decoder translation of the pair (f, 0)
+``cam_T_cam[f]``            (B, 4, 4)                   target camera -> camera f (``('cam_T_cam', 0, f)``)
+``complete_flow[s]``        (B, 3, H/2^s, W/2^s) m      complete flow towards frame +1 (``('complete_flow', 1, s)``);
+                                                        towards -1 it is the negation (linear motion)
+``motion_logits[s]``        (B, 1, H/2^s, W/2^s)        motion-mask logits (``('motion_prob', f, s)``, both f)
+==========================  ==========================  ==================================================
+
+``complete_flow`` / ``motion_logits`` are empty when the phase does not run those decoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """The networks' outputs of one forward (see the module docstring for shapes and units)."""
+
+    disp: Mapping[int, torch.Tensor]
+    axisangle: Mapping[int, torch.Tensor]
+    translation: Mapping[int, torch.Tensor]
+    cam_T_cam: Mapping[int, torch.Tensor]
+    complete_flow: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    motion_logits: Mapping[int, torch.Tensor] = field(default_factory=dict)
+
+    def motion_mask(self, scale: int) -> torch.Tensor:
+        """sigmoid of the scale's motion logits (``('motion_mask', f, s)``)."""
+        return torch.sigmoid(self.motion_logits[scale])
+
+    def detached(self) -> ModelOutputs:
+        """A copy with every tensor detached (for logging)."""
+        def d(m: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            return {k: v.detach() for k, v in m.items()}
+        return ModelOutputs(disp=d(self.disp), axisangle=d(self.axisangle), translation=d(self.translation),
+                            cam_T_cam=d(self.cam_T_cam), complete_flow=d(self.complete_flow),
+                            motion_logits=d(self.motion_logits))

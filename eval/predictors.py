@@ -1,0 +1,77 @@
+"""Predictions computed from a checkpoint (trainer file or original module folder), per shard sample.
+
+Each builder returns a callable ``TripletSample -> array`` for the evaluation commands' ``--checkpoint``:
+- depth: scale-0 sigmoid disparity (H, W) of the target frame;
+- motion: scale-0 motion probability (H, W) of the target frame (the motion mask);
+- odometry: (4, 4) camera_t_from_camera_t+1, the inverse of the pose network's ``cam_T_cam[+1]``.
+The shard's stored frames are resized to the network's size (bicubic, antialiased) when they differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from eval import rgb_from_jpeg
+
+Predictor = Callable[[Any], np.ndarray]
+
+
+def _frames(sample: Any, size: tuple[int, int]):
+    import torch
+    import torch.nn.functional as F
+
+    images = np.stack([rgb_from_jpeg(data) for data in sample.images]).astype(np.float32) / np.float32(255.0)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0.0, 1.0)
+    return x  # (3 frames, 3, H, W)
+
+
+def _load(checkpoint: str, *, need_motion: bool):
+    from dynamo_depth.models.loading import load_for_inference
+
+    try:
+        return load_for_inference(checkpoint, need_motion=need_motion)
+    except ValueError as err:
+        raise ValueError(f"--checkpoint: {err}") from err
+
+
+def depth_predictor(checkpoint: str) -> Predictor:
+    import torch
+
+    loaded = _load(checkpoint, need_motion=False)
+    size = (loaded.height, loaded.width)
+
+    def predict(sample: Any) -> np.ndarray:
+        with torch.no_grad():
+            disp = loaded.model.predict_disparity(_frames(sample, size)[1:2])[0]
+        return disp[0, 0].double().numpy()
+
+    return predict
+
+
+def _triplet_outputs(loaded, sample: Any):
+    import torch
+
+    with torch.no_grad():
+        return loaded.model(_frames(sample, (loaded.height, loaded.width))[None], phase="fine_tune")
+
+
+def motion_predictor(checkpoint: str) -> Predictor:
+    loaded = _load(checkpoint, need_motion=True)
+    return lambda sample: _triplet_outputs(loaded, sample).motion_mask(0)[0, 0].double().numpy()
+
+
+def odometry_predictor(checkpoint: str) -> Predictor:
+    import torch
+
+    loaded = _load(checkpoint, need_motion=True)
+
+    def predict(sample: Any) -> np.ndarray:
+        next_from_target = _triplet_outputs(loaded, sample).cam_T_cam[1][0].double()
+        return torch.linalg.inv(next_from_target).numpy()
+
+    return predict
