@@ -10,7 +10,6 @@ folder written back by ``train.export``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -24,22 +23,15 @@ from dynamo_depth.models.original import load_folder
 from dynamo_depth.models.registry import DEPTH_NETWORKS
 
 sys.path.insert(0, str(Path(__file__).parent))
+from parity_fixture import ParityFixture, fixture_folders  # noqa: E402
 from parity_weights import generated_state_dicts  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference"
 TOLERANCE = 1e-4
 NETWORK_OF_MODEL = {"monodepthv2": "resnet18", "litemono": "litemono"}
 DISP_HEAD_KEY = {"resnet18": "dispconv_0.conv.weight", "litemono": "decoder.6.conv.weight"}
 
 
-def fixture_dirs() -> list[Path]:
-    configured = os.environ.get("DYNAMO_PARITY_FIXTURES")
-    if configured:
-        return [Path(p) for p in configured.split(":") if p]
-    return sorted(SHARED.glob("parity_*")) if SHARED.is_dir() else []
-
-
-FIXTURES = fixture_dirs()
+FIXTURES = fixture_folders()
 
 
 def _network(folder: Path) -> str:
@@ -55,7 +47,7 @@ def _supported(folder: Path) -> Path:
 @pytest.fixture(scope="module", params=FIXTURES or [None], ids=lambda p: p.name if p else "none")
 def fixture(request) -> Path:
     if request.param is None:
-        pytest.skip(f"no parity fixtures under {SHARED}")
+        pytest.skip("no parity fixtures (../shared/reference/parity_* or $DYNAMO_PARITY_FIXTURES)")
     return _supported(request.param)
 
 
@@ -70,50 +62,12 @@ def write_generated_folder(folder: Path, out: Path) -> Path:
     return out
 
 
-class Reference:
-    """The fixture's stored outputs of one phase, resolving ``same_as`` / ``neg_of`` / ``samples``."""
-
-    def __init__(self, folder: Path, phase: str) -> None:
-        self.folder = folder
-        self.index = json.loads((folder / f"losses_{phase}.json").read_text())["outputs"]
-        self._files: dict[str, np.lib.npyio.NpzFile] = {}
-
-    def _npz(self, name: str):
-        if name not in self._files:
-            self._files[name] = np.load(self.folder / name)
-        return self._files[name]
-
-    def get(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """(values, flat sample indices or None when the values are the whole array)."""
-        entry = self.index[key]
-        storage = entry["storage"]
-        n = int(np.prod(entry["shape"]))
-        samples = np.floor(np.arange(4096) * n / 4096).astype(np.int64)
-        if storage == "full":
-            return self._npz(f"outputs_{self._phase_of(key)}.npz")[key], None
-        if storage == "samples":
-            return self._npz(f"outputs_{self._phase_of(key)}.npz")[key + "@samples"], samples
-        file, ref = entry["ref"].split(":", 1)
-        sign = -1.0 if storage == "neg_of" else 1.0
-        if ref.endswith("@samples"):
-            return sign * self._npz(file)[ref], samples
-        return sign * self._npz(file)[ref], None
-
-    def _phase_of(self, key: str) -> str:
-        return self._phase
-
-    def for_phase(self, phase: str) -> Reference:
-        self._phase = phase
-        return self
-
-
-def compare(ours: torch.Tensor, reference: Reference, key: str) -> float:
-    values, samples = reference.get(key)
-    mine = ours.detach().double().numpy()
-    if samples is not None:
-        mine = mine.reshape(-1)[samples]
-    assert mine.shape == values.shape, f"{key}: shape {mine.shape} vs {values.shape}"
-    return float(np.abs(mine - values).max())
+def compare(ours: torch.Tensor, reference: ParityFixture, phase: str, key: str) -> float:
+    """Largest |ours - stored| of outputs[key] of ``phase`` (at the sample indices when stored as samples)."""
+    stored = reference.output(phase, key)
+    mine = stored.view(ours.detach().double().numpy())
+    assert mine.shape == stored.value.shape, f"{key}: shape {mine.shape} vs {stored.value.shape}"
+    return float(np.abs(mine - stored.value).max())
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +92,11 @@ def test_network_outputs_equal_the_original(loaded) -> None:
     color = _inputs(folder)
     images = torch.stack([color[-1], color[0], color[1]], dim=1)
     out = model(images, phase="fine_tune")
-    ref = Reference(folder, "mask_init").for_phase("mask_init")
+    ref = ParityFixture(folder)
     worst: dict[str, float] = {}
 
     def check(family: str, tensor: torch.Tensor, key: str) -> None:
-        worst[family] = max(worst.get(family, 0.0), compare(tensor, ref, key))
+        worst[family] = max(worst.get(family, 0.0), compare(tensor, ref, "mask_init", key))
 
     for s in model.scales:
         check("disp", out.disp[s], f"disp|0|{s}")
