@@ -12,6 +12,8 @@ Frames: the ego frame (x forward, y left, z up, origin on the ground) carries th
 velodyne 1.73 m above ground). All geometry used for rendering is the calibration READ BACK from the
 written files (7 significant digits), so a reader composing the files reproduces the scene exactly.
 Every sensor of frame i is captured at the same instant ``t = i / 10`` s (velodyne start/end +-50 ms).
+Products are ``dynamo_depth.synth.fused`` FMA chains and inverses closed-form (no BLAS/LAPACK), so the
+bytes do not depend on the CPU's BLAS kernels.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from dynamo_depth.formats import kitti as fmt
+from dynamo_depth.synth.fused import matmul_fused, matvec_fused
 from dynamo_depth.synth.world import World, hdl64_directions, make_world, rotate
 
 DATE = "2011_09_26"
@@ -42,8 +45,25 @@ _CAMERA_T = {0: (0.0, 0.0, 0.0), 1: (-0.537, 0.0, 0.0), 2: (0.06, -0.0003, 0.002
 
 def _small_rotation(rx: float, ry: float, rz: float) -> np.ndarray:
     cx, sx, cy, sy, cz, sz = math.cos(rx), math.sin(rx), math.cos(ry), math.sin(ry), math.cos(rz), math.sin(rz)
-    return (np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-            @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]))
+    return matmul_fused(np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]),
+                        np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]]),
+                        np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]))
+
+
+def invert_affine(transform: np.ndarray) -> np.ndarray:
+    """Inverse of a (4, 4) [A | t; 0 0 0 1] with any invertible A (the read-back, 7-digit rotations are not
+    exactly orthonormal): A^-1 = adj(A) / det(A) by cofactors, element-wise (no LAPACK)."""
+    a = np.asarray(transform, dtype=np.float64)[:3, :3]
+    cofactor = np.array([[a[(i + 1) % 3, (j + 1) % 3] * a[(i + 2) % 3, (j + 2) % 3]
+                          - a[(i + 1) % 3, (j + 2) % 3] * a[(i + 2) % 3, (j + 1) % 3] for j in range(3)]
+                         for i in range(3)])
+    det = a[0, 0] * cofactor[0, 0] + a[0, 1] * cofactor[0, 1] + a[0, 2] * cofactor[0, 2]
+    if not abs(det) > 1e-12:
+        raise ValueError(f"invert_affine: singular 3x3 block (det {det!r})")
+    out = np.eye(4)
+    out[:3, :3] = cofactor.T / det
+    out[:3, 3] = -matvec_fused(out[:3, :3], np.asarray(transform, dtype=np.float64)[:3, 3])
+    return out
 
 
 def cam_to_cam_values() -> dict[str, object]:
@@ -60,14 +80,15 @@ def cam_to_cam_values() -> dict[str, object]:
         values[f"T_{tag}"] = np.array(_CAMERA_T[index])
         values[f"S_rect_{tag}"] = (1242.0, 375.0)
         values[f"R_rect_{tag}"] = _small_rotation(0.0043 - 0.001 * index, -0.0074 + 0.002 * index, -0.0098)
-        values[f"P_rect_{tag}"] = np.concatenate([k_rect, (k_rect @ np.array(_CAMERA_T[index]))[:, None]], axis=1)
+        values[f"P_rect_{tag}"] = np.concatenate([k_rect, matvec_fused(k_rect, np.array(_CAMERA_T[index]))[:, None]],
+                                                 axis=1)
     return values
 
 
 def velo_to_cam_values() -> dict[str, object]:
     """``calib_velo_to_cam.txt``: camera 0 from velodyne (x fwd, y left, z up -> x right, y down, z fwd)."""
     axes = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
-    return {"calib_time": "01-Jan-2012 12:00:00", "R": axes @ _small_rotation(0.0006, -0.0148, 0.0075),
+    return {"calib_time": "01-Jan-2012 12:00:00", "R": matmul_fused(axes, _small_rotation(0.0006, -0.0148, 0.0075)),
             "T": (-4.07e-03, -7.63e-02, -2.72e-01), "delta_f": (0.0, 0.0), "delta_c": (0.0, 0.0)}
 
 
@@ -101,7 +122,7 @@ def frame_time_s(frame: int) -> float:
 
 def world_from_imu(world: World, t_s: float) -> np.ndarray:
     """(4, 4) synthetic-world pose of the IMU at ``t_s`` seconds."""
-    return world.world_from_ego(t_s) @ EGO_FROM_IMU
+    return matmul_fused(world.world_from_ego(t_s), EGO_FROM_IMU)
 
 
 def oxts_packets(world: World, frames: int) -> list[fmt.OxtsPacket]:
@@ -124,7 +145,7 @@ def oxts_packets(world: World, frames: int) -> list[fmt.OxtsPacket]:
 def velodyne_scan(world: World, calib: fmt.KittiCalib, t_s: float) -> np.ndarray:
     """(N, 4) float32 [x, y, z, reflectance] in the velodyne frame: HDL-64E-like rays cast at ``t_s``."""
     directions_velo = hdl64_directions(azimuth_step_deg=AZIMUTH_STEP_DEG)
-    world_from_velo = world_from_imu(world, t_s) @ np.linalg.inv(calib.velo_from_imu)
+    world_from_velo = matmul_fused(world_from_imu(world, t_s), invert_affine(calib.velo_from_imu))
     directions_world = rotate(world_from_velo[:3, :3], directions_velo)
     origins = np.broadcast_to(world_from_velo[:3, 3], directions_world.shape)
     hits = world.ray_cast(origins, directions_world, t_s)
@@ -136,8 +157,8 @@ def velodyne_scan(world: World, calib: fmt.KittiCalib, t_s: float) -> np.ndarray
 
 def world_from_camera(world: World, calib: fmt.KittiCalib, camera: str, t_s: float) -> np.ndarray:
     """(4, 4) synthetic-world pose of the rectified ``camera`` (OpenCV axes) at ``t_s`` seconds."""
-    velo_from_camera = np.linalg.inv(calib.camera_from_velo(camera))
-    return world_from_imu(world, t_s) @ np.linalg.inv(calib.velo_from_imu) @ velo_from_camera
+    velo_from_camera = invert_affine(calib.camera_from_velo(camera))
+    return matmul_fused(world_from_imu(world, t_s), invert_affine(calib.velo_from_imu), velo_from_camera)
 
 
 def render_camera(world: World, calib: fmt.KittiCalib, camera: str, t_s: float) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,8 @@ the camera keyframe comes a few ms later (sensors are not synchronous, as in nuS
 LiDAR files hold float32 (x, y, z, intensity, ring) per point in the LIDAR_TOP frame (x right,
 y forward, z up, metres), 32 beams from -30.67 to +10.67 deg, returns up to 70 m. Every ray of a
 sweep is cast at the sweep's timestamp (no rolling-shutter motion inside a sweep).
-Tokens are md5 hex digests of names and the seed: the same arguments give byte-identical files.
+Tokens are md5 hex digests of names and the seed: the same arguments give byte-identical files. Products
+and norms are ``dynamo_depth.synth.fused`` (no BLAS), so the bytes do not depend on the CPU's BLAS kernels.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from dynamo_depth.synth import world as world_module
+from dynamo_depth.synth.fused import matmul_fused, norm_sequential
 
 IMAGE_HW = (900, 1600)
 JPEG_QUALITY = 90
@@ -82,7 +84,7 @@ _VERSION_RE = re.compile(r"^v1\.0-[a-z]+$")
 
 def _rotation_from_quaternion(wxyz) -> np.ndarray:
     """(3, 3) rotation matrix of a unit quaternion (w, x, y, z) (normalised first)."""
-    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
+    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / norm_sequential(wxyz)
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
                      [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
                      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
@@ -101,7 +103,7 @@ def _quaternion_from_rotation(rotation: np.ndarray) -> list[float]:
         s = 2.0 * math.sqrt(1.0 + r[i, i] - r[j, j] - r[k, k])
         q = [(r[k, j] - r[j, k]) / s, 0.0, 0.0, 0.0]
         q[1 + i], q[1 + j], q[1 + k] = 0.25 * s, (r[j, i] + r[i, j]) / s, (r[k, i] + r[i, k]) / s
-    q = np.asarray(q) / np.linalg.norm(q)
+    q = np.asarray(q) / norm_sequential(q)
     return [float(v) for v in (q if q[0] >= 0 else -q)]
 
 
@@ -276,7 +278,8 @@ def _annotation_records(*, seed: int, scene_index: int, world: world_module.Worl
     for b, box in enumerate(world.boxes):
         chain = []
         for sample, surface in zip(samples, key_surfaces, strict=True):
-            global_from_box = GLOBAL_FROM_WORLD @ box.world_from_box((sample["timestamp"] - start_us) * 1e-6)
+            t_s = (sample["timestamp"] - start_us) * 1e-6
+            global_from_box = matmul_fused(GLOBAL_FROM_WORLD, box.world_from_box(t_s))
             lidar_points = int(np.count_nonzero(surface == b + 1))
             chain.append({
                 "token": _token(seed, "sample_annotation", scene_index, b, sample["token"]),
@@ -301,11 +304,13 @@ def _write_sensor_files(root: Path, *, world: world_module.World, records: list[
     for record in records:
         t_s = (record["timestamp"] - start_us) * 1e-6
         world_from_ego = world.world_from_ego(t_s)
-        poses.append(_pose_record(record["token"], GLOBAL_FROM_WORLD @ world_from_ego, record["timestamp"]))
+        global_from_ego = matmul_fused(GLOBAL_FROM_WORLD, world_from_ego)
+        poses.append(_pose_record(record["token"], global_from_ego, record["timestamp"]))
+        world_from_sensor = matmul_fused(world_from_ego, ego_from_sensor)
         if channel == "CAM_FRONT":
-            data = _render_jpeg(world, world_from_camera=world_from_ego @ ego_from_sensor, t_s=t_s)
+            data = _render_jpeg(world, world_from_camera=world_from_sensor, t_s=t_s)
         else:
-            points, surface = _cast_sweep(world, world_from_lidar=world_from_ego @ ego_from_sensor, t_s=t_s)
+            points, surface = _cast_sweep(world, world_from_lidar=world_from_sensor, t_s=t_s)
             data = points.tobytes()
             if record["is_key_frame"]:
                 key_surfaces.append(surface)

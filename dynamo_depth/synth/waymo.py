@@ -20,6 +20,9 @@ What a frame holds (real-data conventions, see ``dynamo_depth.formats.waymo``):
 - FRONT ``CameraImage``: JPEG of the distorted render at t_k + IMAGE_DELAY_S, its pose = world_from_vehicle
   at that time, ``velocity`` in the world frame; the other cameras carry calibrations only.
 - ``laser_labels``: one 3D box per world box at ``Frame.pose`` time, speed in the vehicle axes.
+
+Products are ``dynamo_depth.synth.fused`` FMA chains and the pose inverse is closed-form (no BLAS/LAPACK),
+so the bytes do not depend on the CPU's BLAS kernels.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from PIL import Image
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.formats import waymo_pb2
 from dynamo_depth.formats.tfrecord import write_records
+from dynamo_depth.geometry import invert_se3
+from dynamo_depth.synth.fused import matmul_fused, matvec_fused, norm_sequential, rotate_fused
 from dynamo_depth.synth.world import World, make_world
 
 BASE_TIMESTAMP_US = 1_557_000_000_000_000  # fixed synthetic epoch of world time t = 0
@@ -94,7 +99,10 @@ def top_beam_inclinations() -> np.ndarray:
     """(64,) ascending, non-uniform TOP beam inclinations (rad): denser towards the horizon."""
     low, high = TOP_INCLINATION_RANGE
     u = np.linspace(0.0, 1.0, 64)
-    return low + (high - low) * (1.0 - (1.0 - u) ** 1.5)
+    rest = 1.0 - u
+    # rest ** 1.5 as rest * sqrt(rest): numpy's power is an AVX-512 SVML routine on some CPUs and libm's pow on
+    # others (different last bits); multiply and sqrt are correctly rounded everywhere
+    return low + (high - low) * (1.0 - rest * np.sqrt(rest))
 
 
 def _pose(angles: tuple[float, float, float], translation: tuple[float, float, float]) -> np.ndarray:
@@ -155,7 +163,7 @@ def _laser_directions(calib: wf.LaserCalibration, hw: tuple[int, int]) -> tuple[
     azimuth = wf.column_azimuths(hw[1], calib.vehicle_from_laser)[None, :]
     laser = np.stack(np.broadcast_arrays(np.cos(azimuth) * np.cos(inclination),
                                          np.sin(azimuth) * np.cos(inclination), np.sin(inclination)), axis=-1)
-    return laser @ calib.vehicle_from_laser[:3, :3].T, azimuth[0]
+    return rotate_fused(calib.vehicle_from_laser[:3, :3], laser), azimuth[0]
 
 
 def _returns_image(world: World, hits, t_s: float, max_range: float, keep: np.ndarray) -> np.ndarray:
@@ -174,7 +182,7 @@ def _near_moving_box(world: World, origins: np.ndarray, rays: np.ndarray, start_
     mid_s = start_s + SWEEP_S / 2
     for box in world.boxes:
         if box.is_moving:
-            radius = 0.5 * float(np.linalg.norm(box.size)) + float(np.hypot(*box.velocity_xy)) * SWEEP_S / 2 + 0.1
+            radius = 0.5 * norm_sequential(box.size) + float(np.hypot(*box.velocity_xy)) * SWEEP_S / 2 + 0.1
             offset = box.center_at(mid_s) - origins
             along = np.maximum(np.sum(offset * rays, axis=1), 0.0)
             near |= np.sum(offset * offset, axis=1) - along ** 2 <= radius ** 2
@@ -196,8 +204,8 @@ def _top_rays(world: World, start_s: float, width: int) -> tuple[np.ndarray, np.
                                  world_from_vehicle[:3, 3]]).astype(np.float32)
         pose[:, column] = stored
         rotation = wf.rotation_from_euler(*stored[:3].astype(np.float64))
-        origins[:, column] = rotation @ calib.vehicle_from_laser[:3, 3] + stored[3:].astype(np.float64)
-        rays[:, column] = directions[:, column] @ rotation.T
+        origins[:, column] = matvec_fused(rotation, calib.vehicle_from_laser[:3, 3]) + stored[3:].astype(np.float64)
+        rays[:, column] = rotate_fused(rotation, directions[:, column])
     return origins, rays, pose
 
 
@@ -229,8 +237,8 @@ def _short_range_image(world: World, name: str, t_s: float, hw: tuple[int, int])
     calib = laser_calibration(name)
     directions, azimuth = _laser_directions(calib, hw)
     world_from_vehicle = world.world_from_ego(t_s)
-    rays = directions.reshape(-1, 3) @ world_from_vehicle[:3, :3].T
-    origin = world_from_vehicle[:3, :3] @ calib.vehicle_from_laser[:3, 3] + world_from_vehicle[:3, 3]
+    rays = rotate_fused(world_from_vehicle[:3, :3], directions.reshape(-1, 3))
+    origin = matvec_fused(world_from_vehicle[:3, :3], calib.vehicle_from_laser[:3, 3]) + world_from_vehicle[:3, 3]
     hits = world.ray_cast(np.broadcast_to(origin, rays.shape), rays, t_s)
     wrapped = (azimuth + math.pi) % (2 * math.pi) - math.pi
     forward = np.broadcast_to(np.abs(wrapped) < math.pi / 2, hw).ravel()
@@ -242,8 +250,9 @@ def _front_image(world: World, t_s: float, options: WaymoSynthOptions, frame_sta
     """The FRONT ``CameraImage``: distorted render at ``t_s`` encoded as JPEG, with pose and timing."""
     calib = camera_calibration("FRONT", options.image_hw)
     world_from_vehicle = world.world_from_ego(t_s)
-    image, _ = world.render(K=calib.K, world_from_camera=world_from_vehicle @ calib.vehicle_from_opencv_camera,
-                            hw=options.image_hw, t_s=t_s, distortion=calib.distortion)
+    world_from_camera = matmul_fused(world_from_vehicle, calib.vehicle_from_opencv_camera)
+    image, _ = world.render(K=calib.K, world_from_camera=world_from_camera, hw=options.image_hw, t_s=t_s,
+                            distortion=calib.distortion)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=options.jpeg_quality)
     rotation = world_from_vehicle[:3, :3]
@@ -265,12 +274,12 @@ _LABEL_TYPES = {"vehicle": "TYPE_VEHICLE", "human": "TYPE_PEDESTRIAN", "pedestri
 def _laser_labels(world: World, t_s: float, counts: dict[int, tuple[int, int]]) -> list:
     """One ``Label`` per world box at ``t_s`` in the vehicle frame; ``counts[k]`` = (all, TOP) points."""
     world_from_vehicle = world.world_from_ego(t_s)
-    vehicle_from_world = np.linalg.inv(world_from_vehicle)
+    vehicle_from_world = invert_se3(world_from_vehicle)
     ego_yaw = math.atan2(world_from_vehicle[1, 0], world_from_vehicle[0, 0])
     labels = []
     for k, box in enumerate(world.boxes):
-        center = vehicle_from_world[:3, :3] @ box.center_at(t_s) + vehicle_from_world[:3, 3]
-        speed = vehicle_from_world[:3, :3] @ np.array([box.velocity_xy[0], box.velocity_xy[1], 0.0])
+        center = matvec_fused(vehicle_from_world[:3, :3], box.center_at(t_s)) + vehicle_from_world[:3, 3]
+        speed = matvec_fused(vehicle_from_world[:3, :3], np.array([box.velocity_xy[0], box.velocity_xy[1], 0.0]))
         heading = (box.yaw - ego_yaw + math.pi) % (2 * math.pi) - math.pi
         kind = next((v for key, v in _LABEL_TYPES.items() if box.category.startswith(key)), "TYPE_UNKNOWN")
         labels.append(waymo_pb2.Label(

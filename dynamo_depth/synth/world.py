@@ -5,7 +5,8 @@ y left, z up with its origin on the ground. Cameras use OpenCV axes (x right, y 
 Transforms are ``target_from_source`` 4x4 float64 matrices. Times are seconds from t = 0.
 
 Everything is vectorised numpy and deterministic: the same seed gives the same bytes. Large
-per-pixel arithmetic is written element-wise (no BLAS) so results never depend on thread count.
+per-pixel arithmetic is written element-wise (no BLAS, no LAPACK) so results depend neither on thread
+count nor on the CPU's BLAS kernels.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dynamo_depth.geometry import invert_se3
 from dynamo_depth.synth.cameras import (  # noqa: F401 - re-exported: the world's camera model
     _check_distortion,
     camera_directions,
@@ -309,7 +311,7 @@ class World:
                 yield index, _ground_colour(hits.points.take(index, axis=0), hits.distance[index], self.seed), True
             else:
                 box = self.boxes[surface - 1]
-                box_from_world = np.linalg.inv(box.world_from_box(t_s))
+                box_from_world = invert_se3(box.world_from_box(t_s))
                 local = transform_points(box_from_world, hits.points.take(index, axis=0))
                 yield index, _box_face_colour(local, box, hits.distance[index]), True
 
