@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dynamo_depth.models import MODULE_NAMES
-from dynamo_depth.models.resnet import WeightLoadError, read_state_dict_file
+from dynamo_depth.models.resnet import WeightLoadError, check_state_dict, read_state_dict_file
 
 DEPTH_MODULES = ("depth_enc", "depth_dec")
 SIZE_KEYS = ("height", "width")
@@ -61,18 +61,7 @@ def read_folder(path: str | os.PathLike[str], *, modules: Sequence[str] = MODULE
 def load_module_state(module: nn.Module, state: Mapping[str, object], *, source: str) -> None:
     """``module.load_state_dict(state, strict=True)`` with errors naming the file, keys and shapes."""
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        hint = _depth_network_hint(own, state)
-        raise WeightLoadError(f"{source}: missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}; "
-                              f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}{hint}")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise WeightLoadError(f"{source}: key {key!r} holds {type(value).__name__}, not a tensor")
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise WeightLoadError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
-                                  f"the network expects {tuple(own[key].shape)}")
+    check_state_dict(own, state, source=source, hint=_depth_network_hint(own, state))
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-import torch
 from torch import nn
 
 from dynamo_depth.models.resnet import (
     ResnetEncoder,
     WeightLoadError,
+    check_state_dict,
     load_torchvision_state_dict,
     read_state_dict_file,
 )
@@ -116,15 +116,6 @@ def load_litemono_imagenet(encoder: nn.Module, path: PathLike) -> None:
     state = unwrap_state_dict(read_state_dict_file(path), source=source)
     state = {k: v for k, v in state.items() if k not in IMAGENET_HEAD_KEYS}
     own = encoder.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith(_OPTIONAL_SUFFIX)]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise WeightLoadError(f"{source}: not a Lite-Mono (lite-mono-8m) ImageNet encoder: missing keys {missing}; "
-                              f"unexpected keys {unexpected}")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise WeightLoadError(f"{source}: key {key!r} holds {type(value).__name__}, not a tensor")
-        if tuple(value.shape) != tuple(own[key].shape):
-            raise WeightLoadError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
-                                  f"the encoder expects {tuple(own[key].shape)}")
+    check_state_dict(own, state, source=source, optional_suffixes=(_OPTIONAL_SUFFIX,), what="the encoder",
+                     hint=" (not a Lite-Mono lite-mono-8m ImageNet encoder)")
     encoder.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)

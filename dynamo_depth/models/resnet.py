@@ -145,6 +145,24 @@ def read_state_dict_file(path: str | Path) -> Mapping[str, object]:
     return state
 
 
+def check_state_dict(own: Mapping[str, torch.Tensor], state: Mapping[str, object], *, source: str,
+                     optional_suffixes: tuple[str, ...] = (), what: str = "the network", hint: str = "") -> None:
+    """WeightLoadError naming ``source`` unless ``state`` has exactly ``own``'s keys (keys ending with an
+    ``optional_suffixes`` entry may be missing), every value a tensor of ``own``'s shape."""
+    missing = [k for k in own if k not in state and not k.endswith(optional_suffixes or ("\0",))]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        def listed(keys: list[str]) -> str:
+            return f"{keys[:8]}{' ...' if len(keys) > 8 else ''}"
+        raise WeightLoadError(f"{source}: missing keys {listed(missing)}; unexpected keys {listed(unexpected)}{hint}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightLoadError(f"{source}: key {key!r} holds {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise WeightLoadError(f"{source}: key {key!r} has shape {tuple(value.shape)}, "
+                                  f"{what} expects {tuple(own[key].shape)}")
+
+
 def load_torchvision_weights(encoder: ResnetEncoder, path: str | Path) -> None:
     """Load a torchvision-format ResNet-18 state dict file (``resnet18-*.pth``) into ``encoder``."""
     load_torchvision_state_dict(encoder, read_state_dict_file(path), source=str(path))
