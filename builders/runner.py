@@ -267,6 +267,8 @@ def _load_pack_state(state_url: str, plan: Mapping[str, Any], out_url: str) -> l
         records = [ShardRecord.from_json(s) for s in state["shards"]]
     except (ValueError, KeyError):
         return []
+    if any(span.sha256 is None for r in records for span in r.samples):
+        return []  # packed before per-sample digests (manifest version 1): repack, never mix versions
     for r in records:  # every committed shard must still be there, whole
         url = storage.join(out_url, r.name)
         if not storage.exists(url) or storage.size(url) != r.bytes:

@@ -34,7 +34,9 @@ poses, ego_from_camera, box tests) is element-wise in a fixed order (``dynamo_de
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,9 +51,9 @@ from builders.runner import BuilderSpec, SkippedFrame, Unit
 from builders.waymo_view import camera_wedge, wedge_selector
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.geometry import compose, invert_se3
-from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.schema import EDGE_KEY, MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.1.0"  # 1.1.0: element-wise (CPU-independent) geometry, bytes differ from 1.0.0
+VERSION = "1.2.0"  # 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
 TRAIN_HW = (320, 480)  # (H, W) of the stored images
 JPEG_QUALITY = 95
 SEGMENT_SUFFIX = "_with_camera_labels.tfrecord"
@@ -63,7 +65,13 @@ BOX_MARGIN_M = 0.05  # label boxes are grown by this on every side: LiDAR points
 
 # ---------------------------------------------------------------------------------------- units
 def list_units(raw_root: str, options: Mapping[str, Any]) -> list[Unit]:
-    """One unit per (segment, camera) under ``raw_root/<split>/segment-*_with_camera_labels.tfrecord``."""
+    """One unit per (segment, camera) under ``raw_root/<split>/segment-*_with_camera_labels.tfrecord``,
+    or per segment named by ``options["split_file"]`` (``<folder>/segment-<name> <frame>`` lines)."""
+    if options.get("split_file"):
+        return [Unit(name=f"{segment}/{camera}", params={"path": f"{folder}/{segment}{SEGMENT_SUFFIX}",
+                                                         "sequence": segment, "camera": camera, "frames": frames})
+                for (folder, segment), frames in sorted(split_file_frames(options["split_file"]).items())
+                for camera in options.get("cameras", ("FRONT",))]
     split = options.get("split", "train")
     folder = Path(raw_root) / split
     if not folder.is_dir():
@@ -75,6 +83,20 @@ def list_units(raw_root: str, options: Mapping[str, Any]) -> list[Unit]:
             units.append(Unit(name=f"{sequence}/{camera}",
                               params={"path": f"{split}/{path.name}", "sequence": sequence, "camera": camera}))
     return units
+
+
+def split_file_frames(split_file: str) -> dict[tuple[str, str], list[int]]:
+    """The original's Waymo split lines ``<folder>/<segment> <frame>`` -> {(folder, segment): sorted frames}."""
+    out: dict[tuple[str, str], set[int]] = {}
+    for number, line in enumerate(Path(split_file).read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        folder, _, segment = parts[0].rpartition("/")
+        if len(parts) != 2 or not parts[1].isdigit() or not folder or not segment.startswith("segment-"):
+            raise ValueError(f"{split_file}: line {number}: expected '<folder>/segment-<name> <frame>', got {line!r}")
+        out.setdefault((folder, segment), set()).add(int(parts[1]))
+    return {key: sorted(frames) for key, frames in out.items()}
 
 
 # -------------------------------------------------------------------------------------- images
@@ -276,6 +298,9 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
     camera, sequence = unit.params["camera"], unit.params["sequence"]
     if not path.is_file():
         raise ValueError(f"{path}: segment file is missing")
+    if unit.params.get("frames"):
+        yield from _build_listed(path, unit.params["frames"], sequence, camera, options)
+        return
     window: list[_FrameView] = []  # consecutive usable frames, at most 3
     records: dict[int, Any] = {}  # index -> Frame, only for frames that may still become a target
     for index, (offset, frame) in enumerate(wf.iter_frames(path)):
@@ -298,8 +323,43 @@ def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterato
         yield SkippedFrame(frame=window[-1].index, reason="no next frame")
 
 
+def _build_listed(path: Path, listed: Sequence[int], sequence: str, camera: str,
+                  options: Mapping[str, Any]) -> Iterator[TripletSample | SkippedFrame]:
+    """Samples of the listed frames (split-file builds), in frame order: a frame without a previous / next
+    frame in the segment uses itself as that neighbour (the original's rule), flagged in ``meta.json``."""
+    wanted = set(listed)
+    views: dict[int, _FrameView | str] = {}
+    pending: dict[int, Any] = {}  # listed index -> Frame, until its next frame is known
+    count = 0
+
+    def emit(t: int, last: int) -> TripletSample | SkippedFrame:
+        cur = views[t]
+        if isinstance(cur, str):
+            return SkippedFrame(frame=t, reason=cur)
+        prev = views[t - 1] if t > 0 else cur
+        nxt = views[t + 1] if t < last else cur
+        for i, view in ((t - 1, prev), (t + 1, nxt)):
+            if isinstance(view, str):
+                return SkippedFrame(frame=t, reason=f"neighbour frame {i}: {view}")
+        edge = tuple(name for name, view in (("prev", prev), ("next", nxt)) if view is cur)
+        return _sample([prev, cur, nxt], pending.pop(t), sequence, camera, options, where=str(path), edge=edge)
+
+    for index, (offset, frame) in enumerate(wf.iter_frames(path)):
+        count = index + 1
+        views[index] = _view(frame, index, offset, camera, str(path))
+        if index in wanted:
+            pending[index] = frame
+        for t in [t for t in sorted(pending) if t < index]:
+            yield emit(t, last=10**12)
+        views = {i: v for i, v in views.items() if i >= index - 1}
+    for t in sorted(pending):
+        yield emit(t, last=count - 1)
+    for t in sorted(i for i in wanted if i >= count):
+        yield SkippedFrame(frame=t, reason=f"not in the segment ({count} frames)")
+
+
 def _sample(window: list[_FrameView], frame, sequence: str, camera: str, options: Mapping[str, Any], *,
-            where: str) -> TripletSample:
+            where: str, edge: tuple[str, ...] = ()) -> TripletSample:
     prev, cur, nxt = window
     calib = cur.calib
     hw = (calib.height, calib.width)
@@ -317,7 +377,8 @@ def _sample(window: list[_FrameView], frame, sequence: str, camera: str, options
         extra={"frame_gaps_us": [stamps[1] - stamps[0], stamps[2] - stamps[1]],
                "lidar_timestamps_us": [v.lidar_timestamp_us for v in window],
                "pose": "CameraImage.pose @ vehicle_from_opencv_camera", "timestamps": "CameraImage.pose_timestamp",
-               "lidar": "return 1 of TOP, FRONT, SIDE_LEFT, SIDE_RIGHT, REAR in the Frame.pose vehicle frame"},
+               "lidar": "return 1 of TOP, FRONT, SIDE_LEFT, SIDE_RIGHT, REAR in the Frame.pose vehicle frame",
+               **({EDGE_KEY: list(edge)} if edge else {})},
     )
     return TripletSample(
         key=make_key(sequence, camera, cur.index), images=(prev.jpeg, cur.jpeg, nxt.jpeg),
@@ -330,12 +391,20 @@ def _sample(window: list[_FrameView], frame, sequence: str, camera: str, options
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", nargs="+", default=["FRONT"], choices=list(wf.CAMERA_NAMES),
                         help="cameras to build (one unit per segment and camera; default FRONT)")
+    parser.add_argument("--split-file", default=None,
+                        help="the original's split list ('<folder>/segment-<name> <frame>' per line, e.g. "
+                             "splits/waymo/test_files.txt): build exactly the listed frames, edges included")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    if args.split not in ("train", "val"):
-        raise ValueError(f"--split must be train or val (the RAW/<split>/ folder), got {args.split!r}")
-    return {"cameras": list(dict.fromkeys(args.cameras)), "split": args.split}
+    split_file = os.path.abspath(args.split_file) if args.split_file else None
+    if split_file is None and args.split not in ("train", "val"):
+        raise ValueError(f"--split must be train or val (the RAW/<split>/ folder) without --split-file, "
+                         f"got {args.split!r}")
+    options: dict[str, Any] = {"cameras": list(dict.fromkeys(args.cameras)), "split": args.split}
+    if split_file is not None:  # the digest makes an edited split file a different build
+        options.update(split_file=split_file, split_file_sha256=hashlib.sha256(Path(split_file).read_bytes()).hexdigest())
+    return options
 
 
 SPEC = BuilderSpec(name="waymo", dataset="waymo", version=VERSION, list_units=list_units, build_unit=build_unit,

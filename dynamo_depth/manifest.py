@@ -2,11 +2,16 @@
 
 Layout (docs/ARCHITECTURE.md)::
 
-    {"manifest_version": 1, "schema_version": 1, "dataset": "kitti", "split": "train",
+    {"manifest_version": 2, "schema_version": 1, "dataset": "kitti", "split": "train",
      "builder": "builders.kitti", "builder_version": "1.0.0", "options": {...},
      "shards": [ShardRecord.to_json(), ...],
      "units": [{"name": ..., "samples": 8, "skipped": 2, "notes": []}],
      "failed": [{"unit": ..., "error": "file ...: reason"}]}
+
+Versions: 2 (what ``ShardWriter`` builds write) adds ``"sha256"`` of the span bytes to every
+``samples[i]`` entry, so a reader checks each sample before using it; 1 (older builds, e.g. reference
+manifests committed before) has no per-sample digest and still loads: its readers check whole shards.
+A manifest is one or the other: every sample has a digest (2) or none has (1).
 
 Saved canonically (sorted keys, ``indent=1``, ASCII, trailing newline) and atomically, so identical
 builds give identical bytes. Loading is strict: unknown or missing fields, unsafe shard names
@@ -28,6 +33,7 @@ from dynamo_depth.shards import ShardRecord
 __all__ = [
     "MANIFEST_NAME",
     "MANIFEST_VERSION",
+    "MANIFEST_VERSIONS",
     "FailedUnit",
     "Manifest",
     "UnitRecord",
@@ -37,7 +43,8 @@ __all__ = [
     "save_manifest",
 ]
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # what builds write
+MANIFEST_VERSIONS = (1, 2)  # what this reader loads
 MANIFEST_NAME = "manifest.json"
 
 
@@ -98,7 +105,7 @@ class Manifest:
     units: tuple[UnitRecord, ...] = ()
     failed: tuple[FailedUnit, ...] = ()
     schema_version: int = SCHEMA_VERSION
-    manifest_version: int = MANIFEST_VERSION
+    manifest_version: int | None = None  # None: 2 when the samples carry sha256 digests, 1 when none does
 
     def __post_init__(self) -> None:
         # Options are stored as plain JSON (tuples become lists) so a loaded manifest equals the saved one.
@@ -106,6 +113,7 @@ class Manifest:
         object.__setattr__(self, "shards", tuple(self.shards))
         object.__setattr__(self, "units", tuple(self.units))
         object.__setattr__(self, "failed", tuple(self.failed))
+        object.__setattr__(self, "manifest_version", _version_of(self.shards, self.manifest_version))
 
     @property
     def num_samples(self) -> int:
@@ -119,7 +127,8 @@ class Manifest:
         raise KeyError(name)
 
     def with_shards(self, shards: tuple[ShardRecord, ...]) -> Manifest:
-        return replace(self, shards=tuple(shards))
+        """A copy with ``shards`` (its version follows their per-sample digests)."""
+        return replace(self, shards=tuple(shards), manifest_version=None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,8 +147,9 @@ class Manifest:
         fields = {"manifest_version", "schema_version", "dataset", "split", "builder", "builder_version",
                   "options", "shards", "units", "failed"}
         _check_fields(obj, fields, "manifest")
-        if obj["manifest_version"] != MANIFEST_VERSION:
-            raise ValueError(f"manifest_version {obj['manifest_version']!r}; this reader knows {MANIFEST_VERSION}")
+        if obj["manifest_version"] not in MANIFEST_VERSIONS or isinstance(obj["manifest_version"], bool):
+            raise ValueError(f"manifest_version {obj['manifest_version']!r}; this reader knows "
+                             f"{' and '.join(map(str, MANIFEST_VERSIONS))}")
         if obj["schema_version"] != SCHEMA_VERSION:
             raise ValueError(f"schema_version {obj['schema_version']!r}; this reader knows {SCHEMA_VERSION}")
         for key in ("dataset", "split", "builder", "builder_version"):
@@ -161,6 +171,26 @@ class Manifest:
             shards=shards, units=tuple(UnitRecord.from_json(u) for u in obj["units"]),
             failed=tuple(FailedUnit.from_json(f) for f in obj["failed"]),
         )
+
+
+def _version_of(shards: tuple[ShardRecord, ...], declared: int | None) -> int:
+    """The manifest version these shard records make: 2 if every sample has a sha256, 1 if none has;
+    ``ValueError`` if they mix, or if ``declared`` (when given) disagrees."""
+    spans = [span for shard in shards for span in shard.samples]
+    with_digest = [span for span in spans if span.sha256 is not None]
+    if with_digest and len(with_digest) != len(spans):
+        bare = next(span for shard in shards for span in shard.samples if span.sha256 is None)
+        raise ValueError(f"samples mix manifest versions: {len(with_digest)} of {len(spans)} have a sha256, "
+                         f"sample {bare.key!r} has none")
+    derived = 2 if with_digest or not spans else 1
+    if declared is None:
+        return derived
+    if declared not in MANIFEST_VERSIONS:
+        raise ValueError(f"manifest_version {declared!r}; this reader knows {' and '.join(map(str, MANIFEST_VERSIONS))}")
+    if spans and declared != derived:
+        need = "every sample needs a sha256" if declared == 2 else "samples must not have a sha256"
+        raise ValueError(f"manifest_version {declared}: {need} (sample {spans[0].key!r})")
+    return declared
 
 
 def _is_count(value: Any) -> bool:

@@ -12,8 +12,15 @@ K.npy          (3, 3) float64 pinhole intrinsics in pixels of the stored images
 poses.npy      (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes)
 depth.npy.zst  zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres
 motion.npy.zst optional zstd .npy, (N,) uint8 per depth point (see ``MotionLabel``)
+orig.png       optional: the target frame's raw PNG file, byte for byte (KITTI test-split builds), so
+               evaluation can feed the network the raw image resized bicubic as the original does
 meta.json      ``SampleMeta`` as canonical JSON
 ============== =====================================================================
+
+Edge samples: a build from a split file (``--split-file``) makes a sample of every listed frame; a
+frame without a previous / next frame uses ITSELF as that neighbour (the original's rule), and
+``meta.json`` ``extra["edge"]`` lists the substituted neighbours (``["prev"]``, ``["next"]`` or both;
+see ``edge_neighbours``). The loader leaves such samples out of training unless asked.
 
 Nothing here ever unpickles: every ``np.load`` uses ``allow_pickle=False``.
 """
@@ -37,7 +44,11 @@ ZSTD_LEVEL = 3
 
 IMAGE_MEMBERS = ("prev.jpg", "cur.jpg", "next.jpg")
 REQUIRED_MEMBERS = (*IMAGE_MEMBERS, "K.npy", "poses.npy", "depth.npy.zst", "meta.json")
-OPTIONAL_MEMBERS = ("motion.npy.zst",)
+OPTIONAL_MEMBERS = ("motion.npy.zst", "orig.png")
+EDGE_KEY = "edge"
+"""``meta.json`` ``extra`` key listing neighbours replaced by the target frame (``EDGE_NEIGHBOURS``)."""
+EDGE_NEIGHBOURS = ("prev", "next")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_MEMBERS = (*REQUIRED_MEMBERS, *OPTIONAL_MEMBERS)
 DATASETS = ("kitti", "nuscenes", "waymo")
 _KEY_RE = re.compile(r"^[A-Za-z0-9\-]+(?:_[A-Za-z0-9\-]+)*_\d{6,}$")
@@ -139,6 +150,14 @@ def _listify(obj: Any) -> Any:
     return obj
 
 
+def edge_neighbours(meta: SampleMeta) -> tuple[str, ...]:
+    """Neighbours of an edge sample that are the target frame itself (empty for a regular sample)."""
+    value = meta.extra.get(EDGE_KEY, ())
+    if not isinstance(value, (list, tuple)) or any(v not in EDGE_NEIGHBOURS for v in value):
+        raise ValueError(f"meta.json extra[{EDGE_KEY!r}] = {value!r}; allowed: a list of {EDGE_NEIGHBOURS}")
+    return tuple(value)
+
+
 def matrix_tuple(m: Any) -> tuple[tuple[float, ...], ...]:
     """A 2-D array-like as a tuple of float tuples (for ``SampleMeta`` matrix fields)."""
     arr = np.asarray(m, dtype=np.float64)
@@ -158,6 +177,7 @@ class TripletSample:
             z the camera z-depth in metres of LiDAR points of frame t.
         meta: ``SampleMeta``.
         motion: optional (N,) uint8 ``MotionLabel`` per depth point.
+        original_image: optional raw PNG bytes of the target frame (``orig.png``).
     """
 
     key: str
@@ -167,6 +187,7 @@ class TripletSample:
     depth: np.ndarray
     meta: SampleMeta
     motion: np.ndarray | None = None
+    original_image: bytes | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -182,6 +203,8 @@ def validate(sample: TripletSample) -> None:
     for name, data in zip(IMAGE_MEMBERS, sample.images, strict=False):
         if not isinstance(data, (bytes, bytearray)) or not bytes(data[:3]) == b"\xff\xd8\xff":
             raise SampleError(key, name, "not JPEG data (missing SOI marker)")
+    if sample.original_image is not None and not bytes(sample.original_image[:8]) == _PNG_MAGIC:
+        raise SampleError(key, "orig.png", "not PNG data (missing PNG signature)")
     _check_array(key, "K.npy", sample.K, np.float64, (3, 3))
     _check_array(key, "poses.npy", sample.poses, np.float64, (3, 4, 4))
     _check_array(key, "depth.npy.zst", sample.depth, np.float32, (None, 3))
@@ -238,6 +261,8 @@ def encode(sample: TripletSample) -> dict[str, bytes]:
     members["depth.npy.zst"] = zstd_npy_bytes(sample.depth)
     if sample.motion is not None:
         members["motion.npy.zst"] = zstd_npy_bytes(sample.motion)
+    if sample.original_image is not None:
+        members["orig.png"] = bytes(sample.original_image)
     meta = json.dumps(sample.meta.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False)
     members["meta.json"] = meta.encode("utf-8")
     return members
@@ -272,6 +297,7 @@ def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSampl
         depth=_decode_member(key, "depth.npy.zst", members, load_zstd_npy),
         meta=meta,
         motion=motion,
+        original_image=bytes(members["orig.png"]) if "orig.png" in names else None,
     )
 
 

@@ -13,7 +13,8 @@ outputs), fsynced, and renamed (uploaded) to ``<name>``; only then is ``on_shard
 
 A sample's ``SampleSpan`` gives the byte offset of its first header and the length up to the end
 of its last member's padding: ``shard[offset:offset + length]`` is a tar fragment holding exactly
-that sample's members. Key rule (WebDataset's): the key is the member name up to the first dot
+that sample's members. The writer also records the sha256 of those span bytes (manifest version 2),
+so a reader can check one sample before using it; spans loaded from a version-1 manifest have none. Key rule (WebDataset's): the key is the member name up to the first dot
 of its last path component; the rest is the member name. Member names are never used as paths.
 """
 
@@ -33,7 +34,7 @@ from dynamo_depth import storage
 
 __all__ = [
     "BLOCK", "SampleSpan", "ShardRecord", "ShardWriter", "check_shard_name", "count_samples", "iter_shard",
-    "parse_sample_bytes", "read_sample", "sha256_of", "shard_name", "split_member_name",
+    "parse_sample_bytes", "read_sample", "sha256_of", "shard_name", "span_sha256", "split_member_name",
 ]
 
 BLOCK = 512
@@ -70,19 +71,25 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class SampleSpan:
-    """Where one sample lies in its shard: bytes ``[offset, offset + length)``."""
+    """Where one sample lies in its shard: bytes ``[offset, offset + length)``, and the sha256 hex of
+    those bytes (None for spans of a version-1 manifest, which recorded no per-sample digest)."""
 
     key: str
     offset: int
     length: int
+    sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "offset": self.offset, "length": self.length}
+        obj: dict[str, Any] = {"key": self.key, "offset": self.offset, "length": self.length}
+        if self.sha256 is not None:
+            obj["sha256"] = self.sha256
+        return obj
 
     @classmethod
     def from_json(cls, obj: Any) -> SampleSpan:
-        _check_fields(obj, {"key", "offset", "length"}, "sample span")
-        key, offset, length = obj["key"], obj["offset"], obj["length"]
+        optional = {"sha256"} & set(obj) if isinstance(obj, Mapping) else set()
+        _check_fields(obj, {"key", "offset", "length"} | optional, "sample span")
+        key, offset, length, sha = obj["key"], obj["offset"], obj["length"], obj.get("sha256")
         if not isinstance(key, str) or not key:
             raise ValueError(f"sample span key {key!r} must be a non-empty string")
         for field, value in (("offset", offset), ("length", length)):
@@ -90,7 +97,9 @@ class SampleSpan:
                 raise ValueError(f"sample {key!r}: {field} {value!r} must be a non-negative multiple of {BLOCK}")
         if length == 0:
             raise ValueError(f"sample {key!r}: length must be positive")
-        return cls(key=key, offset=offset, length=length)
+        if "sha256" in obj and (not isinstance(sha, str) or not _SHA256_RE.match(sha)):
+            raise ValueError(f"sample {key!r}: sha256 {sha!r} must be 64 lowercase hex digits")
+        return cls(key=key, offset=offset, length=length, sha256=sha)
 
 
 @dataclass(frozen=True)
@@ -205,10 +214,11 @@ class _OpenShard:
         self.spans: list[SampleSpan] = []
 
     def append(self, key: str, blocks: list[bytes]) -> None:
-        start = self.size
+        start, digest = self.size, hashlib.sha256()
         for block in blocks:
             self._write(block)
-        self.spans.append(SampleSpan(key=key, offset=start, length=self.size - start))
+            digest.update(block)  # = span_sha256 of the span's bytes, without joining them
+        self.spans.append(SampleSpan(key=key, offset=start, length=self.size - start, sha256=digest.hexdigest()))
 
     def _write(self, data: bytes) -> None:
         self.file.write(data)
@@ -409,9 +419,18 @@ def parse_sample_bytes(data: bytes, *, key: str, source: str = "<bytes>") -> dic
 
 
 def read_sample(shard_url: str, span: SampleSpan) -> dict[str, bytes]:
-    """Range-read one sample's members from ``shard_url`` using its ``SampleSpan``."""
+    """Range-read one sample's members from ``shard_url`` using its ``SampleSpan``; when the span has a
+    sha256 (manifest version 2) the bytes are checked first (``ValueError`` naming shard, key, offset)."""
     data = storage.read_range(shard_url, offset=span.offset, length=span.length)
+    if span.sha256 is not None and (got := span_sha256(data)) != span.sha256:
+        raise ValueError(f"shard {shard_url}: sample {span.key!r} at byte offset {span.offset} ({span.length} bytes): "
+                         f"sha256 {got} differs from the manifest's {span.sha256}: the sample was altered or corrupted")
     return parse_sample_bytes(data, key=span.key, source=shard_url)
+
+
+def span_sha256(data: bytes | bytearray | memoryview) -> str:
+    """The per-sample digest recorded in ``SampleSpan.sha256``: sha256 hex of the span's bytes."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def sha256_of(url: str, *, chunk: int = 1 << 20) -> tuple[int, str]:

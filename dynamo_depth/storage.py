@@ -9,13 +9,19 @@ S3 settings come from the usual environment variables: ``AWS_ENDPOINT_URL_S3`` o
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``. They are passed to
 s3fs explicitly so that fsspec's instance cache never reuses a client made for another endpoint.
 s3fs is imported lazily (by fsspec) only when an ``s3://`` URL is used.
+
+An object store refusing the credentials (Forbidden, InvalidAccessKeyId, SignatureDoesNotMatch...) raises
+``StorageAuthError`` (a ``PermissionError``) whose one-line message names the URL and the variables to check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 __all__ = [
@@ -32,7 +38,61 @@ __all__ = [
     "read_bytes",
     "read_range",
     "remove",
+    "write_atomic",
+    "StorageAuthError",
+    "auth_error_code",
+    "auth_error_message",
 ]
+
+AUTH_ERROR_CODES = ("Forbidden", "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                    "InvalidToken", "ExpiredToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed")
+"""S3 error codes that mean "these credentials / this endpoint are not accepted"."""
+
+
+class StorageAuthError(PermissionError):
+    """The object store refused the credentials; the message names the URL and the variables to check."""
+
+
+def auth_error_code(exc: BaseException) -> str | None:
+    """The S3 auth error code behind ``exc`` (itself, its causes or its text), None if it is not one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)  # botocore ClientError
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            if code in AUTH_ERROR_CODES:
+                return "Forbidden" if code == "403" else code
+        found = re.search(r"An error occurred \((\w+)\)", str(current))  # a ClientError's text (wrapped)
+        if found and found.group(1) in AUTH_ERROR_CODES:
+            return "Forbidden" if found.group(1) == "403" else found.group(1)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def auth_error_message(url: str, code: str) -> str:
+    """One line: ``url`` was refused (``code``) and which AWS_* variables to check (values of none but the endpoint)."""
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    have = ", ".join(f"{name} {'set' if env.get(name) else 'NOT set'}"
+                     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    return (f"{url}: the object store refused the credentials ({code}); check AWS_ACCESS_KEY_ID / "
+            f"AWS_SECRET_ACCESS_KEY ({have}) and AWS_ENDPOINT_URL (now {endpoint or 'unset: AWS S3'})")
+
+
+@contextlib.contextmanager
+def _auth_errors(url: str) -> Iterator[None]:
+    """Turn an object store's credential refusal inside the body into ``StorageAuthError`` naming ``url``."""
+    try:
+        yield
+    except StorageAuthError:
+        raise
+    except Exception as exc:
+        code = auth_error_code(exc) or ("Forbidden" if isinstance(exc, PermissionError) else None)
+        if code is None:
+            raise
+        raise StorageAuthError(auth_error_message(url, code)) from exc
 
 
 def is_local(url: str) -> bool:
@@ -98,25 +158,28 @@ def open_read(url: str) -> IO[bytes]:
     """Open ``url`` for streaming binary reads (use as a context manager)."""
     if is_local(url):
         return open(_local_path(url), "rb")
-    fs, path = _remote(url)
-    return fs.open(path, "rb")
+    with _auth_errors(url):
+        fs, path = _remote(url)
+        return fs.open(path, "rb")
 
 
 def exists(url: str) -> bool:
     if is_local(url):
         return os.path.exists(_local_path(url))
-    fs, path = _remote(url)
-    fs.invalidate_cache(path)
-    return bool(fs.exists(path))
+    with _auth_errors(url):
+        fs, path = _remote(url)
+        fs.invalidate_cache(path)
+        return bool(fs.exists(path))
 
 
 def size(url: str) -> int:
     """Size of the file at ``url`` in bytes."""
     if is_local(url):
         return os.path.getsize(_local_path(url))
-    fs, path = _remote(url)
-    fs.invalidate_cache(path)
-    return int(fs.size(path))
+    with _auth_errors(url):
+        fs, path = _remote(url)
+        fs.invalidate_cache(path)
+        return int(fs.size(path))
 
 
 def listdir(url: str) -> list[str]:
@@ -126,12 +189,13 @@ def listdir(url: str) -> list[str]:
         if not os.path.isdir(path):
             return []
         return sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
-    fs, path = _remote(url)
-    fs.invalidate_cache(path)
-    try:
-        entries = fs.ls(path, detail=True)
-    except FileNotFoundError:
-        return []
+    with _auth_errors(url):
+        fs, path = _remote(url)
+        fs.invalidate_cache(path)
+        try:
+            entries = fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
     return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
 
 
@@ -173,9 +237,10 @@ def put_file(local_path: str, url: str) -> None:
         with open(local_path, "rb") as src:
             _atomic_local_write(dest, lambda f: shutil.copyfileobj(src, f, 1 << 20))
         return
-    fs, path = _remote(url)
-    fs.put_file(local_path, path)
-    fs.invalidate_cache(path)
+    with _auth_errors(url):
+        fs, path = _remote(url)
+        fs.put_file(local_path, path)
+        fs.invalidate_cache(path)
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
@@ -183,14 +248,15 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     if is_local(url):
         _atomic_local_write(_local_path(url), lambda f: f.write(data))
         return
-    fs, path = _remote(url)
-    fs.pipe_file(path, bytes(data))
-    fs.invalidate_cache(path)
+    with _auth_errors(url):
+        fs, path = _remote(url)
+        fs.pipe_file(path, bytes(data))
+        fs.invalidate_cache(path)
 
 
 def read_bytes(url: str) -> bytes:
     """The whole content of ``url`` (for small files such as manifests)."""
-    with open_read(url) as f:
+    with _auth_errors(url), open_read(url) as f:
         return f.read()
 
 
@@ -198,7 +264,7 @@ def read_range(url: str, *, offset: int, length: int) -> bytes:
     """``length`` bytes of ``url`` starting at byte ``offset`` (a ranged GET remotely)."""
     if offset < 0 or length < 0:
         raise ValueError(f"{url}: negative range offset={offset} length={length}")
-    with open_read(url) as f:
+    with _auth_errors(url), open_read(url) as f:
         f.seek(offset)
         data = f.read(length)
     if len(data) != length:
@@ -214,9 +280,26 @@ def remove(url: str) -> None:
         except FileNotFoundError:
             pass
         return
-    fs, path = _remote(url)
-    try:
-        fs.rm_file(path)
-    except FileNotFoundError:
-        pass
-    fs.invalidate_cache(path)
+    with _auth_errors(url):
+        fs, path = _remote(url)
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        fs.invalidate_cache(path)
+
+
+def write_atomic(url: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Stream a file to ``url`` atomically: ``write(f)`` fills a binary file (large outputs: checkpoints).
+
+    Locally: temporary file in the same folder, fsync, rename. Remotely: a local temporary file, then one
+    upload (readers see the old object or the new one, never a partial one).
+    """
+    if is_local(url):
+        _atomic_local_write(_local_path(url), write)
+        return
+    with tempfile.TemporaryDirectory(prefix="dynamo-upload-") as folder:
+        local = os.path.join(folder, basename(url) or "object")
+        with open(local, "wb") as f:
+            write(f)
+        put_file(local, url)

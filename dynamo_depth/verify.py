@@ -4,7 +4,10 @@ SHARDS is a folder (local or ``s3://...``) holding ``*.tar`` shards and ``manife
 URL of that manifest. Every shard listed in the expected manifest (``--reference`` if given, else
 the one beside the shards) is checked: missing, truncated (smaller than recorded), grown or
 altered (different sha256; then its samples are counted from the tar) and extra ``*.tar`` files
-in the folder are reported, one line each, then a one-line summary. With ``--reference`` the
+in the folder are reported, one line each, then a one-line summary. In an altered shard each sample
+whose span bytes differ from its recorded sha256 is reported too, by key and byte offset (``SAMPLE``
+lines): the digests come from the expected manifest (version 2), or, when that is a version-1
+reference, from the manifest beside the shards if it lists the same spans. With ``--reference`` the
 sample counts of the manifest beside the shards are compared with the reference too.
 Exit status: 0 all match, 1 any difference, 2 the manifest cannot be read or arguments are wrong.
 """
@@ -17,11 +20,11 @@ from dataclasses import dataclass
 
 from dynamo_depth import storage
 from dynamo_depth.manifest import Manifest, find_manifest, load_manifest
-from dynamo_depth.shards import ShardRecord, count_samples, sha256_of
+from dynamo_depth.shards import ShardRecord, count_samples, sha256_of, span_sha256
 
 __all__ = ["Problem", "verify_shards", "main"]
 
-PROBLEM_KINDS = ("missing", "extra", "truncated", "altered", "count")
+PROBLEM_KINDS = ("missing", "extra", "truncated", "altered", "sample", "count")
 
 
 @dataclass(frozen=True)
@@ -31,22 +34,28 @@ class Problem:
     Attributes:
         kind: one of ``PROBLEM_KINDS``.
         shard: the shard's file name.
-        detail: human-readable facts (sizes, hashes, counts).
+        detail: human-readable facts (sizes, hashes, counts; for ``sample``: key and byte offset).
+        key, offset: the sample's key and byte offset (``sample`` problems only).
     """
 
     kind: str
     shard: str
     detail: str
+    key: str | None = None
+    offset: int | None = None
 
     def __str__(self) -> str:
         return f"{self.kind.upper()} {self.shard}: {self.detail}"
 
 
-def _check_shard(folder: str, record: ShardRecord) -> list[Problem]:
+def _check_shard(folder: str, record: ShardRecord, digests: tuple[str, ...] | None) -> list[Problem]:
     url = storage.join(folder, record.name)
     size = storage.size(url)
     if size < record.bytes:
-        return [Problem("truncated", record.name, f"{size} bytes, manifest says {record.bytes}")]
+        cut = [Problem("sample", record.name, f"{span.key!r} at byte offset {span.offset} ({span.length} bytes): "
+                                              f"cut off, the shard ends at byte {size}", key=span.key, offset=span.offset)
+               for span in record.samples if span.offset + span.length > size]
+        return [Problem("truncated", record.name, f"{size} bytes, manifest says {record.bytes}"), *cut]
     if size > record.bytes:
         problem = Problem("altered", record.name, f"{size} bytes, manifest says {record.bytes}")
     else:
@@ -54,13 +63,42 @@ def _check_shard(folder: str, record: ShardRecord) -> list[Problem]:
         if sha == record.sha256:
             return []
         problem = Problem("altered", record.name, f"sha256 {sha}, manifest says {record.sha256} (same size)")
+    samples = _altered_samples(url, record, digests) if digests is not None else []
     try:
         count = count_samples(url)
     except ValueError as exc:
-        return [Problem(problem.kind, problem.shard, f"{problem.detail}; tar unreadable: {exc}")]
+        return [Problem(problem.kind, problem.shard, f"{problem.detail}; tar unreadable: {exc}"), *samples]
     if count != record.count:
-        return [problem, Problem("count", record.name, f"{count} samples in the tar, manifest says {record.count}")]
-    return [problem]
+        return [problem, *samples,
+                Problem("count", record.name, f"{count} samples in the tar, manifest says {record.count}")]
+    return [problem, *samples]
+
+
+def _altered_samples(url: str, record: ShardRecord, digests: tuple[str, ...]) -> list[Problem]:
+    """A ``sample`` problem for each span of ``record`` whose bytes in ``url`` differ from its digest."""
+    problems = []
+    with storage.open_read(url) as f:
+        for span, expected in zip(record.samples, digests, strict=True):
+            f.seek(span.offset)
+            got = span_sha256(f.read(span.length))
+            if got != expected:
+                problems.append(Problem("sample", record.name, f"{span.key!r} at byte offset {span.offset} "
+                                        f"({span.length} bytes): sha256 {got}, manifest says {expected}",
+                                        key=span.key, offset=span.offset))
+    return problems
+
+
+def _sample_digests(record: ShardRecord, beside: Manifest | None) -> tuple[str, ...] | None:
+    """Per-sample digests for ``record``: its own, else those of the same spans in ``beside``, else None."""
+    own = tuple(span.sha256 for span in record.samples)
+    if all(own):
+        return own  # type: ignore[return-value]
+    other = next((s for s in beside.shards if s.name == record.name), None) if beside is not None else None
+    if other is None or [(s.key, s.offset, s.length) for s in other.samples] != \
+            [(s.key, s.offset, s.length) for s in record.samples]:
+        return None
+    theirs = tuple(span.sha256 for span in other.samples)
+    return theirs if all(theirs) else None  # type: ignore[return-value]
 
 
 def _compare_counts(beside: Manifest, reference: Manifest) -> list[Problem]:
@@ -99,7 +137,7 @@ def _verify(shards_url: str, *, reference: str | None) -> tuple[Manifest, list[P
         if record.name not in present:
             problems.append(Problem("missing", record.name, f"not found in {folder}"))
         else:
-            problems.extend(_check_shard(folder, record))
+            problems.extend(_check_shard(folder, record, _sample_digests(record, beside)))
     expected_names = {s.name for s in expected.shards}
     for name in sorted(present):
         if name.endswith(".tar") and name not in expected_names:
@@ -113,8 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dynamo_depth verify",
         description="Re-hash every shard and compare with the manifest beside the shards (or a reference "
-                    "manifest). Reports missing, extra, truncated and altered shards and sample-count "
-                    "mismatches; exit 1 on any difference, 0 when all match, 2 if the manifest is unreadable.",
+                    "manifest). Reports missing, extra, truncated and altered shards, the altered samples "
+                    "(key and byte offset) of an altered shard, and sample-count mismatches; exit 1 on any "
+                    "difference, 0 when all match, 2 if the manifest is unreadable.",
     )
     parser.add_argument("shards", metavar="SHARDS", help="shard folder or its manifest.json (local path or s3://...)")
     parser.add_argument("--reference", metavar="MANIFEST", default=None,

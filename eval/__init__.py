@@ -6,7 +6,9 @@ files, writing the report. Metrics themselves are in ``dynamo_depth.metrics``.
 Data (``--data``): a manifest (any ``*.json``, e.g. ``manifests/kitti-synth.json`` or
 ``.../manifest.json``), a folder / object-store prefix, or one shard file ``*.tar``. With a manifest
 (given, or the folder's ``manifest.json``) exactly its shards are read, in manifest order, and each
-one's size, keys and sha256 are checked while streaming: an altered shard is an error naming it;
+one's size, keys and sha256 are checked while streaming: with per-sample digests (manifest version 2)
+each sample is checked before it is decoded, and an altered one is an error naming its key, shard
+and byte offset; at a shard's end (and with version 1 only there) an altered shard is an error naming it;
 other ``*.tar`` files in the folder (stale shards, other splits) are ignored. A folder without a
 manifest still works (all ``*.tar``, sorted by name, unchecked) with a warning; a single ``*.tar``
 is checked against the ``manifest.json`` beside it when that lists it. Local paths and ``s3://``
@@ -109,9 +111,11 @@ def list_shards(data_url: str) -> list[str]:
 def iter_samples(data_url: str, *, max_samples: int | None = None) -> Iterator[Any]:
     """Decoded ``TripletSample``s of the shards of ``data_url`` in order (at most ``max_samples``).
 
-    Shards listed in a manifest are streamed through ``ShardStore``: size, sample keys and sha256
-    are checked while reading, and a difference raises ``ShardIntegrityError`` (a ``ValueError``)
-    naming the shard when its end is reached. A shard cut short by ``max_samples`` is not hashed.
+    Shards listed in a manifest are streamed through ``ShardStore``: with per-sample digests each
+    sample's bytes are checked before it is decoded (``SampleIntegrityError``, a ``ValueError``, naming
+    key, shard and byte offset); size, sample keys and sha256 of the shard are checked when its end is
+    reached (``ShardIntegrityError`` naming the shard). A shard cut short by ``max_samples`` is not
+    hashed whole, but every sample yielded was checked (version 2).
     """
     from dynamo_depth.schema import decode
 

@@ -3,14 +3,24 @@
 Usage::
 
     python -m eval.depth --data SHARDS (--predictions FILE.npz | --checkpoint CKPT)
-                         [--dataset waymo|nuscenes|kitti] [--kind disparity|depth] [--out DIR] [--max-samples N]
+                         [--dataset waymo|nuscenes|kitti] [--kind sigmoid|disparity|depth]
+                         [--pixel truncate|nearest] [--class-rmse image-weighted|pooled]
+                         [--out DIR] [--max-samples N]
 
-Predictions file: ``np.savez(path, **{sample_key: disparity})`` with one (H', W') float32 array per
-sample, the network's disparity of the target frame ``cur.jpg`` at the training resolution (any
-positive scale: depth = 1 / disparity up to the median scale; with ``--kind depth`` the arrays are
-depths instead). Protocol (``dynamo_depth.metrics``): bilinear upsampling to the original size,
-nearest pixel of each LiDAR point, gt in (1e-3, cap] with cap 75 m (Waymo, nuScenes) or 80 m plus
-the Garg crop (KITTI), per-image median scaling, clamp. The dataset defaults to ``meta.json``'s.
+By default the numbers are those of the original Dynamo-Depth ``eval/depth.py`` (the paper's), step by
+step as ``dynamo_depth.depth_eval`` documents: ``disp_to_depth(sigmoid, 0.1, 100)`` upsampled
+bilinearly to the original size then inverted; LiDAR gt in ``(1e-3, cap)`` m (cap 80 m + Garg crop for
+KITTI, 75 m for Waymo / nuScenes); the pixel of a point by truncation; per-image median scaling with the
+lower middle value; clamp; overall = mean over images; per motion class = point-count-weighted mean of
+per-image metrics. ``--pixel nearest`` and ``--class-rmse pooled`` leave the original protocol; the
+printed table says which protocol produced it. The dataset defaults to ``meta.json``'s.
+
+Predictions file: ``np.savez(path, **{sample_key: map})`` with one (H', W') array per sample at the
+training resolution: with ``--kind sigmoid`` (default) the depth network's sigmoid output
+``('disp', 0, 0)``; ``disparity``: an already scaled disparity (depth = 1 / disparity up to the median
+scale); ``depth``: depth maps. ``--checkpoint`` always evaluates the network's sigmoid output and feeds it
+the original's input: for KITTI the sample's raw PNG (``orig.png``, test-split builds) resized bicubic,
+for Waymo / nuScenes the stored ``cur.jpg`` (the original's ``rgb/downsample`` JPEG).
 
 Outputs in ``--out``: ``metrics.json``, ``metrics.md``, ``error_by_distance.png``, ``qualitative.png``.
 Exit status 0 on success, 2 on bad input (message on stderr).
@@ -26,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from dynamo_depth import depth_eval as de
 from dynamo_depth import metrics as m
 from eval import PredictionFile, fmt, iter_samples, rgb_from_jpeg, write_report
 from eval.figures import QualitativeRow, plot_error_by_distance, plot_qualitative
@@ -52,29 +63,31 @@ def disparity_from_network(*, network: Any, image_rgb: np.ndarray) -> np.ndarray
     return disparity[0, 0].double().numpy()
 
 
-def _point_errors(sample: Any, prediction: np.ndarray, result: m.ImageResult, dataset: str, kind: str) -> QualitativeRow:
+def _point_errors(sample: Any, prediction: np.ndarray, result: de.ImageResult, dataset: str, kind: str,
+                  protocol: de.EvalProtocol) -> QualitativeRow:
     """Per-point AbsRel of one evaluated image, for the qualitative figure."""
-    protocol = m.DATASET_PROTOCOL[dataset]
+    limits = m.DATASET_PROTOCOL[dataset]
     hw = tuple(sample.meta.original_size)
-    pts = sample.depth.astype(np.float64)
-    valid = m.valid_point_mask(points_uvz=pts, original_hw=hw, protocol=protocol)
-    rows, cols = m.nearest_pixel(u=pts[valid, 0], v=pts[valid, 1])
-    sampled = m.upsample_map(prediction=prediction, original_hw=hw)[rows, cols]
-    depth = 1.0 / sampled if kind == "disparity" else sampled
-    scaled = np.clip(depth * result.median_ratio, protocol.min_depth, protocol.max_depth)
-    gt = pts[valid, 2]
+    pts = sample.depth.astype(np.float32)
+    valid = de.valid_points(points_uvz=pts, original_hw=hw, protocol=limits, pixel=protocol.pixel)
+    rows, cols = de.point_pixels(points_uvz=pts[valid], pixel=protocol.pixel)
+    full = de.depth_map(prediction=prediction, original_hw=hw, kind=kind)
+    scaled = np.clip(full[rows, cols].astype(np.float64) * result.median_ratio, limits.min_depth, limits.max_depth)
+    gt = pts[valid, 2].astype(np.float64)
     image = rgb_from_jpeg(sample.images[1])
-    uv = pts[valid, :2] * np.array([image.shape[1] / hw[1], image.shape[0] / hw[0]])
-    pred_depth = (1.0 / prediction if kind == "disparity" else prediction) * result.median_ratio
+    uv = pts[valid, :2].astype(np.float64) * np.array([image.shape[1] / hw[1], image.shape[0] / hw[0]])
+    pred_depth = de.depth_map(prediction=prediction, original_hw=image.shape[:2], kind=kind) * result.median_ratio
     return QualitativeRow(key=sample.key, image=image, depth=pred_depth, points_uv=uv, abs_rel=np.abs(gt - scaled) / gt)
 
 
 def evaluate_depth(
-    *, data_url: str, predict: Predictor, dataset: str | None = None, kind: str = "disparity",
-    max_samples: int | None = None, num_qualitative: int = 3,
+    *, data_url: str, predict: Predictor, dataset: str | None = None, kind: str = "sigmoid",
+    protocol: de.EvalProtocol = de.ORIGINAL, max_samples: int | None = None, num_qualitative: int = 3,
 ) -> tuple[dict[str, Any], list[QualitativeRow]]:
     """Evaluate every sample of ``data_url``; returns the JSON report and up to ``num_qualitative`` rows."""
-    results: list[m.ImageResult] = []
+    if kind not in de.KINDS:
+        raise ValueError(f"--kind {kind!r}; allowed: {de.KINDS}")
+    results: list[de.ImageResult] = []
     skipped: list[dict[str, str]] = []
     rows: list[QualitativeRow] = []
     chosen = dataset
@@ -86,22 +99,25 @@ def evaluate_depth(
                              "evaluate one dataset at a time or pass --dataset")
         prediction = predict(sample)
         try:
-            result = m.evaluate_image(points_uvz=sample.depth, prediction=prediction, original_hw=sample.meta.original_size,
-                                      dataset=chosen, labels=sample.motion, kind=kind, key=sample.key)  # type: ignore[arg-type]
+            result = de.evaluate_image(points_uvz=sample.depth, prediction=prediction,
+                                       original_hw=sample.meta.original_size, dataset=chosen, labels=sample.motion,
+                                       kind=kind, key=sample.key, protocol=protocol)
         except m.NoValidPointsError as exc:
             skipped.append({"key": sample.key, "reason": str(exc)})
             continue
         results.append(result)
         if len(rows) < num_qualitative:
-            rows.append(_point_errors(sample, prediction, result, chosen, kind))
+            rows.append(_point_errors(sample, prediction, result, chosen, kind, protocol))
     if not results:
         raise ValueError(f"--data {data_url!r}: no sample could be evaluated (skipped: {len(skipped)})")
-    protocol = m.DATASET_PROTOCOL[chosen]  # type: ignore[index]
+    limits = m.DATASET_PROTOCOL[chosen]  # type: ignore[index]
     report = {
         "command": "eval.depth", "data": data_url, "dataset": chosen, "prediction_kind": kind,
-        "protocol": {"min_depth": protocol.min_depth, "max_depth": protocol.max_depth, "garg_crop": protocol.garg_crop,
-                     "median_scaling": "per image"},
-        "skipped": skipped, **m.aggregate(results),
+        "protocol": {"name": "original" if protocol.is_original else "modified", "description": protocol.describe(),
+                     "pixel": protocol.pixel, "class_rmse": protocol.class_rmse, "min_depth": limits.min_depth,
+                     "max_depth": limits.max_depth, "garg_crop": limits.garg_crop, "median": "per image, lower middle",
+                     "disp_to_depth": [de.DISP_MIN_DEPTH, de.DISP_MAX_DEPTH] if kind == "sigmoid" else None},
+        "skipped": skipped, **de.aggregate(results, protocol=protocol),
     }
     return report, rows
 
@@ -112,14 +128,17 @@ def _metric_row(label: str, values: dict[str, Any], points: Any) -> str:
 
 def depth_markdown(report: dict[str, Any]) -> str:
     """Markdown tables: overall (mean over images), per motion class and per distance bin (pooled)."""
+    proto = report["protocol"]
     head = "| | points | AbsRel | SqRel | RMSE | RMSElog | d<1.25 | d<1.25^2 | d<1.25^3 |\n|---|---|---|---|---|---|---|---|---|"
-    lines = [f"# Depth evaluation: {report['dataset']}", "",
+    class_how = "point-weighted mean over images" if proto["class_rmse"] == "image-weighted" else "pooled"
+    lines = [f"# Depth evaluation: {report['dataset']}", "", f"Protocol: {proto['description']}.", "",
              f"{report['num_images']} images, {report['num_points']} LiDAR points, skipped {len(report['skipped'])}; "
-             f"cap {report['protocol']['max_depth']} m, Garg crop {report['protocol']['garg_crop']}, per-image median scaling "
+             f"gt in ({proto['min_depth']}, {proto['max_depth']}) m, Garg crop {proto['garg_crop']}, pixel "
+             f"{proto['pixel']}, prediction {report['prediction_kind']}, per-image median scaling "
              f"(ratio {report['median_ratio']['mean']:.3f} +- {report['median_ratio']['std']:.3f}).", "", head,
              _metric_row("all (mean over images)", report["overall"], report["num_points"])]
     for name, values in report["per_class"].items():
-        lines.append(_metric_row(f"{name} (pooled)", values, values["num_points"]))
+        lines.append(_metric_row(f"{name} ({class_how})", values, values["num_points"]))
     lines += ["", "## By ground-truth distance (pooled over points)", "", head]
     for b in report["by_distance"]:
         lines.append(_metric_row(f"{b['lo']:.0f}-{b['hi']:.0f} m", b, b["num_points"]))
@@ -132,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="trainer checkpoint or original Dynamo-Depth module folder")
     parser.add_argument("--predictions", help=".npz of per-sample maps named by sample key")
     parser.add_argument("--dataset", choices=sorted(m.DATASET_PROTOCOL), help="protocol; default: meta.json's dataset")
-    parser.add_argument("--kind", choices=("disparity", "depth"), default="disparity", help="what the maps hold")
+    parser.add_argument("--kind", choices=de.KINDS, default=None,
+                        help="what the --predictions maps hold (default sigmoid: the network's output)")
+    parser.add_argument("--pixel", choices=de.PIXEL_MODES, default="truncate",
+                        help="pixel of a LiDAR point (default truncate: the original)")
+    parser.add_argument("--class-rmse", choices=de.CLASS_RMSE_MODES, default="image-weighted",
+                        help="per-class metrics (default image-weighted: the original)")
     parser.add_argument("--out", help="folder for metrics.json, metrics.md and figures")
     parser.add_argument("--max-samples", type=int, help="evaluate at most N samples")
     return parser
@@ -143,15 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.predictions is None):
         parser.error("give exactly one of --checkpoint and --predictions")
+    if args.checkpoint is not None and args.kind not in (None, "sigmoid"):
+        parser.error("--checkpoint evaluates the network's sigmoid output: --kind must be sigmoid or left out")
+    common = {"data_url": args.data, "dataset": args.dataset, "kind": args.kind or "sigmoid",
+              "max_samples": args.max_samples}
     try:
+        common["protocol"] = de.EvalProtocol(pixel=args.pixel, class_rmse=args.class_rmse)
         if args.predictions is not None:
             with PredictionFile(args.predictions) as preds:
-                report, rows = evaluate_depth(
-                    data_url=args.data, predict=lambda s: preds.get(s.key, ndim=2), dataset=args.dataset,
-                    kind=args.kind, max_samples=args.max_samples)
+                report, rows = evaluate_depth(predict=lambda s: preds.get(s.key, ndim=2), **common)
         else:
-            report, rows = evaluate_depth(data_url=args.data, predict=load_depth_predictor(args.checkpoint),
-                                          dataset=args.dataset, kind=args.kind, max_samples=args.max_samples)
+            report, rows = evaluate_depth(predict=load_depth_predictor(args.checkpoint), **common)
     except (ValueError, NotImplementedError) as exc:
         print(f"eval.depth: error: {exc}", file=sys.stderr)
         return 2

@@ -7,8 +7,8 @@ Usage::
 
 Predictions file: ``np.savez(path, **{sample_key: motion})``, one (H', W') array per sample with the
 probability in [0, 1] that the target frame's pixel moves independently, at the training size.
-Each map is upsampled bilinearly to the original size and read at the nearest pixel of every LiDAR
-point that passes the depth protocol (range cap, Garg crop for KITTI); ground truth is
+Each map is upsampled bilinearly (float32) to the original size and read at the truncated pixel of
+every LiDAR point that passes the depth protocol (``dynamo_depth.depth_eval``: range cap, Garg crop for KITTI); ground truth is
 ``motion.npy.zst``: 1 moving is positive, 0 background and 2 static movable are negative,
 3 unlabeled is ignored. Samples without motion labels are skipped. Counts are summed over all
 images before precision / recall are formed (pooled over points).
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dynamo_depth import depth_eval as de
 from dynamo_depth import metrics as m
 from dynamo_depth import motion_metrics
 from eval import PredictionFile, fmt, iter_samples, write_report
@@ -40,10 +41,10 @@ def _scores_and_truth(sample: Any, motion_map: np.ndarray, dataset: str) -> tupl
     """(scores, is_moving) at the sample's labelled, protocol-valid LiDAR points."""
     hw = tuple(sample.meta.original_size)
     pts = sample.depth.astype(np.float64)
-    keep = m.valid_point_mask(points_uvz=pts, original_hw=hw, protocol=m.DATASET_PROTOCOL[dataset])
+    keep = de.valid_points(points_uvz=pts, original_hw=hw, protocol=m.DATASET_PROTOCOL[dataset])
     keep &= sample.motion != UNLABELED
-    rows, cols = m.nearest_pixel(u=pts[keep, 0], v=pts[keep, 1])
-    scores = m.upsample_map(prediction=motion_map, original_hw=hw)[rows, cols]
+    rows, cols = de.point_pixels(points_uvz=pts[keep], pixel="truncate")
+    scores = de.depth_map(prediction=motion_map, original_hw=hw, kind="depth")[rows, cols].astype(np.float64)
     return scores, sample.motion[keep] == MOVING
 
 

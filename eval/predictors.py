@@ -5,6 +5,9 @@ Each builder returns a callable ``TripletSample -> array`` for the evaluation co
 - motion: scale-0 motion probability (H, W) of the target frame (the motion mask);
 - odometry: (4, 4) camera_t_from_camera_t+1, the inverse of the pose network's ``cam_T_cam[+1]``.
 The shard's stored frames are resized to the network's size (bicubic, antialiased) when they differ.
+Depth feeds the network what the original's evaluation feeds it: a sample's raw PNG (``orig.png``, KITTI
+test-split builds) resized with PIL bicubic (torchvision ``Resize`` on a PIL image), else ``cur.jpg``
+(Waymo / nuScenes: the original's ``rgb/downsample`` JPEG at the training size).
 """
 
 from __future__ import annotations
@@ -30,6 +33,21 @@ def _frames(sample: Any, size: tuple[int, int]):
     return x  # (3 frames, 3, H, W)
 
 
+def _target_input(sample: Any, size: tuple[int, int]):
+    """(1, 3, H, W) float32 network input of the target frame, as the original's evaluation makes it."""
+    if sample.original_image is None:
+        return _frames(sample, size)[1:2]
+    import io
+
+    import torch
+    from PIL import Image
+
+    with Image.open(io.BytesIO(sample.original_image)) as image:
+        resized = image.convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
+    rgb = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].contiguous()
+
+
 def _load(checkpoint: str, *, need_motion: bool):
     from dynamo_depth.models.loading import load_for_inference
 
@@ -47,7 +65,7 @@ def depth_predictor(checkpoint: str) -> Predictor:
 
     def predict(sample: Any) -> np.ndarray:
         with torch.no_grad():
-            disp = loaded.model.predict_disparity(_frames(sample, size)[1:2])[0]
+            disp = loaded.model.predict_disparity(_target_input(sample, size))[0]
         return disp[0, 0].double().numpy()
 
     return predict

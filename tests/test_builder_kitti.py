@@ -213,9 +213,12 @@ def test_split_file_restricts_frames(tmp_path: Path) -> None:
     options = {**OPTIONS, "split_file": str(split)}
     report = build(kitti.SPEC, str(RAW), str(tmp_path / "out"), split="test", options=options, workers=0,
                    show_progress=False)
-    keys = sorted(_samples(tmp_path / "out"))
-    assert keys == [f"{DRIVE}_image_02_000003", f"{DRIVE}_image_03_000005"]
-    assert report.manifest.units[1].skipped == 1  # frame 9 has no next frame
+    samples = _samples(tmp_path / "out")
+    assert sorted(samples) == [f"{DRIVE}_image_02_000003", f"{DRIVE}_image_03_000005", f"{DRIVE}_image_03_000009"]
+    # frame 9 is the last of the fixture: its next frame is itself (the original's rule), flagged
+    assert samples[f"{DRIVE}_image_03_000009"].meta.frame_indices == (8, 9, 9)
+    assert samples[f"{DRIVE}_image_03_000009"].meta.extra["edge"] == ["next"]
+    assert report.manifest.units[1].skipped == 0
     bad = tmp_path / "bad.txt"
     bad.write_text("2011_09_26/x 3 left\n")
     with pytest.raises(ValueError, match="bad.txt: line 1"):

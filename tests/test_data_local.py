@@ -6,6 +6,7 @@ import colorsys
 import io
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from dynamo_depth.data import (
 from dynamo_depth.data.pipeline import augment_samples, batch_samples, decode_samples
 from dynamo_depth.data.plan import make_plan, shard_permutation, window_permutation, worker_positions
 from dynamo_depth.data.sources import RetryingReader, ShardEntry, ShardStore, load_index
-from dynamo_depth.manifest import Manifest, save_manifest
+from dynamo_depth.manifest import Manifest, load_manifest, save_manifest
 from dynamo_depth.shards import ShardWriter
 from tests.samples import make_sample
 
@@ -309,9 +310,9 @@ class CountingStore(ShardStore):
         self.streamed: list[str] = []
         self.ranges: list[tuple[str, int, int]] = []
 
-    def samples(self, entry):  # type: ignore[no-untyped-def]
+    def samples(self, entry, **kw):  # type: ignore[no-untyped-def]
         self.streamed.append(entry.name)
-        return super().samples(entry)
+        return super().samples(entry, **kw)
 
     def read_range(self, entry, *, offset: int, length: int) -> bytes:  # type: ignore[no-untyped-def]
         self.ranges.append((entry.name, offset, length))
@@ -353,8 +354,52 @@ def test_corruption_read_by_a_non_owner_is_still_named_with_two_workers(tmp_path
     data[entries[0].spans[2][0] + 700] ^= 0xFF  # inside sample #2, range-read by worker 1 (shuffle off, block 2)
     shard.write_bytes(bytes(data))
     loader = make_loader(str(tmp_path), batch_size=2, num_workers=2, shuffle=False)
-    with pytest.raises(ShardIntegrityError, match=f"{entries[0].name}.*sha256"):
+    key, offset = entries[0].keys[2], entries[0].spans[2][0]
+    with pytest.raises(ShardIntegrityError, match=f"sample '{key}' .*of shard {entries[0].name} .*"
+                                                  f"at byte offset {offset} .*sha256"):
         list(loader)
+
+
+def test_a_bad_sample_stops_only_the_rank_that_reads_it(tmp_path: Path) -> None:
+    """Per-sample digests: the rank whose plan holds the altered sample fails naming it (key, shard,
+    offset) before yielding it, owner stream or ranged read alike; the other rank reads the same shard."""
+    write_dataset(tmp_path, n=8, per_shard=8)  # one shard; rank 0 takes plan positions 0-3, rank 1 4-7
+    _, (entry,) = load_index(str(tmp_path))
+    assert entry.digests is not None and len(entry.digests) == 8
+    plan = make_loader(str(tmp_path), batch_size=2, num_workers=0, world_size=2, seed=5).plan
+    victim = entry.keys.index(plan.rank_keys(1)[-1])  # the last sample rank 1 yields
+    offset = entry.spans[victim][0]
+    data = bytearray((tmp_path / entry.name).read_bytes())
+    data[offset + 512 + 40] ^= 0x80
+    (tmp_path / entry.name).write_bytes(bytes(data))
+    for workers in (0, 2):
+        kw = {"batch_size": 2, "num_workers": workers, "world_size": 2, "seed": 5}
+        assert [k for b in make_loader(str(tmp_path), rank=0, **kw) for k in b["keys"]] == plan.rank_keys(0)
+        seen: list[str] = []
+        with pytest.raises(ShardIntegrityError, match=f"sample '{entry.keys[victim]}' \\(#{victim}\\) of shard "
+                                                      f"{entry.name} .*at byte offset {offset} "):
+            for batch in make_loader(str(tmp_path), rank=1, **kw):
+                seen.extend(batch["keys"])
+        assert seen == plan.rank_keys(1)[:2]  # the batch holding it never came out
+
+
+def test_version_1_manifest_still_reads_and_names_an_altered_shard(tmp_path: Path) -> None:
+    samples = write_dataset(tmp_path, n=6, per_shard=3)
+    manifest = load_manifest(str(tmp_path))
+    save_manifest(manifest.with_shards(tuple(
+        replace(s, samples=tuple(replace(span, sha256=None) for span in s.samples)) for s in manifest.shards)),
+        str(tmp_path))
+    assert load_manifest(str(tmp_path)).manifest_version == 1
+    _, entries = load_index(str(tmp_path))
+    assert all(e.digests is None and e.spans is not None for e in entries)
+    for workers in (0, 2):
+        keys = [k for b in make_loader(str(tmp_path), batch_size=2, num_workers=workers) for k in b["keys"]]
+        assert sorted(keys) == sorted(samples)
+    data = bytearray((tmp_path / entries[1].name).read_bytes())
+    data[entries[1].spans[1][0] + 700] ^= 0x01
+    (tmp_path / entries[1].name).write_bytes(bytes(data))
+    with pytest.raises(ShardIntegrityError, match=f"shard {entries[1].name} .*sha256"):
+        list(make_dataset(str(tmp_path), decode=False))
 
 
 def test_fused_batches_equal_the_per_sample_stages(dataset) -> None:

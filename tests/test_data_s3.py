@@ -171,3 +171,29 @@ def test_ranged_read_of_sample_spans_resumes_inside_the_range(remote, tmp_path: 
     assert store.retry_events and store.retry_events[0][:2] == (entry.name, offset + 1024)  # absolute offset
     with pytest.raises(ShardIntegrityError, match=f"{entry.name}.*outside"):
         store.read_range(entry, offset=entry.bytes - 512, length=1024)
+
+
+def test_sample_altered_on_the_server_is_named_and_the_shard_serves_the_other_ranks(
+        remote, s3_env: SeaweedS3, tmp_path: Path) -> None:
+    """17 samples in shards of 4, shuffle off, 3 ranks of 5: rank 0 reads sample #0 of shard 1, rank 1 its
+    #1-#3. With #3 altered on the server, rank 1 fails naming it (key, shard, offset): through the owner's
+    stream (one worker) and through a ranged read (two workers: #3 is worker 1's). Rank 0 reads the
+    shard's #0; its owner, copying the shard into the cache, finds the shard differs and does not cache it."""
+    url, _ = remote
+    _, entries = load_index(url)
+    entry = entries[1]
+    offset = entry.spans[3][0]
+    client = s3_env.client()
+    key = f"{url.split(f'{BUCKET}/', 1)[1]}/{entry.name}"
+    data = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    data[offset + 512 + 40] ^= 0x02
+    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(data))
+    kw = {"batch_size": 2, "shuffle": False, "world_size": 3, "retry": FAST_RETRY}
+    for workers in (0, 2):
+        with pytest.raises(ShardIntegrityError, match=f"sample '{entry.keys[3]}' .*of shard {entry.name} "
+                                                      f".*at byte offset {offset} .*sha256"):
+            list(make_loader(url, rank=1, num_workers=workers, **kw))
+    cache = tmp_path / "cache"
+    loader = make_loader(url, rank=0, num_workers=0, cache_dir=cache, **kw)
+    assert [k for b in loader for k in b["keys"]] == loader.plan.rank_keys(0) == [*entries[0].keys, entry.keys[0]]
+    assert sorted(p.name for p in cache.glob("*.tar")) == [f"{entries[0].sha256}.tar"]

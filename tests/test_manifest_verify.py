@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -54,11 +55,14 @@ def test_manifest_round_trip_is_canonical(tmp_path: Path) -> None:
     assert raw.endswith(b"}\n") and raw == canonical_json(manifest)
     obj = json.loads(raw)
     assert raw.decode() == json.dumps(obj, sort_keys=True, indent=1) + "\n"
-    assert obj["manifest_version"] == 1 and obj["schema_version"] == 1 and obj["options"]["size"] == [192, 640]
+    assert obj["manifest_version"] == 2 and obj["schema_version"] == 1 and obj["options"]["size"] == [192, 640]
     assert [s["count"] for s in obj["shards"]] == [3, 3, 3]
-    # A sample's length: per member a 512-byte header plus its data padded to 512 bytes.
+    # A sample's length: per member a 512-byte header plus its data padded to 512 bytes; its sha256 is
+    # that of those span bytes.
     length = sum(512 + (len(d) + 511) // 512 * 512 for d in ENCODED[3][1].values())
-    assert obj["shards"][1]["samples"][0] == {"key": ENCODED[3][0], "offset": 0, "length": length}
+    span_bytes = (tmp_path / "kitti-train-000001.tar").read_bytes()[:length]
+    assert obj["shards"][1]["samples"][0] == {"key": ENCODED[3][0], "offset": 0, "length": length,
+                                              "sha256": hashlib.sha256(span_bytes).hexdigest()}
     loaded = load_manifest(str(tmp_path))
     assert load_manifest(str(path)) == loaded
     assert loaded.shards == manifest.shards and loaded.units == manifest.units and loaded.failed == manifest.failed
@@ -97,7 +101,10 @@ def test_unsafe_shard_names_rejected(tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize("edit, message", [
     (lambda o: o.__setitem__("comment", "hi"), r"unknown fields \['comment'\]"),
     (lambda o: o.pop("units"), r"missing fields \['units'\]"),
-    (lambda o: o.__setitem__("manifest_version", 2), "manifest_version 2"),
+    (lambda o: o.__setitem__("manifest_version", 3), "manifest_version 3; this reader knows 1 and 2"),
+    (lambda o: o.__setitem__("manifest_version", 1), "manifest_version 1: samples must not have a sha256"),
+    (lambda o: o["shards"][0]["samples"][1].pop("sha256"), "samples mix manifest versions: 8 of 9"),
+    (lambda o: o["shards"][0]["samples"][1].__setitem__("sha256", "ABC"), "sha256 'ABC' must be 64"),
     (lambda o: o["shards"][0].__setitem__("count", 4), "count 4 must equal the number of samples listed"),
     (lambda o: o["shards"][0].__setitem__("sha256", "abc"), "sha256 'abc'"),
     (lambda o: o["shards"][0].__setitem__("first_key", "x_y_000000"), "first_key/last_key"),
@@ -148,16 +155,54 @@ def test_every_kind_of_damage_is_named(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "other" / other.shards[0].name, out / names[3])
     problems = verify_shards(str(out))
     assert [(p.kind, p.shard) for p in problems] == [
-        ("altered", names[0]), ("truncated", names[1]), ("missing", names[2]),
+        ("altered", names[0]), ("sample", names[0]), ("truncated", names[1]), ("missing", names[2]),
         ("altered", names[3]), ("count", names[3]), ("extra", "kitti-train-000099.tar")]
-    assert problems[1].detail == f"{manifest.shards[1].bytes - 1024} bytes, manifest says {manifest.shards[1].bytes}"
-    assert problems[4].detail == "3 samples in the tar, manifest says 2"
-    assert str(problems[2]).startswith(f"MISSING {names[2]}: ")
+    first = manifest.shards[0].samples[0]  # byte 700 lies in the first sample; the replaced shard's
+    assert (problems[1].key, problems[1].offset) == (first.key, 0)  # first two samples are the same bytes
+    assert str(problems[1]).startswith(f"SAMPLE {names[0]}: {first.key!r} at byte offset 0 ({first.length} bytes): "
+                                       f"sha256 ") and problems[1].detail.endswith(f"manifest says {first.sha256}")
+    assert problems[2].detail == f"{manifest.shards[1].bytes - 1024} bytes, manifest says {manifest.shards[1].bytes}"
+    assert problems[5].detail == "3 samples in the tar, manifest says 2"
+    assert str(problems[3]).startswith(f"MISSING {names[2]}: ")
     proc = subprocess.run([sys.executable, "-m", "dynamo_depth", "verify", str(out)], cwd=REPO, text=True,
                           capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines == [str(p) for p in problems] + ["verify: 5 shards, 6 problems: FAILED"]
+    assert lines == [str(p) for p in problems] + ["verify: 5 shards, 7 problems: FAILED"]
+
+
+def test_altered_and_cut_samples_are_named_with_v1_and_v2_references(tmp_path: Path) -> None:
+    """A flipped byte names its sample (key, offset) from the manifest's digests, or with a version-1
+    reference from the same spans beside the shards; a truncation names the samples it cut off."""
+    out = tmp_path / "set"
+    manifest = _build(str(out))  # 3 shards of 3 samples
+    record = manifest.shards[1]
+    victim = record.samples[2]
+    data = bytearray((out / record.name).read_bytes())
+    data[victim.offset + 600] ^= 0x04
+    (out / record.name).write_bytes(bytes(data))
+    expected = Problem("sample", record.name, f"{victim.key!r} at byte offset {victim.offset} ({victim.length} "
+                       f"bytes): sha256 {hashlib.sha256(bytes(data[victim.offset:victim.offset + victim.length])).hexdigest()}, "
+                       f"manifest says {victim.sha256}", key=victim.key, offset=victim.offset)
+    assert verify_shards(str(out))[1:] == [expected]
+    v1 = _strip_digests(manifest)
+    assert v1.manifest_version == 1
+    save_manifest(v1, str(tmp_path / "v1.json"))
+    assert load_manifest(str(tmp_path / "v1.json")) == v1  # version 1 still loads
+    assert verify_shards(str(out), reference=str(tmp_path / "v1.json"))[1:] == [expected]  # digests from beside
+    save_manifest(v1, str(out))  # no digests anywhere: only the shard is named
+    assert [p.kind for p in verify_shards(str(out))] == ["altered"]
+    (out / record.name).write_bytes(bytes(data[:victim.offset + 1024]))
+    assert verify_shards(str(out), reference=str(tmp_path / "v1.json")) == [
+        Problem("truncated", record.name, f"{victim.offset + 1024} bytes, manifest says {record.bytes}"),
+        Problem("sample", record.name, f"{victim.key!r} at byte offset {victim.offset} ({victim.length} bytes): "
+                f"cut off, the shard ends at byte {victim.offset + 1024}", key=victim.key, offset=victim.offset)]
+
+
+def _strip_digests(manifest: Manifest) -> Manifest:
+    """The version-1 form of ``manifest`` (what builds wrote before per-sample digests)."""
+    return manifest.with_shards(tuple(
+        replace(s, samples=tuple(replace(span, sha256=None) for span in s.samples)) for s in manifest.shards))
 
 
 def test_reference_manifest_count_mismatch_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

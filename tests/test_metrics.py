@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dynamo_depth import depth_eval as de
 from dynamo_depth import metrics as m
 from dynamo_depth import motion_metrics, odometry_metrics
 
@@ -83,25 +84,30 @@ def test_garg_crop_bounds_at_kitti_size():
     assert mask.sum() == (371 - 153) * (1197 - 44)
     assert mask[153, 44] and mask[370, 1196]
     assert not mask[152, 500] and not mask[371, 500] and not mask[200, 43] and not mask[200, 1197]
-    u = np.array([44.0, 43.4, 43.6, 1196.0, 1196.5, 600.0, 600.0, 600.0, 600.0])
-    v = np.array([153.0, 200.0, 200.0, 370.0, 200.0, 152.4, 152.5, 370.49, 370.5])
-    expected = [True, False, True, True, False, False, True, True, False]
-    assert m.in_garg_crop(u=u, v=v, h=375, w=1242).tolist() == expected
+    # the original tests the FLOAT coordinates against the integer bounds (then truncates)
+    u = np.array([44.0, 43.4, 43.99, 1196.0, 1196.99, 600.0, 600.0, 600.0, 600.0])
+    v = np.array([153.0, 200.0, 200.0, 370.0, 200.0, 152.4, 152.99, 370.49, 370.99])
+    expected = [True, False, False, True, True, False, False, True, True]
+    pts = np.stack([u, v, np.full(u.size, 10.0)], axis=1)
+    kitti = m.DATASET_PROTOCOL["kitti"]
+    assert de.valid_points(points_uvz=pts, original_hw=(375, 1242), protocol=kitti).tolist() == expected
+    nearest = [True, False, True, True, False, False, True, True, False]  # --pixel nearest: tested at the rounded pixel
+    assert de.valid_points(points_uvz=pts, original_hw=(375, 1242), protocol=kitti, pixel="nearest").tolist() == nearest
 
 
 def test_kitti_crop_and_80m_cap_in_evaluate_image():
     hw = (375, 1242)
     pts = np.array([
         [44.0, 153.0, 10.0],  # top-left corner of the crop: in
-        [1196.0, 370.0, 80.0],  # bottom-right corner, gt exactly at the cap: in
-        [600.0, 200.0, 80.0001],  # just above the cap: out
+        [1196.0, 370.0, 79.99],  # bottom-right corner, gt just below the cap: in
+        [600.0, 200.0, 80.0],  # exactly at the cap: out (strict z < max, as the original)
         [43.0, 200.0, 10.0],  # column left of the crop: out
         [600.0, 371.0, 10.0],  # row below the crop: out
         [600.0, 152.0, 10.0],  # row above the crop: out
         [700.0, 300.0, 1e-3],  # at min depth (exclusive): out
         [1500.0, 300.0, 10.0],  # outside the image: out
     ])
-    result = m.evaluate_image(points_uvz=pts, prediction=_depth_map(hw, pts[[0, 1]]), original_hw=hw,
+    result = de.evaluate_image(points_uvz=pts, prediction=_depth_map(hw, pts[[0, 1]]), original_hw=hw,
                               dataset="kitti", kind="depth")
     assert result.num_points == 2
     assert result.metrics.abs_rel == pytest.approx(0.0)
@@ -110,10 +116,10 @@ def test_kitti_crop_and_80m_cap_in_evaluate_image():
 
 def test_waymo_75m_cap_no_crop():
     hw = (4, 6)
-    pts = np.array([[0.0, 0.0, 75.0], [5.0, 3.0, 20.0], [2.0, 1.0, 75.001], [3.0, 2.0, 5.0]])
+    pts = np.array([[0.0, 0.0, 74.99], [5.0, 3.0, 20.0], [2.0, 1.0, 75.0], [3.0, 2.0, 5.0]])
     depth = _depth_map(hw, pts)
-    for dataset in ("waymo", "nuscenes"):  # 75.0 in, 75.001 out, no crop: the corner pixel (0, 0) counts
-        result = m.evaluate_image(points_uvz=pts, prediction=depth, original_hw=hw, dataset=dataset, kind="depth")
+    for dataset in ("waymo", "nuscenes"):  # 74.99 in, 75.0 out (strict), no crop: the corner pixel (0, 0) counts
+        result = de.evaluate_image(points_uvz=pts, prediction=depth, original_hw=hw, dataset=dataset, kind="depth")
         assert result.num_points == 3
         assert result.distance_edges == tuple(float(x) for x in range(0, 81, 10))
         assert [s.count for s in result.distance_sums] == [1, 1, 0, 0, 0, 0, 0, 1]  # 5, 20 (10, 20], 75 (70, 80]
@@ -123,17 +129,31 @@ def test_prediction_above_cap_is_clamped():
     hw = (1, 3)
     pts = np.array([[0.0, 0.0, 10.0], [1.0, 0.0, 10.0], [2.0, 0.0, 70.0]])
     pred_depth = np.array([[10.0, 10.0, 140.0]])
-    result = m.evaluate_image(points_uvz=pts, prediction=pred_depth, original_hw=hw, dataset="waymo", kind="depth")
+    result = de.evaluate_image(points_uvz=pts, prediction=pred_depth, original_hw=hw, dataset="waymo", kind="depth")
     assert result.median_ratio == pytest.approx(1.0)
-    assert result.metrics.abs_rel == pytest.approx((75.0 - 70.0) / 70.0 / 3)
+    assert result.metrics.abs_rel == pytest.approx((75.0 - 70.0) / 70.0 / 3, rel=1e-6)
 
 
 # ---- evaluate_image: upsampling, disparity, median scaling ---------------------------------------
 
 
 def test_bilinear_upsampling_half_pixel_centres():
-    up = m.upsample_map(prediction=np.array([[1.0, 3.0]]), original_hw=(1, 4))
-    assert up[0].tolist() == pytest.approx([1.0, 1.5, 2.5, 3.0])
+    up = de.depth_map(prediction=np.array([[1.0, 3.0]]), original_hw=(1, 4), kind="depth")
+    assert up.dtype == np.float32 and up[0].tolist() == pytest.approx([1.0, 1.5, 2.5, 3.0])
+    # sigmoid: disp_to_depth(0.1, 100) = 0.01 + 9.99 * s, upsampled, THEN inverted
+    sig = de.depth_map(prediction=np.array([[0.0, 1.0]]), original_hw=(1, 4), kind="sigmoid")
+    assert sig[0].tolist() == pytest.approx([100.0, 1 / (0.01 + 9.99 * 0.25), 1 / (0.01 + 9.99 * 0.75), 0.1], rel=1e-6)
+
+
+def test_lower_median_and_truncation():
+    assert m.lower_median(np.array([4.0, 1.0, 3.0, 2.0])) == 2.0  # torch.median: lower middle, not 2.5
+    assert m.median_scale(gt=np.array([1.0, 2.0, 3.0, 4.0]), pred=np.array([1.0, 1.0, 4.0, 4.0])) == 2.0
+    rows, cols = de.point_pixels(points_uvz=np.array([[3.9, 2.6, 1.0]]), pixel="truncate")
+    assert (rows[0], cols[0]) == (2, 3)
+    rows, cols = de.point_pixels(points_uvz=np.array([[3.9, 2.6, 1.0]]), pixel="nearest")
+    assert (rows[0], cols[0]) == (3, 4)
+    with pytest.raises(ValueError, match="allowed"):
+        de.EvalProtocol(pixel="round")
 
 
 def test_perfect_and_scaled_disparity_from_training_resolution():
@@ -141,34 +161,39 @@ def test_perfect_and_scaled_disparity_from_training_resolution():
     # a disparity constant along rows: each training row covers two original rows.
     disparity = np.array([[0.1] * 4, [0.1] * 4])  # depth 10 m everywhere
     pts = np.array([[0.0, 0.0, 10.0], [7.0, 3.0, 10.0], [3.6, 1.4, 10.0]])
-    perfect = m.evaluate_image(points_uvz=pts, prediction=disparity, original_hw=(4, 8), dataset="nuscenes")
+    perfect = de.evaluate_image(points_uvz=pts, prediction=disparity, original_hw=(4, 8), dataset="nuscenes",
+                                kind="disparity")
     assert perfect.metrics.abs_rel == pytest.approx(0.0) and perfect.metrics.a1 == 1.0
     ramp = np.array([[1 / 5, 1 / 10, 1 / 20, 1 / 40]])  # depths 5, 10, 20, 40 per training column
     pts = np.array([[0.0, 0.0, 5.0], [7.0, 0.0, 40.0]])  # extreme columns keep the exact values
-    scaled = m.evaluate_image(points_uvz=pts, prediction=ramp * 3.0, original_hw=(1, 8), dataset="waymo")
-    assert scaled.median_ratio == pytest.approx(3.0)
-    assert scaled.metrics.abs_rel == pytest.approx(0.0, abs=1e-12) and scaled.metrics.rmse == pytest.approx(0.0, abs=1e-12)
+    scaled = de.evaluate_image(points_uvz=pts, prediction=ramp * 3.0, original_hw=(1, 8), dataset="waymo",
+                               kind="disparity")
+    assert scaled.median_ratio == pytest.approx(3.0, rel=1e-6)
+    assert scaled.metrics.abs_rel == pytest.approx(0.0, abs=1e-6) and scaled.metrics.rmse == pytest.approx(0.0, abs=1e-5)
 
 
-def test_per_class_errors_pooled_by_point_count():
+def test_per_class_errors_weighted_by_point_count_or_pooled():
     # image A: labels [moving, bg, bg], pred of the moving point 2x too far (median ratio stays 1)
     pts_a = np.array([[0.0, 0.0, 10.0], [1.0, 0.0, 10.0], [2.0, 0.0, 10.0]])
-    res_a = m.evaluate_image(points_uvz=pts_a, prediction=np.array([[20.0, 10.0, 10.0]]), original_hw=(1, 3),
+    res_a = de.evaluate_image(points_uvz=pts_a, prediction=np.array([[20.0, 10.0, 10.0]]), original_hw=(1, 3),
                              dataset="waymo", kind="depth", labels=np.array([1, 0, 0], dtype=np.uint8))
     # image B: labels [moving, moving, bg, bg, unlabeled], first moving point 1.5x too far
     pts_b = np.array([[float(i), 0.0, 10.0] for i in range(5)])
-    res_b = m.evaluate_image(points_uvz=pts_b, prediction=np.array([[15.0, 10, 10, 10, 10]]), original_hw=(1, 5),
+    res_b = de.evaluate_image(points_uvz=pts_b, prediction=np.array([[15.0, 10, 10, 10, 10]]), original_hw=(1, 5),
                              dataset="waymo", kind="depth", labels=np.array([1, 1, 0, 0, 3], dtype=np.uint8))
-    report = m.aggregate([res_a, res_b])
+    report = de.aggregate([res_a, res_b])
     moving = report["per_class"]["moving"]
-    assert moving["num_points"] == 3
-    assert moving["abs_rel"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)  # not the image mean 0.625
-    assert moving["rmse"] == pytest.approx(math.sqrt((100.0 + 25.0) / 3))
+    assert moving["num_points"] == 3 and moving["num_images"] == 2
+    assert moving["abs_rel"] == pytest.approx((1.0 * 1 + 0.25 * 2) / 3)  # not the image mean 0.625
+    # the original: point-count-weighted mean of per-image RMSEs (10 m, sqrt(25 / 2) m), not a pooled RMSE
+    assert moving["rmse"] == pytest.approx((10.0 * 1 + math.sqrt(25.0 / 2) * 2) / 3)
     assert moving["a1"] == pytest.approx(1 / 3)
     assert report["per_class"]["background"]["num_points"] == 4
     assert report["per_class"]["background"]["abs_rel"] == 0.0
-    assert report["per_class"]["static"]["num_points"] == 4
-    assert report["per_class"]["static_movable"] == {**dict.fromkeys(m.METRIC_NAMES), "num_points": 0}
+    assert set(report["per_class"]) == {"background", "moving", "static_movable"}
+    assert report["per_class"]["static_movable"] == {**dict.fromkeys(m.METRIC_NAMES), "num_points": 0, "num_images": 0}
+    pooled = de.aggregate([res_a, res_b], protocol=de.EvalProtocol(class_rmse="pooled"))["per_class"]["moving"]
+    assert pooled["rmse"] == pytest.approx(math.sqrt((100.0 + 25.0) / 3))
     assert report["overall"]["abs_rel"] == pytest.approx((1.0 / 3 + 0.5 / 5) / 2)
     assert report["num_images"] == 2 and report["num_points"] == 8
     assert report["by_distance"][0]["num_points"] == 8  # all gt 10 m in (0, 10]
@@ -178,15 +203,15 @@ def test_evaluate_image_bad_input():
     pts = np.array([[0.0, 0.0, 10.0]])
     good = {"points_uvz": pts, "prediction": np.ones((2, 2)), "original_hw": (2, 2), "dataset": "waymo"}
     with pytest.raises(ValueError, match="unknown dataset"):
-        m.evaluate_image(**{**good, "dataset": "argo"})
+        de.evaluate_image(**{**good, "dataset": "argo"})
     with pytest.raises(ValueError, match="positive 2-D"):
-        m.evaluate_image(**{**good, "prediction": np.zeros((2, 2))})
+        de.evaluate_image(**{**good, "prediction": np.zeros((2, 2))})
     with pytest.raises(ValueError, match=r"'k0'.*motion labels"):
-        m.evaluate_image(**good, labels=np.array([1, 2]), key="k0")
+        de.evaluate_image(**good, labels=np.array([1, 2]), key="k0")
     with pytest.raises(m.NoValidPointsError, match="no LiDAR point"):
-        m.evaluate_image(**{**good, "points_uvz": np.array([[0.0, 0.0, 90.0]])})
+        de.evaluate_image(**{**good, "points_uvz": np.array([[0.0, 0.0, 90.0]])})
     with pytest.raises(ValueError, match="no image results"):
-        m.aggregate([])
+        de.aggregate([])
 
 
 # ---- motion segmentation ------------------------------------------------------------------------
@@ -254,10 +279,10 @@ def test_kitti_reference_depth_crop_and_cap_counts():
     rcd = np.load(REFERENCE / "kitti_drive_0009_original_outputs/image_02/depth/0000000000.npy", allow_pickle=False)
     hw = (375, 1242)
     pts = np.stack([rcd[:, 1], rcd[:, 0], rcd[:, 2]], axis=1)  # [row, col, z] -> [u, v, z]
-    result = m.evaluate_image(points_uvz=pts, prediction=_depth_map(hw, pts), original_hw=hw,
+    result = de.evaluate_image(points_uvz=pts, prediction=_depth_map(hw, pts), original_hw=hw,
                               dataset="kitti", kind="depth")
     crop = m.garg_crop_mask(h=375, w=1242)[rcd[:, 0].astype(int), rcd[:, 1].astype(int)]
-    expected = int(np.sum(crop & (rcd[:, 2] > 1e-3) & (rcd[:, 2] <= 80.0)))
+    expected = int(np.sum(crop & (rcd[:, 2] > 1e-3) & (rcd[:, 2] < 80.0)))
     assert 1000 < result.num_points == expected < len(rcd)
     assert result.metrics.abs_rel == pytest.approx(0.0) and result.metrics.a1 == 1.0
 
@@ -268,10 +293,19 @@ def test_nuscenes_reference_labels_per_class_counts():
     pts = np.load(scene / "depth/000000.npy", allow_pickle=False)
     with np.load(scene / "mask/000000.npz", allow_pickle=False) as npz:
         labels = npz["motion_label"]
-    result = m.evaluate_image(points_uvz=pts, prediction=np.full((288, 512), 0.05), original_hw=(900, 1600),
-                              dataset="nuscenes", labels=labels)
-    in_range = (pts[:, 2] > 1e-3) & (pts[:, 2] <= 75.0)
+    result = de.evaluate_image(points_uvz=pts, prediction=np.full((288, 512), 0.05), original_hw=(900, 1600),
+                               dataset="nuscenes", labels=labels, kind="disparity")
+    in_range = (pts[:, 2] > 1e-3) & (pts[:, 2] < 75.0)
     assert result.num_points == int(in_range.sum())
-    for name, members in m.MOTION_CLASSES.items():
-        assert result.class_sums[name].count == int(np.sum(in_range & np.isin(labels, members)))
-    assert result.median_ratio == pytest.approx(np.median(pts[in_range, 2]) / 20.0)
+    # the original's label of a point: the last label splatted into its 5x5 cell of a 180x320 grid
+    grid = np.full((180, 320), 3, dtype=np.uint8)
+    pts32 = pts.astype(np.float32)
+    cell_r, cell_c = (pts32[:, 1] / np.float32(5)).astype(int), (pts32[:, 0] / np.float32(5)).astype(int)
+    for r, c, label in zip(cell_r, cell_c, labels, strict=True):
+        grid[r, c] = label
+    read = grid[cell_r, cell_c]
+    assert np.mean(read == labels) > 0.9
+    for name, label in de.MOTION_CLASSES.items():
+        assert result.class_sums[name].count == int(np.sum(in_range & (read == label)))
+    gt_in = np.sort(pts32[in_range, 2])
+    assert result.median_ratio == pytest.approx(float(gt_in[(gt_in.size - 1) // 2]) / 20.0, rel=1e-6)

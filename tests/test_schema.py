@@ -39,8 +39,8 @@ def _assert_same_sample(a: TripletSample, b: TripletSample) -> None:
 def test_round_trip_is_exact(with_motion: bool) -> None:
     sample = make_sample(3, n_points=11, with_motion=with_motion)
     members = encode(sample)
-    expected = set(ALL_MEMBERS) if with_motion else set(REQUIRED_MEMBERS)
-    assert set(members) == expected
+    expected = {*REQUIRED_MEMBERS, "motion.npy.zst"} if with_motion else set(REQUIRED_MEMBERS)
+    assert set(members) == expected and set(members) <= set(ALL_MEMBERS)
     back = decode(members, key=sample.key)
     _assert_same_sample(sample, back)
     # JPEG bytes pass through untouched; arrays keep their exact values.
@@ -156,3 +156,23 @@ def test_non_finite_arrays_and_malformed_meta_matrices_are_rejected() -> None:
     with pytest.raises(SampleError, match=r"original_size: expected 2 values"):
         decode({**members, "meta.json": json.dumps(meta).encode()}, key=sample.key)
     assert SampleMeta.from_json(json.loads(members["meta.json"])) == sample.meta
+
+
+def test_original_png_member_and_edge_flag_round_trip() -> None:
+    import dataclasses
+
+    from dynamo_depth.schema import edge_neighbours
+
+    sample = make_sample(3, n_points=5, with_motion=False)
+    png = b"\x89PNG\r\n\x1a\n" + b"rest-of-file"
+    meta = dataclasses.replace(sample.meta, extra={**sample.meta.extra, "edge": ["prev"]})
+    edged = dataclasses.replace(sample, original_image=png, meta=meta)
+    members = encode(edged)
+    assert members["orig.png"] == png
+    back = decode(members, key=sample.key)
+    assert back.original_image == png and edge_neighbours(back.meta) == ("prev",)
+    assert edge_neighbours(sample.meta) == ()
+    with pytest.raises(ValueError, match="orig.png"):
+        dataclasses.replace(sample, original_image=b"not a png")
+    with pytest.raises(ValueError, match="allowed"):
+        edge_neighbours(dataclasses.replace(sample.meta, extra={"edge": ["left"]}))

@@ -145,7 +145,7 @@ def test_two_process_ddp_runs_every_phase_with_identical_parameters(shards: Path
     proc = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "done: step 8" in proc.stdout
-    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "last.json")
     assert (checkpoint.step, checkpoint.phase) == (8, "fine_tune")
     assert checkpoint.loader == {"epoch": 3, "consumed": 4, "seed": 0, "world_size": 2}  # 2 batches a data epoch
     assert checkpoint.rng["torch"].shape[0] == 2
@@ -163,7 +163,9 @@ def test_two_process_ddp_runs_every_phase_with_identical_parameters(shards: Path
                    and not torch.equal(initial[n], checkpoint.model[n])]
         assert changed, f"{prefix} never trained"
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
-    _check_eval_hook(run_dir / "checkpoints" / "last.pt", shards, model, checkpoint)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.json", "step-000008.pt"]
+    assert (run_dir / "metrics.jsonl").read_text().count("\n") == 8  # log_every=1
+    _check_eval_hook(run_dir, shards, model, checkpoint)  # the run folder: its last.json names the file
 
 
 LITEMONO = ["model.depth_network=litemono", "model.scales=[0,1,2]", "model.drop_path_rate=0.4"]
@@ -189,7 +191,7 @@ def test_litemono_two_processes_every_phase_and_exact_resume(shards: Path, tmp_p
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     digests = [(tmp_path / d / f"params_rank{r}.sha256").read_text() for d in ("d_whole", "d_split") for r in (0, 1)]
     assert len(set(digests)) == 1
-    saved = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    saved = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.json")
     assert saved.step == 8 and any(k.startswith("depth_enc.stages.") for k in saved.model)
 
 
@@ -226,12 +228,12 @@ def test_resume_continues_bitwise_exactly(shards: Path, tmp_path: Path, one_thre
     # 8 samples at batch 3 -> 3 batches per data epoch: step 3 starts data epoch 1; the lr halves every step.
     assert _run(shards, tmp_path / "straight", "--max-steps", "4") == 0
     assert _run(shards, tmp_path / "split", "--max-steps", "2") == 0
-    half = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    half = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.json")
     assert (half.step, half.phase, half.loader["epoch"], half.loader["consumed"]) == (2, "disp_init", 0, 6)
     assert half.scheduler["last_epoch"] == 2
     assert _run(shards, tmp_path / "split", "--max-steps", "4", "--resume") == 0
-    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
-    resumed = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    straight = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.json")
+    resumed = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.json")
     assert (resumed.step, resumed.phase, resumed.loader) == (4, "motion_init", straight.loader)
     assert straight.loader == {"epoch": 1, "consumed": 3, "seed": 0, "world_size": 1}
     assert list(straight.model) == list(resumed.model)
@@ -273,8 +275,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_pat
     assert _run(shards, run_dir, "train.checkpoint_every=1", "--max-steps", "4") == 3
     err = capsys.readouterr().err
     assert "step 2 (disp_init): loss is not finite" in err and "last good checkpoint is kept" in err and "(step 2)" in err
-    kept = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert kept.step == 2 and not (run_dir / "checkpoints" / "last.pt.tmp").exists()
+    kept = load_checkpoint(run_dir / "checkpoints" / "last.json")
+    assert kept.step == 2 and sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "last.json", "step-000001.pt", "step-000002.pt"]  # no temporary file left
 
 
 def test_train_step_refuses_nan_before_touching_parameters(one_thread: None) -> None:
@@ -308,7 +311,7 @@ def test_trains_from_s3_shards(shards: Path, s3_bucket: str, tmp_path: Path, one
         client.put_object(Bucket=bucket, Key=f"kitti/{path.name}", Body=path.read_bytes())
     run_dir = tmp_path / "s3run"
     assert _run(shards, run_dir, "--set", f"data.url={s3_bucket}/kitti", "--max-steps", "1") == 0
-    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.json")
     assert saved.step == 1 and saved.loader == {"epoch": 0, "consumed": 3, "seed": 0, "world_size": 1}
     assert load_config(run_dir / "config.yaml").data.url == f"{s3_bucket}/kitti"
 
@@ -327,7 +330,7 @@ def test_init_from_an_original_folder(shards: Path, tmp_path: Path, one_thread: 
         assert torch.equal(model.state_dict()[name], value), name
     run_dir = tmp_path / "finetune"
     assert _run(shards, run_dir, "--init-from", str(folder), "--max-steps", "1") == 0
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt").step == 1
+    assert load_checkpoint(run_dir / "checkpoints" / "last.json").step == 1
     (folder / "pose_dec.pth").unlink()
     assert _run(shards, tmp_path / "bad", "--init-from", str(folder), "--max-steps", "1") == 2
 

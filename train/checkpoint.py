@@ -16,27 +16,47 @@ rng            per-rank RNG states, each a tensor with a leading world-size axis
 config         the resolved ``RunConfig`` as a nested dict (``dynamo_depth.config.config_to_dict``)
 =============  ==============================================================================
 
-Writes go to ``<path>.tmp``, are fsynced and renamed over ``path``, so a crash leaves the previous
-checkpoint intact. No wall-clock time is stored.
+Layout in ``run_dir`` (a local folder or any fsspec URL such as ``s3://bucket/run``; see
+``dynamo_depth.storage``)::
+
+    checkpoints/step-000010.pt   one file per checkpoint (the newest ``KEEP_CHECKPOINTS`` are kept)
+    checkpoints/last.json        the pointer: {"format": POINTER_FORMAT, "checkpoint": "step-000010.pt", "step": 10}
+
+``commit_checkpoint`` writes the step file first (atomically: tmp + fsync + rename locally, one PUT on an
+object store) and only then replaces the pointer, so a crash between the two leaves the pointer on the
+previous, complete checkpoint; ``latest_checkpoint`` follows the pointer (or an older run's
+``checkpoints/last.pt``). No wall-clock time is stored.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from dynamo_depth import storage
+
 CHECKPOINT_FORMAT = "dynamo-depth-checkpoint"
 CHECKPOINT_VERSION = 2
 """2: the model holds the original's seven modules (``depth_enc.*`` ... ``motion_mask.*``); 1 had ``depth.*``."""
 REQUIRED_KEYS = ("format", "version", "step", "phase", "model", "optimizer", "scheduler", "loader", "rng", "config")
+CHECKPOINT_DIR = "checkpoints"
+POINTER_NAME = "last.json"
+POINTER_FORMAT = "dynamo-depth-checkpoint-pointer"
+LEGACY_LAST = "last.pt"
+"""An earlier layout's single checkpoint file (``checkpoints/last.pt``): still resumed when no pointer exists."""
+KEEP_CHECKPOINTS = 2
+"""Step files kept in ``run_dir/checkpoints`` (the pointed one and the one before it)."""
+_STEP_FILE = re.compile(r"^step-(\d{6,})\.pt$")
 
 
 class CheckpointError(ValueError):
@@ -64,41 +84,97 @@ class Checkpoint:
         }
 
 
-def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (``*.tmp``, fsync, rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(checkpoint.to_dict(), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+def checkpoint_dir(run_dir: str) -> str:
+    """``run_dir/checkpoints`` (a path or URL like ``run_dir``)."""
+    return storage.join(str(run_dir), CHECKPOINT_DIR)
+
+
+def pointer_url(run_dir: str) -> str:
+    """``run_dir/checkpoints/last.json``."""
+    return storage.join(checkpoint_dir(run_dir), POINTER_NAME)
+
+
+def step_file_name(step: int) -> str:
+    """``step-000010.pt`` (six digits or more, so names sort by step)."""
+    return f"step-{int(step):06d}.pt"
+
+
+def save_checkpoint(checkpoint: Checkpoint, url: str | os.PathLike[str]) -> str:
+    """Write ``checkpoint`` to ``url`` atomically (local: tmp + fsync + rename; object store: one PUT)."""
+    url = os.fspath(url)
+    storage.write_atomic(url, lambda handle: torch.save(checkpoint.to_dict(), handle))
+    return url
+
+
+def write_pointer(run_dir: str, *, name: str, step: int) -> None:
+    """Point ``run_dir/checkpoints/last.json`` at step file ``name`` (one small atomic write)."""
+    text = json.dumps({"format": POINTER_FORMAT, "checkpoint": name, "step": int(step)}, sort_keys=True)
+    storage.write_bytes_atomic(pointer_url(run_dir), (text + "\n").encode())
+
+
+def read_pointer(url: str) -> tuple[str, int]:
+    """(URL of the checkpoint file, its step) named by the pointer file at ``url``; CheckpointError if unreadable."""
     try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return path
+        raw = json.loads(storage.read_bytes(url))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint pointer {url}: no such file") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint pointer {url}: not JSON: {exc}") from exc
+    name = raw.get("checkpoint") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or raw.get("format") != POINTER_FORMAT or not isinstance(name, str) \
+            or not _STEP_FILE.match(name) or not isinstance(raw.get("step"), int):
+        raise CheckpointError(f"checkpoint pointer {url}: not a {POINTER_FORMAT} file")
+    return storage.join(storage.dirname(url), name), int(raw["step"])
+
+
+def latest_checkpoint(run_dir: str) -> tuple[str, int | None] | None:
+    """(checkpoint URL, step or None if unknown) of ``run_dir``'s last committed checkpoint; None if it has none.
+
+    Follows ``checkpoints/last.json``; without one, an earlier layout's ``checkpoints/last.pt``.
+    """
+    pointer = pointer_url(run_dir)
+    if storage.exists(pointer):
+        return read_pointer(pointer)
+    legacy = storage.join(checkpoint_dir(run_dir), LEGACY_LAST)
+    return (legacy, None) if storage.exists(legacy) else None
+
+
+def commit_checkpoint(checkpoint: Checkpoint, run_dir: str, *, keep: int = KEEP_CHECKPOINTS) -> str:
+    """Write ``checkpoints/step-N.pt``, then the pointer to it, then drop older step files; returns its URL."""
+    name = step_file_name(checkpoint.step)
+    url = save_checkpoint(checkpoint, storage.join(checkpoint_dir(run_dir), name))
+    write_pointer(run_dir, name=name, step=checkpoint.step)
+    older = sorted((int(m.group(1)), n) for n in storage.listdir(checkpoint_dir(run_dir))
+                   if (m := _STEP_FILE.match(n)) and int(m.group(1)) < checkpoint.step)
+    for _, stale in older[:max(0, len(older) - (keep - 1))]:
+        storage.remove(storage.join(checkpoint_dir(run_dir), stale))
+    return url
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint (``weights_only=True``, CPU tensors); ``CheckpointError`` naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: no such file")
+    """Read a checkpoint file or follow a ``last.json`` pointer (local path or URL; ``weights_only=True``, CPU
+    tensors); ``CheckpointError`` naming the file otherwise."""
+    url = os.fspath(path)
+    if url.endswith(".json"):
+        url, _ = read_pointer(url)
+    if storage.is_local(url) and not os.path.isfile(storage._local_path(url)):
+        raise CheckpointError(f"checkpoint {url}: no such file")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        source = storage._local_path(url) if storage.is_local(url) else io.BytesIO(storage.read_bytes(url))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint {url}: no such file") from exc
+    try:
+        raw = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"checkpoint {path}: cannot read it: {exc}") from exc
+        raise CheckpointError(f"checkpoint {url}: cannot read it: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"checkpoint {path}: not a {CHECKPOINT_FORMAT} file")
+        raise CheckpointError(f"checkpoint {url}: not a {CHECKPOINT_FORMAT} file")
     if raw.get("version") != CHECKPOINT_VERSION:
         hint = " (written by an earlier model layout; it cannot be resumed)" if raw.get("version") == 1 else ""
-        raise CheckpointError(f"checkpoint {path}: version {raw.get('version')!r}, expected {CHECKPOINT_VERSION}{hint}")
+        raise CheckpointError(f"checkpoint {url}: version {raw.get('version')!r}, expected {CHECKPOINT_VERSION}{hint}")
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
-        raise CheckpointError(f"checkpoint {path}: missing keys {missing}")
+        raise CheckpointError(f"checkpoint {url}: missing keys {missing}")
     return Checkpoint(**{k: raw[k] for k in REQUIRED_KEYS if k not in ("format", "version")})
 
 

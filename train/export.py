@@ -1,6 +1,7 @@
 """``python -m train.export CKPT OUT_DIR``: write a checkpoint as an original Dynamo-Depth module folder.
 
-``CKPT`` is a trainer checkpoint (``checkpoints/last.pt``) or an original folder. ``OUT_DIR`` receives the
+``CKPT`` is a trainer checkpoint (``run_dir/checkpoints/step-NNNNNN.pt``, the file ``checkpoints/last.json``
+names) or an original folder. ``OUT_DIR`` receives the
 seven files the original code loads (``depth_enc.pth`` with ``height`` / ``width``, ``depth_dec.pth``,
 ``pose_enc.pth``, ``pose_dec.pth``, ``motion_enc.pth``, ``motion_dec.pth``, ``motion_mask.pth``), with the
 original's keys, dtypes and shapes. Exit 2 on bad input, naming the file and the reason.

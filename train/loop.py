@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,12 +30,11 @@ from dynamo_depth.config import PHASE_NAMES, RunConfig, config_to_dict
 from dynamo_depth.loss_inputs import LossBatch, LossSettings, SeededDraws, make_loss_batch
 from dynamo_depth.losses import TERMS, LossWeights, compute_losses
 from dynamo_depth.models import DynamoDepthModel, ModelOutputs
-from train.checkpoint import Checkpoint, capture_rng, model_digest, restore_rng, save_checkpoint
+from train.checkpoint import Checkpoint, capture_rng, commit_checkpoint, model_digest, restore_rng
 from train.phases import PhaseWindow, phase_windows, ramp_factor, total_steps
 
 FIND_UNUSED_PARAMETERS = {name: False for name in PHASE_NAMES}
 """Per phase: whether DDP must look for trainable parameters without a gradient (none do here)."""
-LAST_CHECKPOINT = "checkpoints/last.pt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -142,9 +142,56 @@ def batch_stream(config: RunConfig, runtime: Runtime, *, start: Mapping[str, int
         if state is None and len(loader) == 0:
             raise ValueError(f"data.url {d.url!r}: no samples for rank {runtime.rank} of {runtime.world_size} "
                              f"in epoch {epoch} (fewer samples than ranks?)")
-        for batch in loader:
+        batches = iter(loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except Exception as exc:  # a DataLoader worker's error arrives wrapped in its traceback text
+                original = unwrap_worker_error(exc)
+                if original is None:
+                    raise
+                raise original from exc
             yield batch, loader.state().to_dict()
         epoch, state = epoch + 1, None
+
+
+_WORKER_HEADER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def unwrap_worker_error(exc: BaseException) -> BaseException | None:
+    """The input error a DataLoader worker raised, rebuilt from ``exc`` (torch re-raises it with the worker's
+    whole traceback as message, or as a RuntimeError when the type needs other arguments); None if ``exc``
+    is not such a wrapper or the original was no ValueError / OSError (those stay as they are: bugs).
+
+    The result has the original's type when it takes one message argument (else ValueError / OSError) and
+    the original's message only (one line for this project's errors).
+    """
+    text = str(exc)
+    header = _WORKER_HEADER.match(text)
+    if header is None:
+        return None
+    name = header.group(1)
+    lines = text.rstrip().splitlines()
+    line = re.compile(rf"^(?:([\w.]+)\.)?{re.escape(name)}(?:: (.*))?$")
+    for index in range(len(lines) - 1, 0, -1):
+        found = line.match(lines[index])
+        if found:
+            module, message = found.group(1) or "builtins", "\n".join([found.group(2) or "", *lines[index + 1:]])
+            break
+    else:
+        return None
+    cls = getattr(sys.modules.get(module), name, None)
+    if not isinstance(cls, type):
+        return None
+    for base in (ValueError, OSError):
+        if issubclass(cls, base):
+            try:
+                return cls(message)
+            except Exception:  # noqa: BLE001 - its constructor needs other arguments
+                return base(message)
+    return None
 
 
 # ----------------------------------------------------------------------------- model and optimiser
@@ -298,15 +345,19 @@ class _Position:
 
 
 def _checkpoint(*, config: RunConfig, runtime: Runtime, model: nn.Module, optimizer: Any, scheduler: Any,
-                phase: str, position: _Position) -> str | None:
-    """Collective: gather RNG states; rank 0 writes ``run_dir/checkpoints/last.pt`` atomically."""
+                phase: str, position: _Position, logger: Any = None) -> str | None:
+    """Collective: gather RNG states; rank 0 writes ``run_dir/checkpoints/step-N.pt``, then the ``last.json``
+    pointer (``train.checkpoint.commit_checkpoint``), then lets the logger upload its files."""
     rng = capture_rng(world_size=runtime.world_size)
     if not runtime.is_main:
         return None
     state = Checkpoint(step=position.step, phase=phase, model=model.state_dict(), optimizer=optimizer.state_dict(),
                        scheduler=scheduler.state_dict(), loader=dict(position.loader or {}), rng=rng,
                        config=config_to_dict(config))
-    return str(save_checkpoint(state, Path(config.train.run_dir) / LAST_CHECKPOINT))
+    url = commit_checkpoint(state, config.train.run_dir)
+    if logger is not None and hasattr(logger, "sync"):
+        logger.sync()
+    return url
 
 
 def _should(every: int, step: int) -> bool:
@@ -380,7 +431,8 @@ def _run_phase(*, window, config, runtime, model, stream, position, stop, resume
                             data_seconds=fetched - tick, step_seconds=done - tick)
         if _should(config.train.checkpoint_every, position.step) or position.step == stop:
             clock["checkpoint"] = _checkpoint(config=config, runtime=runtime, model=model, optimizer=optimizer,
-                                              scheduler=scheduler, phase=window.name, position=position)
+                                              scheduler=scheduler, phase=window.name, position=position,
+                                              logger=logger)
     return position
 
 

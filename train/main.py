@@ -2,28 +2,42 @@
 
 Also runs as one plain process (``python train/main.py ...``) when ``WORLD_SIZE`` is unset. Reads
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from the environment; uses NCCL on GPU and gloo on CPU.
-Rank 0 alone writes the resolved ``config.yaml``, TensorBoard logs (``run_dir/tb``: every loss term,
-learning rate, speed; images: input frame, disparity, motion mask), the progress bar and
-checkpoints (``run_dir/checkpoints/last.pt``).
+
+``train.run_dir`` is a local folder or an object-store URL (``s3://bucket/run``, any fsspec URL). Rank 0
+alone writes there: the resolved ``config.yaml``, ``metrics.jsonl`` (one JSON line per logged step),
+checkpoints (``checkpoints/step-NNNNNN.pt`` + the ``checkpoints/last.json`` pointer, see
+``train.checkpoint``) and TensorBoard logs (``tb/``: every loss term, learning rate, speed; images: input
+frame, disparity, motion mask). For a URL run_dir, TensorBoard writes into a local temporary folder that is
+uploaded to ``run_dir/tb/`` at each checkpoint and at the end. A multi-process run first checks that every
+rank sees the same run_dir (rank 0 writes a token with a random nonce, every rank reads it back): a local
+folder that is not shared between the nodes is refused with exit status 2.
 
 Options:
   --config FILE         YAML preset (configs/*.yaml)
   --set KEY=VALUE ...   dotted overrides (``optim.lr=2e-4 data.url=s3://bucket/shards``)
   --max-steps N         stop after global step N (absolute; a resumed run counts the steps before it)
-  --resume              continue from ``run_dir/checkpoints/last.pt`` exactly (--resume-from FILE: another file)
+  --resume              continue exactly from run_dir's last checkpoint (``checkpoints/last.json``; every
+                        rank prints the file and step); --resume-from FILE: another checkpoint file or pointer
   --init-from D         initial weights: a trainer checkpoint or an original module folder (fine-tuning)
   --init-weights F      ImageNet weights of the depth encoder (torchvision resnet18 or Lite-Mono's file)
   --init-resnet-weights F  torchvision resnet18 weights for the pose / motion encoders (litemono runs)
   --digest-dir DIR      every rank writes ``DIR/params_rank{r}.sha256`` of its final parameters (tests)
 
-Exit status: 0 done, 2 bad configuration or input, 3 non-finite loss (the last good checkpoint is kept).
+Exit status: 0 done (also: a resumed checkpoint already at the target step; nothing is written), 2 bad
+configuration or input (one line naming it: a corrupt sample, a refused S3 credential, a run_dir not shared by
+every node), 3 non-finite loss (the last good checkpoint is kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
+import shutil
+import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +47,11 @@ if __package__ in (None, ""):  # run as a script by torchrun: make the repositor
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from dynamo_depth.config import RunConfig, config_differences, config_from_dict, load_config, save_config  # noqa: E402
-from train.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from dynamo_depth import storage  # noqa: E402
+from dynamo_depth.config import RunConfig, config_differences, config_from_dict, dump_config, load_config  # noqa: E402
+from dynamo_depth.storage import StorageAuthError  # noqa: E402
+from train.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, pointer_url  # noqa: E402
 from train.loop import (  # noqa: E402
-    LAST_CHECKPOINT,
     InitSources,
     NonFiniteLossError,
     Runtime,
@@ -58,8 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this global step")
-    parser.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoints/last.pt")
-    parser.add_argument("--resume-from", default=None, help="continue from this checkpoint file")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from run_dir's last checkpoint (checkpoints/last.json)")
+    parser.add_argument("--resume-from", default=None,
+                        help="continue from this checkpoint file (or last.json pointer; local path or URL)")
     parser.add_argument("--init-from", default=None, metavar="DIR_OR_CKPT",
                         help="start from these weights: a trainer checkpoint or an original Dynamo-Depth module "
                              "folder (fine-tune from released models); ignored with --resume")
@@ -96,42 +113,124 @@ def start_process_group(runtime: Runtime) -> None:
                             rank=runtime.rank, world_size=runtime.world_size)
 
 
-def resume_checkpoint(args: argparse.Namespace, config: RunConfig) -> Checkpoint | None:
-    """The checkpoint to resume (None without --resume); ValueError if its config differs in the math."""
+RUN_DIR_TOKEN = ".run_dir_token.json"
+"""Written by rank 0 at start and read back by every rank: is run_dir the same storage on every node?"""
+
+
+def check_shared_run_dir(run_dir: str, runtime: Runtime) -> None:
+    """Collective (every rank calls it): ValueError on every rank unless all ranks see rank 0's token in run_dir.
+
+    Rank 0 writes ``run_dir/.run_dir_token.json`` holding a random nonce, broadcasts the nonce (after the
+    write), every rank reads the file back and all ranks exchange what they saw; rank 0 then deletes it.
+    Nothing to check for one process.
+    """
+    if not runtime.distributed:
+        return
+    url = storage.join(run_dir, RUN_DIR_TOKEN)
+    host = socket.gethostname()
+    nonce, failure = None, None
+    if runtime.is_main:
+        try:
+            nonce = secrets.token_hex(16)
+            storage.write_bytes_atomic(url, json.dumps({"nonce": nonce, "host": host}).encode())
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the others know
+            nonce, failure = None, exc
+    box = [nonce]
+    dist.broadcast_object_list(box, src=0)
+    nonce = box[0]
+    seen = "rank 0 could not write it"
+    if nonce is not None:
+        try:
+            token = json.loads(storage.read_bytes(url))
+            seen = "ok" if token.get("nonce") == nonce else f"another token (from host {token.get('host')!r})"
+        except FileNotFoundError:
+            seen = "no such file"
+        except Exception as exc:  # noqa: BLE001 - reported on every rank below
+            seen = f"{type(exc).__name__}: {exc}"
+    views: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(views, (host, seen))
+    if runtime.is_main and nonce is not None:
+        storage.remove(url)
+    if failure is not None:
+        raise failure
+    bad = [f"rank {r} on {h}: {v}" for r, (h, v) in enumerate(views) if v != "ok"]
+    if bad:
+        raise ValueError(f"train.run_dir {run_dir!r} is not the same storage on every node: rank 0 wrote {url} and "
+                         f"{'; '.join(bad)}. On a multi-node run, run_dir must be shared storage (a folder every "
+                         f"node mounts at the same path) or an object-store URL such as s3://bucket/run")
+
+
+def resume_checkpoint(args: argparse.Namespace, config: RunConfig,
+                      runtime: Runtime | None = None) -> tuple[Checkpoint, str] | None:
+    """(checkpoint, its URL) to resume, None without --resume; ValueError if its config differs in the math.
+
+    Rank 0 resolves ``run_dir/checkpoints/last.json`` and broadcasts the file's URL, so every rank loads the
+    same file even if a pointer changed meanwhile; every rank prints which file and step it resumes from.
+    """
     if not args.resume and args.resume_from is None:
         return None
-    path = args.resume_from or str(Path(config.train.run_dir) / LAST_CHECKPOINT)
+    runtime = runtime if runtime is not None else Runtime()
+    path = args.resume_from
+    if path is None:
+        found = latest_checkpoint(config.train.run_dir) if runtime.is_main else None
+        box = [found[0] if found else None]
+        if runtime.distributed:
+            dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            raise CheckpointError(f"checkpoint {pointer_url(config.train.run_dir)}: no such file (nothing to resume "
+                                  f"in train.run_dir {config.train.run_dir!r})")
+        path = box[0]
     checkpoint = load_checkpoint(path)
     saved = config_from_dict(checkpoint.config, source=f"checkpoint {path} config")
     changed = [k for k in config_differences(saved, config) if k not in RESUMABLE_CHANGES]
     if changed:
         raise ValueError(f"checkpoint {path}: the config differs in {changed}; resume with the same values "
                          f"(only {sorted(RESUMABLE_CHANGES)} may change)")
-    return checkpoint
+    print(f"train: rank {runtime.rank}: resuming from {path} at step {checkpoint.step}", flush=True)
+    return checkpoint, str(path)
 
 
 class RankZeroLogger:
-    """TensorBoard scalars/images and a tqdm bar; built on rank 0 only."""
+    """TensorBoard scalars/images, ``metrics.jsonl`` and a tqdm bar; built on rank 0 only.
+
+    TensorBoard writes into ``run_dir/tb`` for a local run_dir; for a URL, into a local temporary folder that
+    ``sync`` (each checkpoint) and ``close`` upload to ``run_dir/tb/``. ``metrics.jsonl`` keeps the rows of
+    an earlier run up to the resumed step and is rewritten whole (atomically) by ``sync`` and ``close``.
+    """
 
     def __init__(self, *, config: RunConfig, start: int, stop: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         self.config = config
-        self.writer = SummaryWriter(log_dir=str(Path(config.train.run_dir) / "tb"))
+        run_dir = config.train.run_dir
+        self.tb_url = storage.join(run_dir, "tb")
+        self.metrics_url = storage.join(run_dir, "metrics.jsonl")
+        self.local_tb = storage._local_path(self.tb_url) if storage.is_local(run_dir) else None
+        self._tmp = None if self.local_tb else tempfile.mkdtemp(prefix="dynamo-tb-")
+        self.writer = SummaryWriter(log_dir=self.local_tb or self._tmp)
+        self.rows = self._earlier_rows(start)
         self.bar = tqdm(total=stop, initial=start, unit="step", disable=not config.train.progress, dynamic_ncols=True)
+
+    def _earlier_rows(self, start: int) -> list[str]:
+        """The metrics lines of the steps before ``start`` (a resumed run replays the later ones)."""
+        if start == 0 or not storage.exists(self.metrics_url):
+            return []
+        lines = storage.read_bytes(self.metrics_url).decode("utf-8").splitlines()
+        return [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= start]
 
     def log_step(self, *, step: int, phase: str, result: Any, batch: Any, data_seconds: float,
                  step_seconds: float) -> None:
         self.bar.update(1)
         self.bar.set_postfix(phase=phase, loss=f"{result.terms['total']:.4f}")
         if self.config.train.log_every and step % self.config.train.log_every == 0:
-            for name, value in result.terms.items():
-                self.writer.add_scalar(f"loss/{name}", value, step)
-            self.writer.add_scalar("optim/lr", result.lr, step)
-            self.writer.add_scalar("optim/grad_norm", result.grad_norm, step)
-            self.writer.add_scalar("speed/step_seconds", step_seconds, step)
-            self.writer.add_scalar("speed/data_fraction", data_seconds / max(step_seconds, 1e-9), step)
+            scalars = {f"loss/{name}": value for name, value in result.terms.items()}
+            scalars.update({"optim/lr": result.lr, "optim/grad_norm": result.grad_norm,
+                            "speed/step_seconds": step_seconds,
+                            "speed/data_fraction": data_seconds / max(step_seconds, 1e-9)})
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, step)
+            self.rows.append(json.dumps({"step": step, "phase": phase, **scalars}, allow_nan=True))
         if batch is not None and result.outputs is not None:
             self._images(step, batch, result.outputs)
 
@@ -142,9 +241,23 @@ class RankZeroLogger:
         if 0 in outputs.motion_logits:
             self.writer.add_image("output/motion_mask", outputs.motion_mask(0)[0].float().cpu(), step)
 
+    def sync(self) -> None:
+        """Write ``metrics.jsonl``; flush TensorBoard and upload its files (URL run_dirs) to ``run_dir/tb/``."""
+        storage.write_bytes_atomic(self.metrics_url, "".join(row + "\n" for row in self.rows).encode())
+        self.writer.flush()
+        if self._tmp is not None:
+            for name in sorted(os.listdir(self._tmp)):
+                if os.path.isfile(os.path.join(self._tmp, name)):
+                    storage.put_file(os.path.join(self._tmp, name), storage.join(self.tb_url, name))
+
     def close(self) -> None:
         self.bar.close()
-        self.writer.close()
+        try:
+            self.writer.close()
+            self.sync()
+        finally:
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def configure_torch(config: RunConfig) -> None:
@@ -159,17 +272,32 @@ def _write_digest(directory: str, runtime: Runtime, digest: str) -> None:
     (path / f"params_rank{runtime.rank}.sha256").write_text(digest + "\n", encoding="utf-8")
 
 
+def _target(args: argparse.Namespace, config: RunConfig) -> tuple[int, str]:
+    """(the step this run stops at, how to say where it comes from)."""
+    schedule = total_steps(config)
+    if args.max_steps is not None and args.max_steps < schedule:
+        return args.max_steps, f"--max-steps {args.max_steps}"
+    return schedule, f"the schedule ({schedule} steps)"
+
+
 def train(args: argparse.Namespace, runtime: Runtime) -> int:
     """Load the config, train, write outputs; returns the exit status."""
     config = load_config(args.config, overrides=args.overrides)
     if not config.data.url:
         raise ValueError(f"{args.config}: data.url is empty; pass --set data.url=SHARDS")
     configure_torch(config)
-    resume = resume_checkpoint(args, config)
-    stop = min(total_steps(config), args.max_steps if args.max_steps is not None else total_steps(config))
+    check_shared_run_dir(config.train.run_dir, runtime)
+    resumed = resume_checkpoint(args, config, runtime)
+    resume = resumed[0] if resumed else None
+    stop, target = _target(args, config)
+    if resume is not None and resume.step >= stop:
+        if runtime.is_main:
+            print(f"train: checkpoint {resumed[1]} is at step {resume.step}; {target} is already done, "
+                  f"nothing to do", flush=True)
+        return 0
     logger = None
     if runtime.is_main:
-        save_config(config, Path(config.train.run_dir) / "config.yaml")
+        storage.write_bytes_atomic(storage.join(config.train.run_dir, "config.yaml"), dump_config(config).encode())
         logger = RankZeroLogger(config=config, start=resume.step if resume else 0, stop=stop)
     try:
         with deterministic_mode(config.train.deterministic):
@@ -201,20 +329,45 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as exc:
         print(f"train: stopped: {exc}. {_last_good(args)}", file=sys.stderr)
         return 3
-    except ValueError as exc:
-        print(f"train: error: {exc}", file=sys.stderr)
+    except (ValueError, StorageAuthError) as exc:
+        print(f"train: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        code = storage.auth_error_code(exc)  # e.g. a boto3 ClientError from the shard reader
+        if code is None:
+            raise
+        print(f"train: error: {storage.auth_error_message(_urls(args), code)}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a worker's traceback text never reaches the user)."""
+    return " ".join(str(exc).split("\n")).strip() or type(exc).__name__
+
+
+def _urls(args: argparse.Namespace) -> str:
+    """The object-store URLs of this run (data.url, train.run_dir), for an auth error without a URL."""
+    try:
+        config = load_config(args.config, overrides=args.overrides)
+    except ValueError:
+        return "the object store"
+    remote = [u for u in (config.data.url, config.train.run_dir) if u and not storage.is_local(u)]
+    return " / ".join(remote) or config.data.url
+
+
 def _last_good(args: argparse.Namespace) -> str:
     """Where the last good checkpoint is (the failed step wrote nothing)."""
-    path = Path(load_config(args.config, overrides=args.overrides).train.run_dir) / LAST_CHECKPOINT
-    if not path.is_file():
-        return f"No checkpoint had been written yet ({path} does not exist)."
-    return f"The last good checkpoint is kept: {path} (step {load_checkpoint(path).step})."
+    run_dir = load_config(args.config, overrides=args.overrides).train.run_dir
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return f"No checkpoint had been written yet ({pointer_url(run_dir)} does not exist)."
+    url, step = found
+    if step is None:
+        step = load_checkpoint(url).step
+    return f"The last good checkpoint is kept: {url} (step {step})."
 
 
 if __name__ == "__main__":

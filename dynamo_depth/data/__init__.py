@@ -10,17 +10,23 @@ batches round-robin, so batches come out in the same order for any ``num_workers
 
 Reading and integrity (rule 5 of ``plan``): every shard a rank reads is OWNED by one of its DataLoader
 workers, the worker of the block holding the shard's first sample in the rank stream (from the
-resume position). The owner streams the whole shard front to back and checks size, keys and sha256
-against the manifest at the shard's end (``ShardIntegrityError`` names the shard); the other workers
-read only their own samples, by ranged reads of the manifest's sample spans (touching spans of one
-shard merged into one read; each span must parse as exactly its manifest key). So each rank hashes
-each of its shards once per epoch and reads about ``1 + (num_workers - 1) / num_workers`` times its
-bytes (it was ``num_workers`` times). A corrupted byte in a sample that a non-owner yields is caught
-by the owner's hash, possibly some batches later: the epoch then fails naming the shard, as a whole-
-shard reader fails only at the shard's end. Folders without a manifest (no spans, no hash) are
-streamed whole by every worker. Transient errors are retried, resuming at the byte offset. With
-``cache_dir`` (remote data) owners keep verified copies (LRU, ``cache_bytes``) and the other workers
-range-read from a copy once it exists. Nothing read is ever unpickled.
+resume position). The owner streams the shard front to back; the other workers read only their own
+samples, by ranged reads of the manifest's sample spans (touching spans of one shard merged into one
+read). So each rank reads about ``1 + (num_workers - 1) / num_workers`` times its bytes (it was
+``num_workers`` times). Integrity, manifest version 2 (per-sample sha256): every worker hashes each
+sample it yields, from the bytes it read, and checks it against the manifest BEFORE parsing it; a
+mismatch raises ``SampleIntegrityError`` (a ``ShardIntegrityError``, a ``ValueError``) naming the
+sample key, the shard and the byte offset, so no tensor of a bad sample is ever produced. Samples
+this rank does not read are not checked: a bad sample outside the plan stops nobody (``verify``
+reports it). An owner stops reading after its last sample, except while copying a remote shard into
+the cache: then it reads to the end and keeps the copy only if the shard's sha256 matches.
+Version 1 (no per-sample digests): each span must parse as exactly its manifest key, and the owner
+checks size, keys and sha256 at the shard's end (``ShardIntegrityError`` names the shard), so a
+corrupted sample may be yielded before its shard's end is reached. Folders without a manifest (no
+spans, no hash) are streamed whole by every worker, unchecked. Transient errors are retried, resuming
+at the byte offset. With ``cache_dir`` (remote data) owners keep verified copies (LRU,
+``cache_bytes``) and the other workers range-read from a copy once it exists. Nothing read is ever
+unpickled.
 
 Decoding (``make_loader``): ``decode.decode_batch`` decodes, augments and collates a batch in one
 pass per image (uint8 mirror, table lookups, writes straight into the batch arrays); its batches
@@ -52,10 +58,11 @@ from dynamo_depth.data.pipeline import (
     read_samples,
 )
 from dynamo_depth.data.plan import EpochPlan, make_plan
-from dynamo_depth.data.sources import RetryPolicy, ShardIntegrityError, ShardStore, load_index
+from dynamo_depth.data.sources import RetryPolicy, SampleIntegrityError, ShardIntegrityError, ShardStore, load_index
 
 __all__ = [
-    "AugmentParams", "EpochPlan", "LoaderState", "RetryPolicy", "ShardCache", "ShardIntegrityError",
+    "AugmentParams", "EpochPlan", "LoaderState", "RetryPolicy", "SampleIntegrityError", "ShardCache",
+    "ShardIntegrityError",
     "StreamingDataset", "StreamingLoader", "augment_params", "collate_batch", "color_jitter", "flip_sample",
     "make_dataset", "make_loader", "read_samples", "scaled_intrinsics",
 ]

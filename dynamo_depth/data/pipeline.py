@@ -19,12 +19,11 @@ from typing import Any
 import webdataset as wds
 from torch.utils.data import get_worker_info
 
-from dynamo_depth import shards as shards_mod
 from dynamo_depth.data.augment import augment_sample
 from dynamo_depth.data.collate import collate_batch
 from dynamo_depth.data.decode import decode_batch, decode_jpeg, decode_sample
 from dynamo_depth.data.plan import EpochPlan, WantedSample
-from dynamo_depth.data.sources import ShardIntegrityError, ShardStore
+from dynamo_depth.data.sources import ShardStore, sample_from_span
 
 __all__ = ["StreamingDataset", "augment_samples", "batch_samples", "decode_batches", "decode_jpeg", "decode_sample",
            "decode_samples", "read_samples"]
@@ -40,9 +39,9 @@ def _stream_wanted(wanted: Sequence[WantedSample], plan: EpochPlan,
         by_shard.setdefault(w.shard, set()).add(w.ordinal)
     for shard in sorted(by_shard):  # shards are stored in read (source) order
         entry = plan.shards[shard]
-        for ordinal, (key, members) in enumerate(store.samples(entry)):
-            if ordinal in by_shard[shard]:
-                yield (shard, ordinal), {"__key__": key, "__shard__": entry.name, **members}
+        ordinals = sorted(by_shard[shard])
+        for ordinal, (key, members) in zip(ordinals, store.samples(entry, wanted=by_shard[shard]), strict=True):
+            yield (shard, ordinal), {"__key__": key, "__shard__": entry.name, **members}
 
 
 def _coalesce(ordinals: list[int], spans: Sequence[tuple[int, int]]) -> list[list[int]]:
@@ -69,16 +68,12 @@ def _range_read(group: Sequence[WantedSample], plan: EpochPlan,
         for run in _coalesce(ordinals, spans):
             start = spans[run[0]][0]
             data = store.read_range(entry, offset=start, length=spans[run[-1]][0] + spans[run[-1]][1] - start)
+            view = memoryview(data)
             for ordinal in run:
                 offset, length = spans[ordinal]
-                key = entry.keys[ordinal]
-                try:
-                    members = shards_mod.parse_sample_bytes(data[offset - start:offset - start + length], key=key,
-                                                            source=f"{store.base_url}/{entry.name}")
-                except ValueError as exc:
-                    raise ShardIntegrityError(f"shard {entry.name} (in {store.base_url}): span of sample #{ordinal} "
-                                              f"differs from the manifest: {exc}") from exc
-                out[(shard, ordinal)] = {"__key__": key, "__shard__": entry.name, **members}
+                members = sample_from_span(entry, ordinal, view[offset - start:offset - start + length],
+                                           base_url=store.base_url)
+                out[(shard, ordinal)] = {"__key__": entry.keys[ordinal], "__shard__": entry.name, **members}
     return out
 
 
@@ -87,10 +82,13 @@ def read_samples(wanted: Sequence[WantedSample], *, plan: EpochPlan, store: Shar
     """Yield the raw samples ``wanted`` (member name -> bytes, plus ``__key__``, ``__shard__``) in that order.
 
     ``owned`` shards (default: every shard of ``wanted``) and shards without manifest spans are
-    streamed front to back and verified (size, keys, sha256) once read to their end; samples read
-    ahead of their turn wait in a buffer (at most one shuffle window). The wanted samples of the
-    other shards are range-read from their spans, up to ``READ_AHEAD`` wanted samples at a time,
-    touching spans merged into one read; each such span must parse as exactly its manifest key.
+    streamed front to back (``ShardStore.samples``); samples read ahead of their turn wait in a
+    buffer (at most one shuffle window). The wanted samples of the other shards are range-read from
+    their spans, up to ``READ_AHEAD`` wanted samples at a time, touching spans merged into one read.
+    Either way, with per-sample digests (manifest version 2) each sample's bytes are checked before
+    it is parsed (``SampleIntegrityError`` naming key, shard, byte offset) and samples not wanted
+    are never checked; without them (version 1) each span must parse as exactly its manifest key and
+    an owner checks its whole shard's sha256 once read to the end.
     """
     streamed = {w.shard for w in wanted} if owned is None else set(owned)
     streamed |= {w.shard for w in wanted if plan.shards[w.shard].spans is None}

@@ -2,9 +2,14 @@
 
 * ``load_index(url)``: the shards of a dataset from ``.../manifest.json`` or a shard folder
   (its ``manifest.json``, or, without one, a scan of its ``*.tar`` files).
-* ``ShardStore.samples(entry)``: stream one shard front to back, yielding ``(key, members)``;
-  the sha256 and size are computed while streaming and checked at the shard's end
-  (``ShardIntegrityError`` naming the shard). Transient read errors (connection reset/refused,
+* ``ShardStore.samples(entry, wanted=)``: stream one shard front to back, yielding ``(key, members)``.
+  With per-sample digests (manifest version 2) each sample's span bytes are hashed and checked
+  BEFORE the sample is parsed and yielded (``SampleIntegrityError`` naming key, shard and byte
+  offset); only the ``wanted`` samples are parsed and checked, so a bad sample outside them does
+  not stop the others. Without them (version 1, scanned folders) every sample is parsed and the
+  shard's size and sha256 are checked at its end (``ShardIntegrityError`` naming the shard).
+* ``sample_from_span``: one sample from its span bytes (ranged reads), checked the same way.
+* Transient read errors (connection reset/refused,
   timeouts, HTTP 5xx) are retried with exponential backoff and the read resumes at its byte offset
   (HTTP Range). S3 goes through boto3 ``get_object`` (``AWS_ENDPOINT_URL[_S3]`` and the usual
   credential variables); other fsspec URLs through ``dynamo_depth.storage``.
@@ -17,7 +22,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +32,8 @@ from dynamo_depth import shards as shards_mod
 from dynamo_depth import storage
 from dynamo_depth.data.cache import ShardCache
 
-__all__ = ["RetryPolicy", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index"]
+__all__ = ["RetryPolicy", "SampleIntegrityError", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index",
+           "sample_from_span"]
 
 _CHUNK = 1 << 20
 _LOG = logging.getLogger(__name__)
@@ -37,16 +43,29 @@ class ShardIntegrityError(ValueError):
     """A shard's bytes differ from its manifest entry (size, sha256 or sample keys)."""
 
 
+class SampleIntegrityError(ShardIntegrityError):
+    """One sample's span bytes differ from the manifest (sha256, length, or not exactly that sample's tar
+    members). ``key``, ``shard`` (file name) and ``offset`` (byte offset of the span) name it; the message
+    holds all three (a DataLoader worker's error reaches the caller rebuilt from its message alone)."""
+
+    def __init__(self, message: str, *, key: str | None = None, shard: str | None = None,
+                 offset: int | None = None) -> None:
+        super().__init__(message)
+        self.key, self.shard, self.offset = key, shard, offset
+
+
 @dataclass(frozen=True)
 class ShardEntry:
     """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order,
-    and each sample's byte span ``(offset, length)`` from the manifest (None for a scanned folder)."""
+    each sample's byte span ``(offset, length)`` from the manifest (None for a scanned folder) and each
+    sample's span sha256 (None: a version-1 manifest or a scanned folder, no per-sample digests)."""
 
     name: str
     bytes: int
     sha256: str | None
     keys: tuple[str, ...]
     spans: tuple[tuple[int, int], ...] | None = None
+    digests: tuple[str, ...] | None = None
 
 
 def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
@@ -56,7 +75,7 @@ def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
         manifest_url = manifest_mod.find_manifest(url)
         manifest = manifest_mod.load_manifest(manifest_url)
         entries = tuple(ShardEntry(s.name, s.bytes, s.sha256, tuple(sp.key for sp in s.samples),
-                                   tuple((sp.offset, sp.length) for sp in s.samples))
+                                   tuple((sp.offset, sp.length) for sp in s.samples), _digests(s))
                         for s in manifest.shards)
         base = storage.dirname(manifest_url)
     else:
@@ -68,6 +87,38 @@ def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
         repeated = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ValueError(f"dataset {url}: sample keys appear more than once: {repeated}")
     return base, entries
+
+
+def _digests(record: shards_mod.ShardRecord) -> tuple[str, ...] | None:
+    """The per-sample sha256 of a manifest shard record, or None when it has none (version 1)."""
+    digests = tuple(span.sha256 for span in record.samples)
+    return None if any(d is None for d in digests) else digests  # type: ignore[return-value]
+
+
+def sample_from_span(entry: ShardEntry, ordinal: int, data: bytes | memoryview, *, base_url: str) -> dict[str, bytes]:
+    """Members of sample ``ordinal`` of ``entry`` from its span bytes, once they are checked against the
+    manifest: the span's length, its sha256 (when the manifest has per-sample digests), and that it
+    holds exactly that key's tar members. ``SampleIntegrityError`` names the key, shard and offset."""
+    if entry.spans is None:
+        raise ValueError(f"shard {entry.name} (in {base_url}): no sample spans in its index (a scanned folder)")
+    offset, length = entry.spans[ordinal]
+    key = entry.keys[ordinal]
+
+    def fail(reason: str) -> SampleIntegrityError:
+        return SampleIntegrityError(f"sample {key!r} (#{ordinal}) of shard {entry.name} (in {base_url}) at byte offset "
+                                    f"{offset} ({length} bytes): {reason}", key=key, shard=entry.name, offset=offset)
+
+    if len(data) != length:
+        raise fail(f"the shard ends at byte {offset + len(data)}, inside the sample: the shard was truncated")
+    if entry.digests is not None:
+        got = shards_mod.span_sha256(data)
+        if got != entry.digests[ordinal]:
+            raise fail(f"sha256 {got} differs from the manifest's {entry.digests[ordinal]}: "
+                       "the sample was altered or corrupted")
+    try:
+        return shards_mod.parse_sample_bytes(data, key=key, source=f"{base_url}/{entry.name}")
+    except ValueError as exc:
+        raise fail(f"its bytes differ from the manifest's span: {exc}") from exc
 
 
 def _scan_folder(url: str) -> tuple[ShardEntry, ...]:
@@ -171,15 +222,16 @@ class RetryingReader:
 
 
 class _HashingReader:
-    """Counts and hashes every byte read; optionally copies them into ``tee``."""
+    """Counts and (unless ``hashing`` is False) hashes every byte read; optionally copies them into ``tee``."""
 
-    def __init__(self, raw: Any, tee: IO[bytes] | None) -> None:
-        self.raw, self.tee = raw, tee
+    def __init__(self, raw: Any, tee: IO[bytes] | None, *, hashing: bool = True) -> None:
+        self.raw, self.tee, self.hashing = raw, tee, hashing
         self.digest, self.count = hashlib.sha256(), 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
-        self.digest.update(data)
+        if self.hashing:
+            self.digest.update(data)
         self.count += len(data)
         if self.tee is not None:
             self.tee.write(data)
@@ -188,6 +240,17 @@ class _HashingReader:
     def drain(self) -> None:
         while self.read(_CHUNK):
             pass
+
+    def read_exact(self, n: int) -> bytes:
+        """``n`` bytes, or fewer only at the end of the stream."""
+        chunks, left = [], n
+        while left > 0:
+            chunk = self.read(left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class _ChunkedReader:
@@ -272,8 +335,18 @@ class ShardStore:
                                       f"(manifest size {entry.bytes})")
         return data
 
-    def samples(self, entry: ShardEntry) -> Iterator[tuple[str, dict[str, bytes]]]:
-        """Stream ``(key, members)`` of ``entry``; at its end check size, sha256 and keys against the entry."""
+    def samples(self, entry: ShardEntry, *,
+                wanted: Collection[int] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """Stream ``(key, members)`` of ``entry`` front to back: all its samples, or the ordinals ``wanted``.
+
+        With per-sample digests every yielded sample is checked before it is parsed (``sample_from_span``);
+        the others are read past, unchecked. With ``wanted=None`` the shard's size and sha256 are also
+        checked at its end (``ShardIntegrityError``). With ``wanted`` the stream stops after the last
+        wanted sample, unless the shard is being copied into the cache: then it is read to the end and
+        the copy kept only if the whole shard matches (a difference is logged, not raised: every
+        sample yielded was checked). Without per-sample digests every sample is parsed and the shard
+        is checked at its end (size, keys, sha256) whatever ``wanted`` is.
+        """
         cached = self._open_cached(entry)
         tmp = None
         if cached is not None:
@@ -286,10 +359,18 @@ class ShardStore:
             use_cache = self.cache is not None and entry.sha256 and not self.local and entry.bytes <= self.cache.max_bytes
             tmp = self.cache.temporary(entry.sha256) if use_cache else None
         tee = open(tmp, "wb") if tmp is not None else None  # noqa: SIM115 - closed in finally
+        per_sample = entry.digests is not None and entry.spans is not None
+        whole = wanted is None or tee is not None or not per_sample
         try:
-            reader = _HashingReader(raw, tee)
-            yield from _checked_samples(reader, entry, self.base_url)
-            if tee is not None:
+            reader = _HashingReader(raw, tee, hashing=whole)
+            if per_sample:
+                intact = yield from _span_samples(reader, entry, self.base_url, wanted=wanted, whole=whole)
+            else:
+                for ordinal, sample in enumerate(_checked_samples(reader, entry, self.base_url)):
+                    if wanted is None or ordinal in wanted:
+                        yield sample
+                intact = True
+            if tee is not None and intact:
                 tee.close()
                 self.cache.commit(tmp, entry.sha256)  # type: ignore[union-attr, arg-type]
                 tmp = None
@@ -299,6 +380,41 @@ class ShardStore:
                 tee.close()
             if tmp is not None:
                 Path(tmp).unlink(missing_ok=True)
+
+
+def _span_samples(reader: _HashingReader, entry: ShardEntry, base_url: str, *, wanted: Collection[int] | None,
+                  whole: bool) -> Generator[tuple[str, dict[str, bytes]], None, bool]:
+    """Samples of a shard with per-sample digests, each checked before it is parsed and yielded.
+
+    Reads span by span (gaps between spans are read past). ``whole``: read to the end and check the
+    shard's size and sha256 too, raising when ``wanted`` is None, else logging; returns whether the
+    whole shard matched (False when not ``whole``).
+    """
+    spans = entry.spans or ()
+    last = len(spans) - 1 if whole or wanted is None else max(wanted, default=-1)
+    for ordinal in range(last + 1):
+        offset, length = spans[ordinal]
+        if offset > reader.count:
+            reader.read_exact(offset - reader.count)  # bytes between spans (none in shards ShardWriter writes)
+        data = reader.read_exact(length) if reader.count == offset else b""  # else: the shard ended before
+        if wanted is None or ordinal in wanted:  # a sample cut short elsewhere: the whole-shard check reports it
+            yield entry.keys[ordinal], sample_from_span(entry, ordinal, data, base_url=base_url)
+    if not whole:
+        return False
+    reader.drain()
+    where = f"shard {entry.name} (in {base_url})"
+    problem = None
+    if reader.count != entry.bytes:
+        problem = f"{where}: {reader.count} bytes, the manifest says {entry.bytes}"
+    elif entry.sha256 is not None and reader.digest.hexdigest() != entry.sha256:
+        problem = (f"{where}: sha256 {reader.digest.hexdigest()} differs from the manifest's {entry.sha256}: "
+                   "the shard was altered or corrupted")
+    if problem is None:
+        return True
+    if wanted is None:
+        raise ShardIntegrityError(problem)
+    _LOG.warning("%s outside the samples read here (those were checked); not cached", problem)
+    return False
 
 
 def _checked_samples(reader: _HashingReader, entry: ShardEntry, base_url: str) -> Iterator[tuple[str, dict[str, bytes]]]:

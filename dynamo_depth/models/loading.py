@@ -1,7 +1,8 @@
 """Load a model for inference from either checkpoint kind a user may hold.
 
 - a trainer checkpoint file (``train/checkpoint.py``: ``format == "dynamo-depth-checkpoint"``, ``model`` is
-  ``DynamoDepthModel.state_dict()``, ``config`` the resolved run config); or
+  ``DynamoDepthModel.state_dict()``, ``config`` the resolved run config), local or a URL (``s3://...``), or
+  the run folder / its ``checkpoints/last.json`` pointer, which names the latest complete checkpoint; or
 - an original Dynamo-Depth folder of module files (``dynamo_depth.models.original``); a folder with only
   ``depth_enc.pth`` / ``depth_dec.pth`` is enough for depth.
 
@@ -10,6 +11,8 @@ Errors are ``WeightLoadError`` (a ValueError) naming the path and the reason.
 
 from __future__ import annotations
 
+import io
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,15 +62,52 @@ def _guess_depth_network(path: Path) -> str:
     return others[0]
 
 
+POINTER = "last.json"
+
+
+def resolve_trainer_checkpoint(url: str) -> str:
+    """A run folder, ``.../last.json`` or checkpoint file (local or URL) -> the checkpoint file it means."""
+    from dynamo_depth import storage
+
+    candidates = [url] if url.endswith(POINTER) else [storage.join(storage.join(url, "checkpoints"), POINTER),
+                                                       storage.join(url, POINTER)]
+    for pointer in candidates:
+        if storage.exists(pointer):
+            try:
+                name = json.loads(storage.read_bytes(pointer))["checkpoint"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise WeightLoadError(f"checkpoint pointer {pointer}: not a checkpoint pointer ({err})") from err
+            return storage.join(storage.dirname(pointer), str(name))
+    return url
+
+
 def load_for_inference(path: str | os.PathLike[str], *, need_motion: bool = False,
                        depth_network: str | None = None) -> LoadedModel:
-    """The model of a trainer checkpoint or an original folder, in eval mode on the CPU."""
-    path = Path(path)
-    if not path.exists():
-        raise WeightLoadError(f"checkpoint {path}: no such file or directory")
-    if path.is_dir():
-        return _from_folder(path, need_motion=need_motion, depth_network=depth_network)
-    return _from_trainer_file(path, need_motion=need_motion)
+    """The model of a trainer checkpoint (file, run folder, pointer; local or URL) or an original folder,
+    in eval mode on the CPU."""
+    from dynamo_depth import storage
+
+    url = resolve_trainer_checkpoint(os.fspath(path))
+    if not storage.is_local(url):
+        if not storage.exists(url):
+            raise WeightLoadError(f"checkpoint {url}: no such object")
+        return _from_trainer_dict(_torch_load(io.BytesIO(storage.read_bytes(url)), source=url), source=url)
+    local = Path(url)
+    if not local.exists():
+        raise WeightLoadError(f"checkpoint {local}: no such file or directory")
+    if local.is_dir():
+        return _from_folder(local, need_motion=need_motion, depth_network=depth_network)
+    return _from_trainer_dict(read_state_dict_file(local), source=str(local))
+
+
+def _torch_load(handle: io.BytesIO, *, source: str) -> dict:
+    try:
+        raw = torch.load(handle, map_location="cpu", weights_only=True)
+    except Exception as err:  # any read failure is re-raised naming the file
+        raise WeightLoadError(f"checkpoint {source}: cannot be read as a checkpoint ({err})") from err
+    if not isinstance(raw, dict):
+        raise WeightLoadError(f"checkpoint {source}: expected a dict, got {type(raw).__name__}")
+    return raw
 
 
 def _from_folder(path: Path, *, need_motion: bool, depth_network: str | None) -> LoadedModel:
@@ -86,8 +126,8 @@ def _from_folder(path: Path, *, need_motion: bool, depth_network: str | None) ->
                        modules=DEPTH_MODULES if depth_only else MODULE_NAMES)
 
 
-def _from_trainer_file(path: Path, *, need_motion: bool) -> LoadedModel:
-    raw = read_state_dict_file(path)
+def _from_trainer_dict(raw, *, source: str) -> LoadedModel:
+    path = source
     if raw.get("format") != TRAINER_FORMAT:
         raise WeightLoadError(f"checkpoint {path}: not a dynamo-depth trainer checkpoint nor an original folder")
     config = raw.get("config", {})
