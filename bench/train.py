@@ -128,7 +128,8 @@ def speed_run(shards: Path, run_dir: Path, *, steps: int, batch: int, workers: i
     timed = recorder.rows[1:]
     total = sum(r["step_s"] for r in timed)
     return {"steps_per_s": len(timed) / total, "images_per_s": len(timed) * batch / total,
-            "data_share": sum(r["data_s"] for r in timed) / total, "seconds_per_step": total / len(timed)}
+            "data_share": sum(r["data_s"] for r in timed) / total, "seconds_per_step": total / len(timed),
+            "median_seconds_per_step": statistics.median(r["step_s"] for r in timed)}
 
 
 def main() -> None:
@@ -144,29 +145,45 @@ def main() -> None:
     parser.add_argument("--depth-network", choices=sorted(PRESETS), default="resnet18",
                         help="configs/kitti_resnet18.yaml or configs/kitti.yaml (litemono)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed part")
+    parser.add_argument("--no-quality", action="store_true",
+                        help="skip the quality part (the peak RSS then is the speed run's alone)")
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         root = Path(args.out or tmp)
         shards = make_shards(root, frames=args.frames)
-        quality = quality_run(shards, root / "quality", steps=args.steps, height=args.height, width=args.width,
-                              batch=args.batch, network=args.depth_network)
-        print(f"quality ({args.depth_network}): disp_init, {args.steps} steps, batch {args.batch}, {args.height}x{args.width}, "
-              f"{quality['before']['images']} images, {quality['seconds_per_step']:.2f} s/step")
-        print(f"  photometric loss (eval, all images): untrained {quality['before']['photometric']:.4f} -> "
-              f"trained {quality['after']['photometric']:.4f}")
-        print(f"  photometric loss (training batches, mean of first/last 10 steps): "
-              f"{quality['train_photometric_first10']:.4f} -> {quality['train_photometric_last10']:.4f}")
-        print(f"  AbsRel (median scaled, LiDAR, KITTI protocol): untrained {quality['before']['abs_rel']:.4f} -> "
-              f"trained {quality['after']['abs_rel']:.4f}")
+        if not args.no_quality:
+            report_quality(args, shards, root)
         if args.no_speed:
             return
         speed = speed_run(shards, root / "speed", steps=args.speed_steps, batch=args.speed_batch, workers=2,
                           network=args.depth_network)
-        print(f"speed: fine_tune (all 4 networks), batch {args.speed_batch}, 192x640, {args.threads} threads, "
-              f"2 loader workers: {speed['seconds_per_step']:.2f} s/step, {speed['steps_per_s']:.3f} steps/s, "
-              f"{speed['images_per_s']:.2f} images/s, data loader share {100 * speed['data_share']:.1f}%")
+        print(f"speed ({args.depth_network}): fine_tune (all 4 networks), batch {args.speed_batch}, 192x640, "
+              f"{args.threads} threads, 2 loader workers: {speed['seconds_per_step']:.2f} s/step (median "
+              f"{speed['median_seconds_per_step']:.2f}), {speed['images_per_s']:.2f} images/s, data loader share "
+              f"{100 * speed['data_share']:.1f}%, peak RSS of this process {peak_rss_gib():.2f} GiB")
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size (VmHWM) in GiB (the loader workers are separate processes)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def report_quality(args: argparse.Namespace, shards: Path, root: Path) -> None:
+    quality = quality_run(shards, root / "quality", steps=args.steps, height=args.height, width=args.width,
+                          batch=args.batch, network=args.depth_network)
+    print(f"quality ({args.depth_network}): disp_init, {args.steps} steps, batch {args.batch}, {args.height}x{args.width}, "
+          f"{quality['before']['images']} images, {quality['seconds_per_step']:.2f} s/step")
+    print(f"  photometric loss (eval, all images): untrained {quality['before']['photometric']:.4f} -> "
+          f"trained {quality['after']['photometric']:.4f}")
+    print(f"  photometric loss (training batches, mean of first/last 10 steps): "
+          f"{quality['train_photometric_first10']:.4f} -> {quality['train_photometric_last10']:.4f}")
+    print(f"  AbsRel (median scaled, LiDAR, KITTI protocol): untrained {quality['before']['abs_rel']:.4f} -> "
+          f"trained {quality['after']['abs_rel']:.4f}")
 
 
 if __name__ == "__main__":
