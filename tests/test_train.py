@@ -349,3 +349,15 @@ def test_init_weights_from_an_imagenet_resnet_file(tmp_path: Path) -> None:
     assert torch.equal(model.depth_enc.encoder.layer4[1].conv2.weight, imagenet["layer4.1.conv2.weight"])
     assert torch.equal(model.pose_enc.encoder.layer1[0].bn1.running_var, imagenet["layer1.0.bn1.running_var"])
     assert torch.allclose(model.motion_enc.encoder.conv1.weight[:, 6:], imagenet["conv1.weight"] / 3)
+
+
+def test_init_from_a_folder_of_the_other_depth_network_is_refused(tmp_path: Path) -> None:
+    from dynamo_depth.models import DynamoDepthModel
+    from dynamo_depth.models.original import export_folder
+    from dynamo_depth.models.resnet import WeightLoadError
+
+    folder = export_folder(DynamoDepthModel(depth_network="litemono", scales=(0, 1, 2)), tmp_path / "lite",
+                           height=64, width=64)
+    config = load_config(DEMO, overrides=["data.height=64", "data.width=64"])  # resnet18
+    with pytest.raises(WeightLoadError, match=r"depth_enc.pth.*holds a litemono depth network, the model is resnet18"):
+        build_model(config, Runtime(), init=InitSources(checkpoint=str(folder)))

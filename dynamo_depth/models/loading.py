@@ -23,6 +23,7 @@ from dynamo_depth.models import MODULE_NAMES, DynamoDepthModel
 from dynamo_depth.models.original import (
     DEPTH_MODULES,
     available_modules,
+    depth_network_of,
     is_original_folder,
     load_folder,
     load_module_state,
@@ -49,17 +50,14 @@ class LoadedModel:
 
 
 def _guess_depth_network(path: Path) -> str:
-    """``resnet18`` unless the folder's depth encoder has no ResNet keys (then the first other registered one)."""
+    """The depth network whose keys the folder's ``depth_enc.pth`` holds; WeightLoadError if none matches."""
     from dynamo_depth.models.registry import DEPTH_NETWORKS
 
-    state = read_state_dict_file(path / "depth_enc.pth")
-    if any(k.startswith("encoder.layer1.") for k in state):
-        return "resnet18"
-    others = [name for name in DEPTH_NETWORKS if name != "resnet18"]
-    if not others:
-        raise WeightLoadError(f"{path / 'depth_enc.pth'}: not a ResNet-18 depth encoder and no other depth "
-                              f"network is available (allowed: {sorted(DEPTH_NETWORKS)})")
-    return others[0]
+    name = depth_network_of(read_state_dict_file(path / "depth_enc.pth"))
+    if name is None:
+        raise WeightLoadError(f"{path / 'depth_enc.pth'}: not the encoder of a known depth network "
+                              f"(allowed: {sorted(DEPTH_NETWORKS)})")
+    return name
 
 
 POINTER = "last.json"

@@ -12,7 +12,7 @@ Files are read with ``torch.load(weights_only=True)``: tensors and plain numbers
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,12 +65,20 @@ def load_module_state(module: nn.Module, state: Mapping[str, object], *, source:
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
+def depth_network_of(keys: Iterable[str]) -> str | None:
+    """Which registered depth network a depth-encoder state dict's keys belong to (None if neither)."""
+    keys = list(keys)
+    if any(k.startswith("encoder.layer1.") for k in keys):
+        return "resnet18"
+    if any(k.startswith("stages.") for k in keys):
+        return "litemono"
+    return None
+
+
 def _depth_network_hint(own: Mapping[str, object], given: Mapping[str, object]) -> str:
-    resnet_own, resnet_given = any(k.startswith("encoder.layer1") for k in own), any(
-        k.startswith("encoder.layer1") for k in given)
-    if resnet_own != resnet_given:
-        theirs = "resnet18" if resnet_given else "another depth network (e.g. litemono)"
-        return f" (the file holds a {theirs} depth network: set model.depth_network to match)"
+    ours, theirs = depth_network_of(own), depth_network_of(given)
+    if ours and theirs and ours != theirs:
+        return f" (the file holds a {theirs} depth network, the model is {ours}: set model.depth_network to match)"
     return ""
 
 
