@@ -10,7 +10,15 @@ import argparse
 import os
 import sys
 
-from builders.runner import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, BuilderSpec, BuildReport, build
+from builders.runner import (
+    BIND_ENV,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_COUNT,
+    BuilderSpec,
+    BuildReport,
+    bind_address,
+    build,
+)
 
 
 def make_parser(spec: BuilderSpec) -> argparse.ArgumentParser:
@@ -24,10 +32,15 @@ def make_parser(spec: BuilderSpec) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
                         help="concurrent Ray tasks (default: CPU count; 0 = in-process without Ray)")
     parser.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto')")
+    parser.add_argument("--bind", default=None, metavar="127.0.0.1",
+                        help=f"keep every Ray socket on loopback when joining --address (a cluster started on "
+                             f"127.0.0.1, see README 'Scaling out'); default ${BIND_ENV}. A local instance "
+                             f"(no --address) always listens on 127.0.0.1 only")
     parser.add_argument("--shard-max-count", type=int, default=DEFAULT_MAX_COUNT, help="samples per shard at most")
     parser.add_argument("--shard-max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="bytes per shard at most")
     parser.add_argument("--keep-staging", action="store_true", help="keep the per-unit staging tars")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only errors and the final summary line (no progress, no Ray banner)")
     spec.add_arguments(parser)
     return parser
 
@@ -35,7 +48,11 @@ def make_parser(spec: BuilderSpec) -> argparse.ArgumentParser:
 def cli_main(spec: BuilderSpec, argv: list[str] | None = None) -> int:
     parser = make_parser(spec)
     args = parser.parse_args(argv)
+    saved_bind = os.environ.get(BIND_ENV)
     try:
+        if args.bind is not None:
+            os.environ[BIND_ENV] = bind_address(args.bind) or ""
+        bind_address()  # a bad $DYNAMO_DEPTH_BIND is a usage error (exit 2) before anything starts
         report = build(spec, args.raw_root, args.out_url, split=args.split, options=spec.options_from_args(args),
                        workers=args.workers, address=args.address, max_count=args.shard_max_count,
                        max_bytes=args.shard_max_bytes, keep_staging=args.keep_staging, show_progress=not args.quiet)
@@ -45,16 +62,20 @@ def cli_main(spec: BuilderSpec, argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - e.g. botocore errors: name the output and the reason
         print(f"error: {args.out_url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    finally:
+        if saved_bind is None:
+            os.environ.pop(BIND_ENV, None)
+        else:
+            os.environ[BIND_ENV] = saved_bind
+    print(format_report(report, quiet=args.quiet))
     return 0 if report.ok else 1
 
 
-def format_report(report: BuildReport) -> str:
+def format_report(report: BuildReport, *, quiet: bool = False) -> str:
+    """Per-unit lines, then one summary line; ``quiet``: only the FAILED lines and the summary line."""
     m = report.manifest
     lines = []
-    if report.up_to_date:
-        lines.append("already complete: nothing to do")
-    for unit in m.units:
+    for unit in () if quiet else m.units:
         lines.append(f"  ok      {unit.name}: {unit.samples} samples, {unit.skipped} frames skipped")
         lines += [f"            {note}" for note in unit.notes[:5]]
         if len(unit.notes) > 5:
@@ -63,5 +84,6 @@ def format_report(report: BuildReport) -> str:
         lines.append(f"  FAILED  {f.unit}: {f.error}")
     lines.append(f"{m.dataset}/{m.split}: {len(m.units)} units ok, {len(m.failed)} failed, "
                  f"{m.num_samples} samples in {len(m.shards)} shards "
-                 f"({len(report.built)} built now, {len(report.reused)} reused)")
+                 f"({len(report.built)} built now, {len(report.reused)} reused)"
+                 + ("; already complete: nothing to do" if report.up_to_date else ""))
     return "\n".join(lines)

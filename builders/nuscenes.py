@@ -21,16 +21,10 @@ matching the original Dynamo-Depth preprocessing (``prepare_data/nuScenes.py``):
   ``original_ts_json``), ``large_gap`` (true when a gap exceeds 3x the nominal 1/12 s period: the
   sample is still written, flagged, never silently bridged), ``lidar_token``, ``lidar_dt_us`` (LiDAR
   minus camera timestamp), ``camera_token``, ``is_key_frame``;
-- motion (``motion.npy.zst``, when the version has annotations and the frame's sweep is its sample's
-  keyframe sweep: always at camera keyframes, and at a sweep frame whose nearest sweep is that one): each depth point,
-  in global coordinates at the LiDAR time, is tested against the sample's annotation boxes (which are
-  at that same time). A point is in a box when, in the box frame (x along the length), |x| <= l/2 + 5 cm,
-  |y| <= w/2 + 5 cm, z <= h/2 + 5 cm and z > -h/2 + 5 cm (returns from the ground at the box's foot are
-  not counted). Labels: 1 if some containing box is of a movable category (``animal*``, ``human*``,
-  ``vehicle*`` except ``vehicle.ego``, as the original) and moving (an attribute whose name contains
-  ``moving``; a box without attributes: devkit velocity > 1 m/s); else 2 if some containing box is
-  movable; else 0. Panoptic tables are not read, so 3 ("movable but no matching box" in the original,
-  which came from panoptic labels) is never written: a point in no box is 0.
+- motion (``motion.npy.zst``, at frames whose sweep is a sample's keyframe sweep with nuScenes-panoptic labels):
+  per point, from its panoptic instance matched to the sample's annotation boxes of its category
+  (``builders.nuscenes_motion``): 0 not movable, 1 moving, 2 static movable, 3 movable without a box;
+  versions without panoptic labels have no motion member.
 A missing or corrupt image or LiDAR file fails its scene with the file's path; the others complete.
 
 Splits: ``--split all`` builds every scene of the tables; ``--split train|val|test|mini_train|...``
@@ -47,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -59,11 +52,12 @@ import numpy as np
 
 from builders.cli import cli_main
 from builders.images import read_image_bgr as read_jpeg_bgr
+from builders.nuscenes_motion import motion_labels, record_pose
 from builders.runner import BuilderSpec, SkippedFrame, Unit
-from dynamo_depth.geometry import invert_se3, pose_from_translation_quaternion, resize_intrinsics
-from dynamo_depth.schema import EDGE_KEY, MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.geometry import invert_se3, resize_intrinsics
+from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.1.0"  # 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
+VERSION = "1.2.0"  # 1.2.0: motion from the nuScenes-panoptic labels as the original; 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
 TRAIN_HW = (288, 512)
 JPEG_QUALITY = 95
 CAMERA = "CAM_FRONT"
@@ -73,9 +67,6 @@ MIN_DEPTH_M = 1.0
 BORDER_PX = 1.0
 NOMINAL_PERIOD_US = 1_000_000 / 12
 LARGE_GAP_US = 3 * NOMINAL_PERIOD_US
-BOX_MARGIN_M = 0.05
-MOVING_SPEED_M_S = 1.0
-MOVABLE_PREFIXES = ("animal", "human", "vehicle")
 MINI_SPLITS = {"train": "mini_train", "val": "mini_val"}
 _NUSCENES: dict[tuple[str, str], Any] = {}
 
@@ -194,11 +185,6 @@ def scene_frames(nusc: Any, scene: Mapping[str, Any]) -> SceneFrames:
     return SceneFrames(cameras=tuple(cameras), lidars=tuple(lidars))
 
 
-def record_pose(record: Mapping[str, Any]) -> np.ndarray:
-    """(4, 4) target_from_source of a calibrated_sensor / ego_pose record (metres, quaternion w, x, y, z)."""
-    return pose_from_translation_quaternion(record["translation"], record["rotation"])
-
-
 def original_ts_json(gaps_us: Sequence[int]) -> list[int]:
     """The original ``ts.json`` of frame gaps (microseconds): ``uint8(rint(gap / 1000))``, i.e. ms modulo 256."""
     return [int(np.rint(g / 1000.0)) % 256 for g in gaps_us]
@@ -252,45 +238,6 @@ def project_to_image(points_camera: np.ndarray, K: np.ndarray, hw: tuple[int, in
     return np.stack([u[keep], v[keep], z[keep]], axis=1).astype(np.float32), keep
 
 
-def _is_movable(category: str) -> bool:
-    return category.split(".")[0] in MOVABLE_PREFIXES and category != "vehicle.ego"
-
-
-def _is_moving(nusc: Any, annotation: Mapping[str, Any]) -> bool:
-    if annotation["attribute_tokens"]:
-        return any("moving" in nusc.get("attribute", a)["name"] for a in annotation["attribute_tokens"])
-    vx, vy = (float(v) for v in nusc.box_velocity(annotation["token"])[:2])
-    speed = math.sqrt(vx * vx + vy * vy)  # not np.linalg.norm: a BLAS dot, whose last bits depend on the CPU
-    return bool(np.isfinite(speed) and speed > MOVING_SPEED_M_S)
-
-
-def points_in_annotation(points_global: np.ndarray, annotation: Mapping[str, Any]) -> np.ndarray:
-    """(N,) bool: points (global, metres) in the box grown by 5 cm (sides, top), its bottom 5 cm excluded."""
-    box_from_global = invert_se3(record_pose(annotation))
-    local = apply_transform(box_from_global, points_global)
-    width, length, height = (float(s) for s in annotation["size"])
-    return ((np.abs(local[:, 0]) <= length / 2 + BOX_MARGIN_M) & (np.abs(local[:, 1]) <= width / 2 + BOX_MARGIN_M)
-            & (local[:, 2] <= height / 2 + BOX_MARGIN_M) & (local[:, 2] > -height / 2 + BOX_MARGIN_M))
-
-
-def motion_labels(nusc: Any, lidar: Mapping[str, Any], points_global: np.ndarray) -> np.ndarray | None:
-    """(N,) uint8 ``MotionLabel`` of points of a sample's keyframe sweep, or None (other sweeps, no annotations)."""
-    sample = nusc.get("sample", lidar["sample_token"])
-    if not nusc.sample_annotation or not lidar["is_key_frame"] or sample["data"][LIDAR] != lidar["token"]:
-        return None
-    labels = np.full(len(points_global), MotionLabel.BACKGROUND, dtype=np.uint8)
-    for token in sample["anns"]:
-        annotation = nusc.get("sample_annotation", token)
-        if not _is_movable(annotation["category_name"]):
-            continue
-        inside = points_in_annotation(points_global, annotation)
-        if _is_moving(nusc, annotation):
-            labels[inside] = MotionLabel.MOVING
-        else:
-            labels[inside & (labels != MotionLabel.MOVING)] = MotionLabel.STATIC_MOVABLE
-    return labels
-
-
 def compose_exact(*transforms: np.ndarray) -> np.ndarray:
     """Product of (4, 4) transforms in float64, element-wise in a fixed order (no BLAS, no FMA)."""
     out = np.asarray(transforms[0], dtype=np.float64)
@@ -323,14 +270,14 @@ class FrameDepth:
 
 
 def frame_depth(nusc: Any, camera: Mapping[str, Any], lidar: Mapping[str, Any], hw: tuple[int, int]) -> FrameDepth:
-    """Project the frame's LiDAR sweep into its camera; motion labels at keyframes with annotations."""
+    """Project the frame's LiDAR sweep into its camera; motion classes at keyframes with panoptic labels."""
     points = read_lidar_points(Path(nusc.dataroot) / lidar["filename"])
     K = np.asarray(nusc.get("calibrated_sensor", camera["calibrated_sensor_token"])["camera_intrinsic"], np.float64)
     depth, keep = project_to_image(apply_transform(camera_from_lidar(nusc, camera, lidar), points), K, hw)
     global_from_lidar = compose_exact(record_pose(nusc.get("ego_pose", lidar["ego_pose_token"])),
                                       record_pose(nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])))
-    motion = motion_labels(nusc, lidar, apply_transform(global_from_lidar, points[keep]))
-    return FrameDepth(depth=depth, motion=motion)
+    motion = motion_labels(nusc, lidar, apply_transform(global_from_lidar, points))  # instances: the whole sweep
+    return FrameDepth(depth=depth, motion=None if motion is None else motion[keep])
 
 
 def _frame_meta(nusc: Any, frames: SceneFrames, t: int, scene: str, split: str,

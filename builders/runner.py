@@ -20,8 +20,10 @@ others go on, and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -32,7 +34,7 @@ from typing import Any
 
 from dynamo_depth import storage
 from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest, save_manifest
-from dynamo_depth.schema import TripletSample, encode
+from dynamo_depth.schema import TripletSample, encode, is_edge_meta_json
 from dynamo_depth.shards import ShardRecord, ShardWriter, iter_shard
 
 STAGING = "_staging"
@@ -169,9 +171,120 @@ def _staged_record(spec: BuilderSpec, unit: Unit, options: Mapping[str, Any], ou
         return None
 
 
+BIND_ENV = "DYNAMO_DEPTH_BIND"
+LOOPBACK = "127.0.0.1"
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def bind_address(value: str | None = None) -> str | None:
+    """The address Ray must keep to when joining a cluster: ``value`` or ``$DYNAMO_DEPTH_BIND``, else ``None``.
+
+    Only loopback is accepted (``127.0.0.1`` or ``localhost``): for any other node address Ray listens on
+    every interface, so an "interface" setting would promise what Ray does not do.
+    """
+    value = os.environ.get(BIND_ENV, "") if value is None else value
+    if not value.strip():
+        return None
+    if value.strip() not in (LOOPBACK, "localhost"):
+        raise ValueError(f"--bind / {BIND_ENV}: only {LOOPBACK} (loopback) is supported, got {value!r}")
+    return LOOPBACK
+
+
+@contextlib.contextmanager
+def _ray_keeps_loopback() -> Iterator[None]:
+    """Stop Ray 2.60 from replacing a loopback node / GCS address with the machine's routable one.
+
+    ``ray.init`` and ``ray start`` pass every ``127.0.0.1`` / ``localhost`` through
+    ``services.resolve_ip_for_localhost``, which returns the routable address (and then the GCS, raylet and
+    workers listen on every interface) unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` -- the single-machine
+    mode Ray uses on macOS and Windows, where every process listens on the node address 127.0.0.1. The
+    variable is read once at import, so the module constant is set too (and both are restored after the
+    processes are started: they are spawned with the variable).
+    """
+    import ray._private.ray_constants as ray_constants
+
+    saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTER_ENV] = saved_env
+
+
+def _checkout_root() -> str | None:
+    """The source checkout this code runs from, or ``None`` when it runs from an installed distribution.
+
+    Installed (``pip install .``, or ``pip install -e .`` of this very checkout): the Ray workers import the
+    package from their own node's installation and nothing is shipped. From a bare checkout (``PYTHONPATH=.``)
+    the driver ships ``PYTHONPATH=<checkout>`` to the workers, which then need the same checkout at the same
+    path on every node.
+    """
+    from importlib import metadata
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        dist = metadata.distribution("dynamo-depth")
+    except metadata.PackageNotFoundError:
+        return root
+    here = os.path.realpath(os.path.abspath(__file__))
+    if os.path.realpath(str(dist.locate_file("builders/runner.py"))) == here:
+        return None  # a regular installation: this file is one of its files
+    direct_url = dist.read_text("direct_url.json") or "{}"
+    try:
+        info = json.loads(direct_url)
+    except ValueError:
+        info = {}
+    if info.get("dir_info", {}).get("editable") and info.get("url", "").startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        if os.path.realpath(unquote(urlparse(info["url"]).path)) == os.path.realpath(root):
+            return None  # an editable installation of this checkout
+    return root
+
+
+def worker_env() -> dict[str, str]:
+    """The environment variables the driver ships to every Ray worker (``runtime_env.env_vars``)."""
+    env = {"RAY_AUTH_MODE": "disabled"}
+    root = _checkout_root()
+    if root is not None:
+        paths = [root, *(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _ray_init(*, workers: int, address: str | None, quiet: bool) -> None:
+    """Start a local Ray instance on 127.0.0.1 (``address`` None) or join ``address``.
+
+    A local instance always keeps every socket on 127.0.0.1 (nothing else needs to reach it). Joining a
+    cluster keeps to loopback only with ``$DYNAMO_DEPTH_BIND=127.0.0.1`` (``--bind``): a single-machine
+    cluster started with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address 127.0.0.1``.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    init: dict[str, Any] = {"runtime_env": {"env_vars": worker_env()}, "include_dashboard": False,
+                            "log_to_driver": False}
+    if quiet:
+        init["logging_level"] = logging.WARNING  # no "Started a local Ray instance." / "Connected to..."
+    bind = bind_address()
+    if address and bind is None:
+        ray.init(address=address, **init)
+        return
+    with _ray_keeps_loopback():
+        if address:
+            ray.init(address=address, _node_ip_address=LOOPBACK, **init)
+        else:
+            ray.init(num_cpus=workers, object_store_memory=100_000_000, _node_ip_address=LOOPBACK, **init)
+
+
 def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
                    out_url: str, *, workers: int, address: str | None,
-                   on_frames: Callable[[int], Any]) -> Iterator[UnitOutcome]:
+                   on_frames: Callable[[int], Any], quiet: bool = False) -> Iterator[UnitOutcome]:
     import ray
     from ray.util.queue import Queue
 
@@ -179,16 +292,7 @@ def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options:
 
     started_here = not ray.is_initialized()
     if started_here:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p),
-               "RAY_AUTH_MODE": "disabled"}
-        init: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
-                                "log_to_driver": False}
-        if address:
-            ray.init(address=address, **init)
-        else:
-            ray.init(num_cpus=workers, object_store_memory=100_000_000, **init)
+        _ray_init(workers=workers, address=address, quiet=quiet)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_remote_unit)
         frames = Queue(actor_options={"num_cpus": 0})
@@ -253,7 +357,7 @@ def _pack(spec: BuilderSpec, records: list[UnitRecord], out_url: str, *, split: 
                 if skip:
                     skip -= 1
                     continue
-                writer.write(key, members)
+                writer.write(key, members, edge=is_edge_meta_json(members.get("meta.json", b"{}"), key=key))
     return list(done)
 
 
@@ -388,14 +492,14 @@ def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Map
                                          for u in units)
     else:
         stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, address=address,
-                                on_frames=frame_bar.update)
+                                on_frames=frame_bar.update, quiet=not show_progress)
     for outcome in stream:
         outcomes.append(outcome)
         samples += outcome.record.samples if outcome.record else 0
         bar.update(1)
         bar.set_postfix(samples=samples, failed=sum(o.error is not None for o in outcomes))
-        if outcome.error is not None:
-            bar.write(f"FAILED {outcome.name}: {outcome.error}")
+        if outcome.error is not None and show_progress:  # quiet: the final report names it (stdout)
+            bar.write(f"FAILED {outcome.name}: {outcome.error}", file=sys.stderr)
     frame_bar.close()
     bar.close()
     return sorted(outcomes, key=lambda o: o.name)

@@ -20,11 +20,11 @@ offset). What a sample holds, matching the original Dynamo-Depth ``prepare_data/
 - several cameras (``--cameras FRONT SIDE_LEFT ...``): one unit per segment and camera; every camera is
   stored at 480x320 (the 1920x886 side cameras are squeezed anisotropically; K is scaled per axis).
 A frame without the camera's image or calibration yields no sample and breaks the window (never bridged).
-- motion (``motion.npy.zst``, only for target frames that carry laser labels): a depth point inside the 3D
-  box (vehicle frame of ``Frame.pose``, heading about z, grown by 5 cm on every side because LiDAR points lie
-  on the faces) of a TYPE_VEHICLE / TYPE_PEDESTRIAN / TYPE_CYCLIST label is 1 (moving) if the label's speed
-  is > 1 m/s, else 2 (static movable; moving wins where boxes overlap); every other point is 0 (background).
-  Camera panoptic labels are not used (the simplest rule the schema allows).
+- motion (``motion.npy.zst``, only for target frames whose camera image carries a PVPS panoptic label):
+  the original's motion mask (``builders.waymo_motion``): panoptic instances of movable classes, each matched
+  to the laser label whose camera-synced box holds the largest fraction of its LiDAR points; speed > 1 m/s
+  -> 1 (moving), else 2 (static movable), unmatched 3 (unlabeled), elsewhere 0; read at each depth point's
+  truncated pixel. Frames without a panoptic label have no motion member.
 Streaming: a segment is read once, record by record; only a 3-frame window is kept in memory.
 CPU-independent bytes: every product of matrices/points that reaches a shard (LiDAR decoding, projection,
 poses, ego_from_camera, box tests) is element-wise in a fixed order (``dynamo_depth.geometry``), never BLAS
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,21 +45,19 @@ from typing import Any
 
 import numpy as np
 
+from builders import waymo_motion
 from builders.cli import cli_main
 from builders.runner import BuilderSpec, SkippedFrame, Unit
 from builders.waymo_view import camera_wedge, wedge_selector
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.geometry import compose, invert_se3
-from dynamo_depth.schema import EDGE_KEY, MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.2.0"  # 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
+VERSION = "1.3.0"  # 1.3.0: motion from the panoptic labels as the original (none without them); 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
 TRAIN_HW = (320, 480)  # (H, W) of the stored images
 JPEG_QUALITY = 95
 SEGMENT_SUFFIX = "_with_camera_labels.tfrecord"
 LASER_ORDER = ("TOP", "FRONT", "SIDE_LEFT", "SIDE_RIGHT", "REAR")
-MOVABLE_TYPES = ("TYPE_VEHICLE", "TYPE_PEDESTRIAN", "TYPE_CYCLIST")
-MOVING_SPEED_MPS = 1.0
-BOX_MARGIN_M = 0.05  # label boxes are grown by this on every side: LiDAR points lie ON the faces
 
 
 # ---------------------------------------------------------------------------------------- units
@@ -210,40 +207,9 @@ def project_to_camera(points_vehicle: np.ndarray, *, camera_from_vehicle: np.nda
     return depth, front[inside]
 
 
-def motion_labels(points_vehicle: np.ndarray, labels: Sequence[wf.LaserLabel]) -> np.ndarray:
-    """(N,) uint8 ``MotionLabel`` of vehicle-frame points (N, 3) from 3D laser-label boxes.
-
-    Inside a box of a movable type: MOVING if |speed| > 1 m/s else STATIC_MOVABLE (MOVING wins on
-    overlap); otherwise BACKGROUND. Box test in the box frame (heading about z), each half-size grown by
-    ``BOX_MARGIN_M`` (0.05 m).
-    """
-    out = np.full(len(points_vehicle), MotionLabel.BACKGROUND, dtype=np.uint8)
-    order = np.argsort(points_vehicle[:, 0], kind="stable")  # candidates of a box: a slice in x
-    sorted_x = points_vehicle[order, 0]
-    for moving in (False, True):  # moving boxes last: MOVING wins where boxes overlap
-        for label in labels:
-            if label.type not in MOVABLE_TYPES or (_norm(label.speed) > MOVING_SPEED_MPS) != moving:
-                continue
-            half = 0.5 * label.size + BOX_MARGIN_M
-            reach = _norm(half[:2])
-            lo, hi = np.searchsorted(sorted_x, [label.center[0] - reach, label.center[0] + reach], side="left")
-            index = order[lo:hi]
-            offset = points_vehicle[index] - label.center
-            cos, sin = np.cos(label.heading), np.sin(label.heading)
-            inside = ((np.abs(cos * offset[:, 0] + sin * offset[:, 1]) <= half[0])
-                      & (np.abs(cos * offset[:, 1] - sin * offset[:, 0]) <= half[1]) & (np.abs(offset[:, 2]) <= half[2]))
-            out[index[inside]] = MotionLabel.MOVING if moving else MotionLabel.STATIC_MOVABLE
-    return out
-
-
-def _norm(vector: np.ndarray) -> float:
-    """Euclidean norm of a short vector as sqrt of the in-order sum of squares (no BLAS dot: same bits on any CPU)."""
-    return math.sqrt(sum(float(v) * float(v) for v in vector))
-
-
 def frame_depth(frame, calib: wf.CameraCalibration, *, cull: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Depth (N, 3) float32 [u, v, z] of a frame's first returns in camera ``calib``, and the motion
-    labels (N,) uint8, or None when the frame carries no laser labels.
+    classes (N,) uint8 (``builders.waymo_motion``), or None when the camera's image has no panoptic label.
 
     ``cull`` skips range-image pixels that cannot reach the camera's image before their points are
     computed (``waymo_view``); the result is the same either way, only faster with it."""
@@ -252,8 +218,7 @@ def frame_depth(frame, calib: wf.CameraCalibration, *, cull: bool = True) -> tup
     points = np.concatenate([np.zeros((0, 3))] + [per_laser[name] for name in LASER_ORDER if name in per_laser])
     depth, index = project_to_camera(points, camera_from_vehicle=invert_se3(calib.vehicle_from_opencv_camera),
                                      K=calib.K, hw=(calib.height, calib.width))
-    labels = wf.laser_labels(frame)
-    motion = motion_labels(points[index], labels) if labels else None
+    motion = waymo_motion.frame_motion(frame, calib.name, depth, (calib.height, calib.width))
     return depth, motion
 
 

@@ -45,6 +45,8 @@ class DataConfig:
     height, width: training image size in pixels (multiples of 32); batches whose stored images
         differ are resized (bilinear, antialiased) and their intrinsics scaled to match.
     batch_size: samples per rank and step; num_workers: DataLoader worker processes per rank.
+    include_edges: train on edge samples too (split-file builds flag samples whose missing neighbour is
+        the target frame itself); left out by default.
     """
 
     url: str = ""
@@ -56,6 +58,7 @@ class DataConfig:
     augment: bool = True
     shuffle_buffer: int = 256
     cache_dir: str | None = None
+    include_edges: bool = False
 
 
 @dataclass(frozen=True)

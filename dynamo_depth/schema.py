@@ -158,6 +158,22 @@ def edge_neighbours(meta: SampleMeta) -> tuple[str, ...]:
     return tuple(value)
 
 
+def is_edge_meta_json(data: bytes, *, key: str = "?") -> bool:
+    """Whether raw ``meta.json`` bytes flag an edge sample (``extra["edge"]`` non-empty); parses nothing else.
+
+    Used where only the flag is needed (the shard packer writes it into the manifest, a folder scan reads it).
+    ``SampleError`` naming ``key`` if the bytes are not a meta.json object or the flag is malformed."""
+    try:
+        obj = json.loads(bytes(data))
+        extra = obj.get("extra") or {}
+        value = extra.get(EDGE_KEY, [])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise SampleError(key, "meta.json", f"cannot read the edge flag: {exc}") from exc
+    if not isinstance(value, list) or any(v not in EDGE_NEIGHBOURS for v in value):
+        raise SampleError(key, "meta.json", f"extra[{EDGE_KEY!r}] = {value!r}; allowed: a list of {EDGE_NEIGHBOURS}")
+    return bool(value)
+
+
 def matrix_tuple(m: Any) -> tuple[tuple[float, ...], ...]:
     """A 2-D array-like as a tuple of float tuples (for ``SampleMeta`` matrix fields)."""
     arr = np.asarray(m, dtype=np.float64)

@@ -72,22 +72,27 @@ def split_member_name(name: str) -> tuple[str, str]:
 @dataclass(frozen=True)
 class SampleSpan:
     """Where one sample lies in its shard: bytes ``[offset, offset + length)``, and the sha256 hex of
-    those bytes (None for spans of a version-1 manifest, which recorded no per-sample digest)."""
+    those bytes (None for spans of a version-1 manifest, which recorded no per-sample digest).
+    ``edge``: the sample is an edge sample (``meta.json`` ``extra["edge"]``, split-file builds); written
+    as ``"edge": true`` only when set, so manifests without edge samples are unchanged."""
 
     key: str
     offset: int
     length: int
     sha256: str | None = None
+    edge: bool = False
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {"key": self.key, "offset": self.offset, "length": self.length}
         if self.sha256 is not None:
             obj["sha256"] = self.sha256
+        if self.edge:
+            obj["edge"] = True
         return obj
 
     @classmethod
     def from_json(cls, obj: Any) -> SampleSpan:
-        optional = {"sha256"} & set(obj) if isinstance(obj, Mapping) else set()
+        optional = {"sha256", "edge"} & set(obj) if isinstance(obj, Mapping) else set()
         _check_fields(obj, {"key", "offset", "length"} | optional, "sample span")
         key, offset, length, sha = obj["key"], obj["offset"], obj["length"], obj.get("sha256")
         if not isinstance(key, str) or not key:
@@ -99,7 +104,9 @@ class SampleSpan:
             raise ValueError(f"sample {key!r}: length must be positive")
         if "sha256" in obj and (not isinstance(sha, str) or not _SHA256_RE.match(sha)):
             raise ValueError(f"sample {key!r}: sha256 {sha!r} must be 64 lowercase hex digits")
-        return cls(key=key, offset=offset, length=length, sha256=sha)
+        if "edge" in obj and obj["edge"] is not True:
+            raise ValueError(f"sample {key!r}: edge {obj['edge']!r} must be true (or absent)")
+        return cls(key=key, offset=offset, length=length, sha256=sha, edge="edge" in obj)
 
 
 @dataclass(frozen=True)
@@ -213,12 +220,13 @@ class _OpenShard:
         self.size = 0
         self.spans: list[SampleSpan] = []
 
-    def append(self, key: str, blocks: list[bytes]) -> None:
+    def append(self, key: str, blocks: list[bytes], *, edge: bool = False) -> None:
         start, digest = self.size, hashlib.sha256()
         for block in blocks:
             self._write(block)
             digest.update(block)  # = span_sha256 of the span's bytes, without joining them
-        self.spans.append(SampleSpan(key=key, offset=start, length=self.size - start, sha256=digest.hexdigest()))
+        self.spans.append(SampleSpan(key=key, offset=start, length=self.size - start, sha256=digest.hexdigest(),
+                                     edge=edge))
 
     def _write(self, data: bytes) -> None:
         self.file.write(data)
@@ -275,8 +283,9 @@ class ShardWriter:
         self._keys: set[str] = set()
         self._closed = False
 
-    def write(self, key: str, members: Mapping[str, bytes]) -> None:
-        """Append one sample; members are written in sorted name order as ``{key}.{member}``."""
+    def write(self, key: str, members: Mapping[str, bytes], *, edge: bool = False) -> None:
+        """Append one sample; members are written in sorted name order as ``{key}.{member}``.
+        ``edge`` marks it an edge sample in the manifest (``SampleSpan.edge``)."""
         if self._closed:
             raise ValueError(f"ShardWriter for {self.out_url!r} is closed")
         blocks = _member_blocks(key, members)
@@ -294,7 +303,7 @@ class ShardWriter:
             name = shard_name(self.prefix, self._next_index)
             self._next_index += 1
             self._current = _OpenShard(storage.join(self.out_url, name), name)
-        self._current.append(key, blocks)
+        self._current.append(key, blocks, edge=edge)
 
     def _commit(self) -> None:
         assert self._current is not None  # internal invariant, not user input

@@ -24,17 +24,17 @@ $PY -m dynamo_depth verify "$OUT/shards"
 step "4/6 draw one sample -> $OUT/sample.png"
 $PY -m dynamo_depth show "$OUT/shards" --out "$OUT/sample.png"
 
-step "5/6 train a few steps: torchrun, 2 CPU processes (gloo), every phase -> $OUT/run"
+step "5/6 train a few steps: torchrun (sockets on 127.0.0.1), 2 CPU processes (gloo), every phase -> $OUT/run"
 if [[ -f train/main.py && -f configs/demo.yaml ]]; then
-  $PY -m torch.distributed.run --standalone --nproc_per_node 2 train/main.py --config configs/demo.yaml \
+  GLOO_SOCKET_IFNAME=lo $PY -m train.loopback_torchrun --standalone --nproc_per_node 2 train/main.py --config configs/demo.yaml \
     --set data.url="$OUT/shards" train.run_dir="$OUT/run" train.threads=1
 else
   echo "NOT BUILT YET: the trainer (train/main.py, configs/demo.yaml) is not in this checkout; skipping training."
 fi
 
 step "6/6 evaluate depth (paper protocol: per-image median scaling, 80 m cap, Garg crop) -> $OUT/eval"
-CKPT="$OUT/run/checkpoints/last.pt"
-[[ -f "$CKPT" ]] || CKPT=""
+CKPT="$OUT/run"  # the run folder: its checkpoints/last.json names the latest checkpoint
+[[ -f "$CKPT/checkpoints/last.json" ]] || CKPT=""
 if [[ -n "$CKPT" ]]; then
   $PY -m eval.depth --checkpoint "$CKPT" --data "$OUT/shards" --dataset kitti --out "$OUT/eval"
 else

@@ -180,7 +180,52 @@ def test_motion_labels_at_keyframes_follow_the_world_boxes(synth) -> None:
                     want[surface == k + 1] = 1 if box.is_moving else 2
             assert sample.motion.dtype == np.uint8 and sample.motion.shape == (len(sample.depth),)
             assert np.mean(sample.motion == want) > 0.99 and np.sum(sample.motion == 1) > 20
-            assert np.sum(sample.motion == 2) > 50 and not np.any(sample.motion == 3)
+            assert np.sum(sample.motion == 2) > 50 and not np.any(sample.motion == 3)  # every instance has a box
+
+
+class _FakeNusc:
+    """The few devkit accessors ``nuscenes_motion.motion_labels`` uses, over hand-made tables."""
+
+    def __init__(self, root: Path, annotations: list[dict], panoptic: np.ndarray) -> None:
+        (root / "panoptic").mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(root / "panoptic" / "L_panoptic.npz", data=panoptic.astype(np.uint16))
+        self.dataroot, self.panoptic = str(root), [{"token": "L", "sample_data_token": "L",
+                                                     "filename": "panoptic/L_panoptic.npz"}]
+        self.lidarseg_idx2name_mapping = {2: "human.pedestrian.adult", 17: "vehicle.car", 24: "flat.driveable_surface",
+                                          31: "vehicle.ego"}
+        self.tables = {"sample": {"S": {"data": {"LIDAR_TOP": "L"}, "anns": [a["token"] for a in annotations]}},
+                       "sample_annotation": {a["token"]: a for a in annotations}, "panoptic": {"L": self.panoptic[0]},
+                       "attribute": {"mov": {"name": "vehicle.moving"}, "park": {"name": "vehicle.parked"}}}
+
+    def get(self, table: str, token: str) -> dict:
+        return self.tables[table][token]
+
+
+def test_panoptic_motion_classes_hand_computed(tmp_path: Path) -> None:
+    """Boxes 2x2x2 m (w, l, h) at x = 0 and x = 10, and a pedestrian box at x = 20. Car instance 1 has 3 points in
+    box A (parked) and 1 in box B (moving): A holds the largest fraction -> 2. Car 2: 1 point in A, 2 in B -> 1.
+    Car 3 lies in the pedestrian box only (another category): 3. Road and the ego vehicle: 0. A pedestrian with
+    a box of its category but outside it: 3."""
+    from builders import nuscenes_motion as nm
+
+    def box(token: str, category: str, x: float, attributes: list[str]) -> dict:
+        return {"token": token, "category_name": category, "translation": [x, 0.0, 0.0], "size": [2.0, 2.0, 2.0],
+                "rotation": [1.0, 0.0, 0.0, 0.0], "attribute_tokens": attributes}
+
+    annotations = [box("A", "vehicle.car", 0.0, ["park"]), box("B", "vehicle.car", 10.0, ["mov"]),
+                   box("P", "human.pedestrian.adult", 20.0, [])]
+    points = np.array([[0.0, 0, 0], [0.5, 0, 0], [1.0, 1.0, 1.0], [10.0, 0, 0],  # car 1: A A A(corner) B
+                       [-0.9, 0, 0], [9.5, 0, 0], [10.9, 0, 0.5],  # car 2: A B B
+                       [20.0, 0, 0], [30.0, 0, 0], [0.0, 0, 0], [50.0, 0, 0]])  # car 3, road, ego, pedestrian
+    panoptic = np.array([17001] * 4 + [17002] * 3 + [17003, 24000, 31000, 2004])
+    labels = nm.motion_labels(_FakeNusc(tmp_path, annotations, panoptic),
+                              {"token": "L", "sample_token": "S", "is_key_frame": True, "filename": "x"}, points)
+    np.testing.assert_array_equal(labels, [2, 2, 2, 2, 1, 1, 1, 3, 0, 0, 3])
+    assert nm.motion_labels(_FakeNusc(tmp_path, annotations, panoptic),
+                            {"token": "L", "sample_token": "S", "is_key_frame": False, "filename": "x"}, points) is None
+    with pytest.raises(ValueError, match="uint16\\[3\\], expected 11 integers"):
+        nm.motion_labels(_FakeNusc(tmp_path, annotations, panoptic[:3]),
+                         {"token": "L", "sample_token": "S", "is_key_frame": True, "filename": "x"}, points)
 
 
 @needs_reference

@@ -14,13 +14,14 @@ import cv2
 import numpy as np
 import pytest
 
-from builders import waymo
+from builders import waymo, waymo_motion
 from builders.runner import build
 from dynamo_depth.formats import waymo as wf
+from dynamo_depth.formats import waymo_labels as wl
 from dynamo_depth.formats.tfrecord import iter_records, write_records
 from dynamo_depth.geometry import invert_se3
 from dynamo_depth.manifest import load_manifest
-from dynamo_depth.schema import MotionLabel, decode
+from dynamo_depth.schema import decode
 from dynamo_depth.shards import iter_shard
 from dynamo_depth.synth import waymo as sw
 from dynamo_depth.synth.world import make_world
@@ -85,18 +86,43 @@ def test_projection_hand_computed() -> None:
     assert depth.dtype == np.float32
 
 
-def test_motion_labels_hand_computed() -> None:
-    """A 4x2x2 m box turned 90 degrees covers x in [9, 11], y in [-2, 2] (+5 cm margin); 1.2 m/s is moving,
-    0.5 m/s static; where a static and a moving box overlap the point is moving; a sign is not movable."""
-    def label(kind: str, speed: float, center: tuple[float, float, float]) -> wf.LaserLabel:
-        return wf.LaserLabel(id=kind, type=kind, center=np.array(center), size=np.array([4.0, 2.0, 2.0]),
-                             heading=np.pi / 2, speed=np.array([0.0, speed, 0.0]))
+def test_motion_box_test_truncation_and_drawing_order_hand_computed() -> None:
+    """A 4x2x2 m box turned 90 degrees covers x in [9, 11], y in [-2, 2], z in [-1, 1] (faces included); the
+    mask is read at truncated pixels; a later object overwrites an earlier one; speed 1.0 m/s is not moving."""
+    box = wl.SyncedBox(type="TYPE_VEHICLE", center=np.array([10.0, 0.0, 0.0]), size=np.array([4.0, 2.0, 2.0]),
+                       heading=np.pi / 2, speed=np.zeros(3))
+    points = np.array([[10.0, 1.9, 0.0], [10.0, 2.1, 0.0], [11.0, 0.0, 1.0], [11.01, 0.0, 0.0], [9.5, -2.0, -0.5]])
+    np.testing.assert_array_equal(waymo_motion._inside(points, box), [True, False, True, False, True])
+    square = np.array([[[1, 1]], [[1, 3]], [[3, 3]], [[3, 1]]], dtype=np.int32)  # (x, y) corners: cols/rows 1..3
+    objects = [waymo_motion.MaskObject(2, 1, (square,), box=0, match=0.5, speed=np.array([0.6, 0.8, 0.0])),
+               waymo_motion.MaskObject(9, 1, (square + [[2, 0]],), box=0, match=0.9, speed=np.array([0.0, 1.01, 0.0])),
+               waymo_motion.MaskObject(27, 0, (square + [[0, 2]],), box=None, match=0.0, speed=None)]
+    mask = waymo_motion.motion_mask(objects, (6, 6))
+    assert [int(o.label) for o in objects] == [2, 1, 3]
+    np.testing.assert_array_equal(mask, [[0, 0, 0, 0, 0, 0], [0, 2, 2, 1, 1, 1], [0, 2, 2, 1, 1, 1],
+                                         [0, 3, 3, 3, 1, 1], [0, 3, 3, 3, 0, 0], [0, 3, 3, 3, 0, 0]])
+    depth = np.array([[1.99, 2.99, 5.0], [3.0, 1.5, 7.0], [1.5, 5.9, 9.0], [0.99, 5.9, 9.0], [5.99, 5.99, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(waymo_motion.motion_at(mask, depth), [2, 1, 3, 0, 0])
 
-    points = np.array([[10.0, 1.9, 0.0], [10.0, 2.1, 0.0], [11.5, 0.0, 0.0], [30.0, 0.0, 0.0], [30.0, 0.0, 0.5],
-                       [10.5, -1.0, 0.9], [50.0, 0.0, 0.0], [11.04, 0.0, 0.0]])
-    labels = [label("TYPE_VEHICLE", 1.2, (10.0, 0.0, 0.0)), label("TYPE_PEDESTRIAN", 0.5, (30.0, 0.0, 0.0)),
-              label("TYPE_CYCLIST", 3.0, (30.0, 0.0, 1.5)), label("TYPE_SIGN", 5.0, (50.0, 0.0, 0.0))]
-    np.testing.assert_array_equal(waymo.motion_labels(points, labels), [1, 0, 0, 2, 1, 1, 0, 1])
+
+def _restricted_load(path: Path) -> list:
+    """The original's mask pickle, unpickled with only numpy arrays allowed (never the default loader)."""
+    import importlib
+    import pickle
+
+    allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "scalar")}
+
+    class NumpyOnly(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) not in allowed:
+                raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+            if module.startswith("numpy.core") and hasattr(np, "_core"):
+                module = "numpy._core" + module[len("numpy.core"):]
+            return getattr(importlib.import_module(module), name)
+
+    with open(path, "rb") as f:
+        return NumpyOnly(f).load()
 
 
 # ------------------------------------------------------------------------------ real frame, reference
@@ -173,21 +199,50 @@ def test_reference_poses_intrinsics_meta_match_original(reference_build: Path) -
 
 
 @needs_shared
-def test_reference_motion_labels_walking_pedestrian_and_standing_truck(reference_build: Path) -> None:
-    """Scene box 1 sits in the label of a pedestrian walking at 1.46 m/s, box 2 in a standing truck's: points
-    on (within 5 cm of) those boxes, above the ground, are MOVING and STATIC_MOVABLE."""
+def test_reference_motion_mask_equals_the_originals(reference_build: Path) -> None:
+    """Frame 1 (the real PVPS frame): the same 67 objects as the original's mask/000001.pickle (classes, contours,
+    matched box type, match fraction, speed), a pixel-identical motion mask, and the sample's motion is that mask
+    at its depth points' truncated pixels. Frames 0 and 2 have no panoptic label: no objects."""
+    frames = [f for _, f in wf.iter_frames(SYNTHETIC_LIDAR / "synthetic_lidar_3frames.tfrecord")]
+    assert waymo_motion.mask_objects(frames[0], "FRONT") is None and waymo_motion.mask_objects(frames[2], "FRONT") is None
+    objects = waymo_motion.mask_objects(frames[1], "FRONT")
+    original = _restricted_load(ORIGINAL / "mask" / "000001.pickle")
+    assert len(objects) == len(original) == 67
+    for ours, theirs in zip(objects, original, strict=True):
+        assert ours.semantic == theirs["mask_label"]
+        assert len(ours.contours) == len(theirs["mask"])
+        assert all(np.array_equal(a, b) for a, b in zip(ours.contours, theirs["mask"], strict=True))
+        assert ours.match == pytest.approx(theirs["match"], abs=1e-12)
+        if theirs["box_label"] is None:
+            assert ours.box is None
+        else:
+            assert frames[1].laser_labels[ours.box].type == theirs["box_label"]
+            np.testing.assert_allclose(ours.speed, theirs["speed"], rtol=0, atol=1e-12)
+    matched = [(o.semantic, round(o.match, 4), int(o.label)) for o in objects if o.box is not None]
+    assert matched == [(3, 0.9965, 2), (3, 0.9873, 2), (9, 0.9898, 1), (9, 0.849, 1), (27, 0.0968, 2)]
+    reference = np.zeros((1280, 1920), np.uint8)
+    for theirs in original:
+        label = 3 if theirs["box_label"] is None else 1 if np.hypot(*theirs["speed"][:2]) > 1.0 else 2
+        cv2.drawContours(reference, list(theirs["mask"]), -1, label, thickness=-1)
+    mask = waymo_motion.motion_mask(objects, (1280, 1920))
+    np.testing.assert_array_equal(mask, reference)
+    assert np.bincount(mask.ravel()).tolist() == [2313703, 64381, 32406, 47110]
     (sample,) = _samples(reference_build)
-    assert sample.motion is not None and sample.motion.shape == (len(sample.depth),)
-    cam = np.c_[sample.depth[:, :2], np.ones(len(sample.depth))] @ np.linalg.inv(np.array(sample.meta.original_K)).T
-    vehicle = (cam * sample.depth[:, 2:3]) @ np.array(sample.meta.ego_from_camera)[:3, :3].T \
-        + np.array(sample.meta.ego_from_camera)[:3, 3]
-    boxes = {b["id"]: b for b in json.loads((SYNTHETIC_LIDAR / "scene.json").read_text())["boxes_axis_aligned_in_S"]}
-    inside = {k: [(b[a][0] - 0.05, b[a][1] + 0.05) for a in "xyz"] for k, b in boxes.items()}  # points on faces
-    inside = {k: [(lo if a < 2 else max(lo, 0.05), hi) for a, (lo, hi) in enumerate(v)] for k, v in inside.items()}
-    for box, want in ((1, MotionLabel.MOVING), (2, MotionLabel.STATIC_MOVABLE)):
-        mask = np.all([(vehicle[:, a] > lo) & (vehicle[:, a] < hi) for a, (lo, hi) in enumerate(inside[box])], axis=0)
-        assert mask.sum() > 500, box
-        assert np.mean(sample.motion[mask] == want) >= 0.99, (box, np.bincount(sample.motion[mask]))
+    np.testing.assert_array_equal(sample.motion, reference[sample.depth[:, 1].astype(int), sample.depth[:, 0].astype(int)])
+    depth = np.load(ORIGINAL / "depth" / "000001.npy", allow_pickle=False).astype(np.float32)  # the original's eval
+    assert np.bincount(waymo_motion.motion_at(reference, depth), minlength=4).tolist() == [16281, 1218, 769, 18]
+
+
+@needs_shared
+def test_real_pvps_frame_has_panoptic_and_laser_labels_but_no_lidar() -> None:
+    """The real PVPS record: a FRONT panoptic label and 75 laser labels, but no range images and all-zero
+    camera-synced boxes, so every object is unmatched (3)."""
+    _, frame = next(wf.iter_frames(PVPS))
+    panoptic = wl.panoptic_label(frame, "FRONT")
+    assert panoptic is not None and panoptic.semantic.shape == (1280, 1920)
+    assert len(frame.laser_labels) == 75 and all(b.size.sum() == 0 for b in wl.synced_boxes(frame))
+    objects = waymo_motion.mask_objects(frame, "FRONT")
+    assert len(objects) > 0 and all(o.box is None and int(o.label) == 3 for o in objects)
 
 
 # ------------------------------------------------------------------------------------ synthetic world
@@ -244,22 +299,10 @@ def test_synth_poses_timestamps_intrinsics(synth_val_build: Path) -> None:
         assert sample.meta.distortion == sw.FRONT_DISTORTION
 
 
-def test_synth_motion_labels_follow_the_world_boxes(synth_val_build: Path) -> None:
-    """Points that are hits of the world (z within 1%): on a moving car 1, on a parked car or the truck 2,
-    on the ground or the (not movable) static object 0."""
-    world = make_world(SYNTH["seed"])
-    calib = sw.camera_calibration("FRONT", SMALL.image_hw)
-    for sample in _samples(synth_val_build):
-        hits, z = _camera_hits(world, sample, calib)
-        exact = np.abs(z - sample.depth[:, 2]) <= 0.01 * sample.depth[:, 2]
-        for surface in np.unique(hits.surface[exact]):
-            category = "ground" if surface == 0 else world.boxes[surface - 1].category
-            moving = surface > 0 and world.boxes[surface - 1].is_moving
-            want = MotionLabel.MOVING if moving else MotionLabel.STATIC_MOVABLE \
-                if category.startswith("vehicle") else MotionLabel.BACKGROUND
-            got = sample.motion[exact & (hits.surface == surface)]
-            assert np.mean(got == want) >= 0.98, (sample.key, category, np.bincount(got))
-        assert set(hits.surface[exact]) >= {0, 1, 3}  # ground, the moving car ahead, a parked car
+def test_synth_frames_without_panoptic_labels_have_no_motion(synth_val_build: Path) -> None:
+    """The synthetic segments carry laser labels but no camera panoptic labels: no motion member (as the
+    original writes no mask for such frames)."""
+    assert all(sample.motion is None for sample in _samples(synth_val_build))
 
 
 def test_rebuild_passes_verify_against_reference_manifest(synth_val_build: Path) -> None:

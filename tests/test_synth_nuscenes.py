@@ -117,6 +117,29 @@ def test_lidar_points_lie_on_world_surfaces(synth):
         assert set(np.unique(hits.surface)) - {0} <= set(range(1, len(world.boxes) + 1))
 
 
+def test_panoptic_labels_of_keyframe_sweeps_name_the_hit_surface(synth):
+    """nuScenes-panoptic files for the keyframe sweeps only, loaded by the devkit's own reader: category index *
+    1000 + instance (world box b -> b + 1; ground flat.driveable_surface, instance 0), from an independent ray cast."""
+    from nuscenes.utils.data_io import load_bin_file
+
+    info, nusc, world = synth
+    keyframes = [sd for sd in _chain(nusc, "LIDAR_TOP") if sd["is_key_frame"]]
+    assert sorted(r["sample_data_token"] for r in nusc.panoptic) == sorted(sd["token"] for sd in keyframes)
+    index = nusc.lidarseg_name2idx_mapping
+    for sd in keyframes:
+        record = nusc.get("panoptic", sd["token"])
+        labels = load_bin_file(str(Path(nusc.dataroot) / record["filename"]), type="panoptic")
+        raw = np.fromfile(nusc.get_sample_data_path(sd["token"]), dtype=np.float32).reshape(-1, 5)
+        assert labels.dtype == np.uint16 and labels.shape == (len(raw),)
+        world_from_lidar = _world_from_sensor(nusc, sd)
+        points = raw[:, :3].astype(np.float64) @ world_from_lidar[:3, :3].T + world_from_lidar[:3, 3]
+        origin = np.broadcast_to(world_from_lidar[:3, 3], points.shape)
+        surface = world.ray_cast(origin, points - origin, _t_s(info, sd)).surface
+        want = np.array([index["flat.driveable_surface"] * 1000]
+                        + [index[box.category] * 1000 + b + 1 for b, box in enumerate(world.boxes)])[surface]
+        assert np.mean(labels == want) > 0.999 and np.sum(labels % 1000 > 0) > 100
+
+
 def test_lidar_point_projects_onto_rendered_depth(synth):
     info, nusc, world = synth
     sample = nusc.sample[1]
@@ -202,7 +225,7 @@ def test_camera_calibration_equals_the_reference_cam_json(synth):
 def test_same_seed_gives_identical_bytes(tmp_path):
     runs = [write_nuscenes(tmp_path / name, sequences=2, frames=1, seed=5) for name in ("a", "b")]
     files = [sorted(p.relative_to(info.dataroot) for p in info.dataroot.rglob("*") if p.is_file()) for info in runs]
-    assert files[0] == files[1] and len(files[0]) == 13 + 1 + 2 * (1 + 2)  # tables, map, per scene 1 jpg + 2 bins
+    assert files[0] == files[1] and len(files[0]) == 14 + 1 + 2 * (1 + 2 + 1)  # tables, map, per scene jpg, 2 bins, npz
     for relative in files[0]:
         assert (runs[0].dataroot / relative).read_bytes() == (runs[1].dataroot / relative).read_bytes(), relative
     nusc = NuScenes(version=VERSION, dataroot=str(runs[0].dataroot), verbose=False)

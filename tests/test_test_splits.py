@@ -88,11 +88,43 @@ def test_bad_split_lines_name_file_and_line(module, line: str, tmp_path: Path) -
         parse(str(split))
 
 
-def test_edge_samples_are_dropped_unless_asked() -> None:
-    from dynamo_depth.data.edges import drop_edge_samples
+def test_loader_leaves_edge_samples_out_of_training_unless_asked(tmp_path: Path) -> None:
+    """A split-file build flags its edge samples in the manifest (from meta.json); the plan drops them BEFORE
+    the rank cut, so every rank still gets the same number of batches; include_edges keeps them."""
+    import json
 
-    raws = [{"__key__": "a", "meta.json": b'{"extra": {"edge": ["prev"]}}'}, {"__key__": "b", "meta.json": b'{"extra": {}}'}]
-    assert [r["__key__"] for r in drop_edge_samples(raws)] == ["b"]
-    assert [r["__key__"] for r in drop_edge_samples(raws, include_edges=True)] == ["a", "b"]
-    with pytest.raises(ValueError, match="'c'.*meta.json"):
-        list(drop_edge_samples([{"__key__": "c"}]))
+    from dynamo_depth.data import make_dataset, make_loader
+
+    synth_kitti.write_kitti(tmp_path / "raw", sequences=1, frames=4, seed=0)
+    drive = next((tmp_path / "raw").glob("*/*_drive_*_sync"))
+    split = tmp_path / "test_files.txt"
+    split.write_text("".join(f"{drive.parent.name}/{drive.name} {f:010d} {side}\n"
+                             for f in (0, 1, 2, 3) for side in "lr"))
+    options = kitti.options_from_args(make_parser(kitti.SPEC).parse_args(
+        ["RAW", "OUT", "--split", "test", "--split-file", str(split)]))
+    out = tmp_path / "out"
+    assert build(kitti.SPEC, str(tmp_path / "raw"), str(out), split="test", options=options,
+                 workers=0, show_progress=False).ok
+    samples = _samples(out)
+    edges = {s.key for s in samples if edge_neighbours(s.meta)}
+    regular = {s.key for s in samples} - edges
+    assert len(edges) == 4 and len(regular) == 4  # frames 0 and 3 of both cameras
+    spans = [span for shard in json.loads((out / "manifest.json").read_text())["shards"] for span in shard["samples"]]
+    assert {span["key"] for span in spans if span.get("edge")} == edges
+    assert all(span.get("edge", True) is True for span in spans)  # written only as "edge": true
+
+    for include_edges, want in ((False, regular), (True, regular | edges)):
+        for world_size in (1, 3):
+            per_rank = [[raw["__key__"] for raw in make_dataset(str(out), rank=r, world_size=world_size, seed=1,
+                                                                 decode=False, include_edges=include_edges)]
+                        for r in range(world_size)]
+            seen = [k for keys in per_rank for k in keys]
+            assert len(set(map(len, per_rank))) == 1 and len(seen) == len(set(seen)), per_rank
+            assert set(seen) <= want and len(seen) == len(want) // world_size * world_size
+            loaders = [make_loader(str(out), batch_size=2, num_workers=0, rank=r, world_size=world_size,
+                                   include_edges=include_edges) for r in range(world_size)]
+            batches = [[list(b["keys"]) for b in loader] for loader in loaders]
+            assert len({len(b) for b in batches}) == 1 and len(batches[0]) == len(loaders[0]) > 0
+            assert {k for b in batches for keys in b for k in keys} <= want
+    default = {k for b in make_loader(str(out), batch_size=8, num_workers=0) for k in b["keys"]}
+    assert default == regular

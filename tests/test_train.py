@@ -132,13 +132,13 @@ def _free_port() -> int:
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
     return env
 
 
 def test_two_process_ddp_runs_every_phase_with_identical_parameters(shards: Path, tmp_path: Path) -> None:
     run_dir, digests = tmp_path / "run", tmp_path / "digests"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+    command = [sys.executable, "-m", "train.loopback_torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), str(REPO / "train" / "main.py"), "--config", str(DEMO),
                "--set", f"data.url={shards}", f"train.run_dir={run_dir}", "schedule.iterations_per_epoch=2",
                *TINY, "--digest-dir", str(digests)]
@@ -172,7 +172,7 @@ LITEMONO = ["model.depth_network=litemono", "model.scales=[0,1,2]", "model.drop_
 
 
 def _torchrun(shards: Path, run_dir: Path, digests: Path, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+    command = [sys.executable, "-m", "train.loopback_torchrun", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), str(REPO / "train" / "main.py"), "--config", str(DEMO),
                "--set", f"data.url={shards}", f"train.run_dir={run_dir}", "schedule.iterations_per_epoch=2",
                *TINY, *LITEMONO, "train.deterministic=true", "--digest-dir", str(digests), *extra]

@@ -286,7 +286,7 @@ class TwoNodes:
             cwd = self.root / f"node_{node}"
             cwd.mkdir(parents=True, exist_ok=True)
             command = [
-                sys.executable, str(REPO / "tests" / "loopback_torchrun.py"), "--nnodes", "2", "--nproc_per_node", "1",
+                sys.executable, "-m", "train.loopback_torchrun", "--nnodes", "2", "--nproc_per_node", "1",
                 "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_conf",
                 f"is_host={int(node == 'a')}", "--local_addr", "127.0.0.1", "--max_restarts", "0",
                 str(REPO / script), "--config", str(DEMO), "--set", f"data.url={self.shards}",

@@ -138,7 +138,8 @@ def batch_stream(config: RunConfig, runtime: Runtime, *, start: Mapping[str, int
     while True:
         loader = make_loader(d.url, batch_size=d.batch_size, num_workers=d.num_workers, rank=runtime.rank,
                              world_size=runtime.world_size, seed=config.train.seed, epoch=epoch, augment=d.augment,
-                             scales=1, resume_from=state, shuffle_buffer=d.shuffle_buffer, cache_dir=d.cache_dir)
+                             scales=1, resume_from=state, shuffle_buffer=d.shuffle_buffer, cache_dir=d.cache_dir,
+                             include_edges=d.include_edges)
         if state is None and len(loader) == 0:
             raise ValueError(f"data.url {d.url!r}: no samples for rank {runtime.rank} of {runtime.world_size} "
                              f"in epoch {epoch} (fewer samples than ranks?)")

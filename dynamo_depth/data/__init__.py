@@ -2,7 +2,8 @@
 
 Order and split (details in ``dynamo_depth.data.plan``): the epoch's global sample order is a seeded
 shard permutation of (seed, epoch) followed by a seeded shuffle inside consecutive windows of
-``shuffle_buffer`` samples. Every rank gets ``N // world_size`` consecutive samples of that order;
+``shuffle_buffer`` samples (edge samples of split-file builds are left out first, unless
+``include_edges``). Every rank gets ``N // world_size`` consecutive samples of that order;
 the REMAINDER IS DROPPED (the last ``N % world_size`` samples of the global order; listed by
 ``loader.plan.dropped_keys``, different each epoch). DataLoader workers take the rank stream's
 batches round-robin, so batches come out in the same order for any ``num_workers`` and a
@@ -110,11 +111,11 @@ def _resume_position(resume_from: LoaderState | Mapping[str, Any] | None, plan: 
 
 
 def _build(url: str, *, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
-           cache_dir: str | os.PathLike[str] | None, cache_bytes: int, retry: RetryPolicy,
+           cache_dir: str | os.PathLike[str] | None, cache_bytes: int, retry: RetryPolicy, include_edges: bool,
            ) -> tuple[EpochPlan, ShardStore]:
     base, entries = load_index(url)
     plan = make_plan(entries, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
-                     shuffle_buffer=shuffle_buffer)
+                     shuffle_buffer=shuffle_buffer, include_edges=include_edges)
     cache = ShardCache(cache_dir, max_bytes=cache_bytes) if cache_dir is not None else None
     return plan, ShardStore(base, retry=retry, cache=cache)
 
@@ -124,7 +125,7 @@ def make_dataset(url: str, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  resume_from: LoaderState | Mapping[str, Any] | None = None,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, block: int = 1,
                  cache_dir: str | os.PathLike[str] | None = None, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 retry: RetryPolicy = DEFAULT_RETRY) -> StreamingDataset:
+                 retry: RetryPolicy = DEFAULT_RETRY, include_edges: bool = False) -> StreamingDataset:
     """An IterableDataset of this rank's samples for one epoch (each a dict with ``__key__``).
 
     Args:
@@ -134,9 +135,12 @@ def make_dataset(url: str, *, rank: int = 0, world_size: int = 1, seed: int = 0,
         resume_from: a ``LoaderState`` (or its dict) to continue after ``consumed`` samples.
         block: samples per DataLoader-worker block; use ``DataLoader(ds, batch_size=None)``
             to keep the order independent of ``num_workers``.
+        include_edges: keep edge samples (``meta.json`` ``extra["edge"]``, flagged per sample in the
+            manifest by split-file builds); by default they are left out, before the rank cut.
     """
     plan, store = _build(url, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
-                         shuffle_buffer=shuffle_buffer, cache_dir=cache_dir, cache_bytes=cache_bytes, retry=retry)
+                         shuffle_buffer=shuffle_buffer, cache_dir=cache_dir, cache_bytes=cache_bytes, retry=retry,
+                         include_edges=include_edges)
     stages: list[Any] = []
     if decode:
         stages = [decode_samples, partial(augment_samples, seed=seed, epoch=epoch, enabled=augment)]
@@ -186,10 +190,12 @@ def make_loader(url: str, *, batch_size: int, num_workers: int, rank: int = 0, w
                 resume_from: LoaderState | Mapping[str, Any] | None = None, shuffle: bool = True,
                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, cache_dir: str | os.PathLike[str] | None = None,
                 cache_bytes: int = DEFAULT_CACHE_BYTES, retry: RetryPolicy = DEFAULT_RETRY,
-                prefetch_factor: int | None = None, pin_memory: bool = False) -> StreamingLoader:
+                prefetch_factor: int | None = None, pin_memory: bool = False,
+                include_edges: bool = False) -> StreamingLoader:
     """Batches of this rank's stream for one epoch (see ``collate.collate_batch`` for the keys).
 
     Every rank yields ``ceil((N // world_size) / batch_size)`` batches; only the last may be short.
+    ``N`` counts edge samples only with ``include_edges`` (see ``make_dataset``).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r} must be a positive integer")
@@ -199,7 +205,8 @@ def make_loader(url: str, *, batch_size: int, num_workers: int, rank: int = 0, w
         raise ValueError(f"scales {scales!r} must be a positive integer")
     dataset = make_dataset(url, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
                            decode=False, resume_from=resume_from, shuffle_buffer=shuffle_buffer,
-                           block=batch_size, cache_dir=cache_dir, cache_bytes=cache_bytes, retry=retry)
+                           block=batch_size, cache_dir=cache_dir, cache_bytes=cache_bytes, retry=retry,
+                           include_edges=include_edges)
     dataset.append(partial(decode_batches, batch_size=batch_size, scales=scales, seed=seed, epoch=epoch,
                            augment=augment))
     extra: dict[str, Any] = {"prefetch_factor": prefetch_factor} if num_workers > 0 and prefetch_factor else {}

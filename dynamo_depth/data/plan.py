@@ -1,7 +1,12 @@
 """The epoch plan: which sample every rank and DataLoader worker yields, and in which order.
 
-The plan is a pure function of the shard index (manifest), ``seed``, ``epoch``, ``world_size`` and
-``shuffle_buffer``; it never depends on the number of DataLoader workers. Rules:
+The plan is a pure function of the shard index (manifest), ``seed``, ``epoch``, ``world_size``,
+``shuffle_buffer`` and ``include_edges``; it never depends on the number of DataLoader workers. Rules:
+
+0. Samples: every sample of the index, except edge samples (manifest ``"edge": true``: split-file builds
+   whose missing neighbour is the target itself) unless ``include_edges``. They are left out HERE,
+   before the rank cut, so every rank still gets the same number of samples (a filter after the cut
+   would give ranks unequal batch counts and hang DDP). The "source" indices below count kept samples.
 
 1. Source order: the shards in a seeded permutation of (seed, epoch), each shard's samples in file
    order (with ``shuffle=False``: manifest order).
@@ -143,9 +148,18 @@ class EpochPlan:
         return frozenset(int(s) for s in shards[owners == worker])
 
 
+def _kept_ordinals(entry: ShardEntry, include_edges: bool) -> np.ndarray:
+    """Ordinals of ``entry``'s samples in the plan (rule 0): all, or those not flagged as edge samples."""
+    if include_edges or entry.edges is None:
+        return np.arange(len(entry.keys), dtype=np.int64)
+    return np.flatnonzero(~np.asarray(entry.edges, dtype=bool)).astype(np.int64)
+
+
 def make_plan(entries: tuple[ShardEntry, ...], *, rank: int, world_size: int, seed: int, epoch: int,
-              shuffle: bool, shuffle_buffer: int) -> EpochPlan:
-    """Build the ``EpochPlan`` of ``rank`` (``ValueError`` on bad ranks or fewer samples than ranks)."""
+              shuffle: bool, shuffle_buffer: int, include_edges: bool = False) -> EpochPlan:
+    """Build the ``EpochPlan`` of ``rank`` (``ValueError`` on bad ranks or fewer samples than ranks).
+
+    Edge samples (``ShardEntry.edges``) are left out unless ``include_edges`` (rule 0)."""
     for name, value in (("rank", rank), ("world_size", world_size), ("seed", seed), ("epoch", epoch)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} {value!r} must be a non-negative integer")
@@ -153,13 +167,14 @@ def make_plan(entries: tuple[ShardEntry, ...], *, rank: int, world_size: int, se
         raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
     order = shard_permutation(len(entries), seed=seed, epoch=epoch) if shuffle else np.arange(len(entries))
     shards = tuple(entries[int(i)] for i in order)
-    counts = np.array([len(s.keys) for s in shards], dtype=np.int64)
+    kept = [_kept_ordinals(s, include_edges) for s in shards]
+    counts = np.array([len(k) for k in kept], dtype=np.int64)
     total = int(counts.sum())
     if total < world_size:
-        raise ValueError(f"{total} samples cannot give every one of {world_size} ranks a sample")
+        edges = "" if include_edges else " (edge samples left out: include_edges=True keeps them)"
+        raise ValueError(f"{total} samples{edges} cannot give every one of {world_size} ranks a sample")
     shard_of_source = np.repeat(np.arange(len(shards), dtype=np.int64), counts)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(shards) else np.zeros(0, np.int64)
-    ordinal_of_source = np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+    ordinal_of_source = np.concatenate([np.zeros(0, np.int64), *kept])
     if shuffle:
         positions = window_permutation(total, window=shuffle_buffer, seed=seed, epoch=epoch)
     else:

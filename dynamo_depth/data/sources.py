@@ -31,6 +31,7 @@ from dynamo_depth import manifest as manifest_mod
 from dynamo_depth import shards as shards_mod
 from dynamo_depth import storage
 from dynamo_depth.data.cache import ShardCache
+from dynamo_depth.schema import is_edge_meta_json
 
 __all__ = ["RetryPolicy", "SampleIntegrityError", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index",
            "sample_from_span"]
@@ -58,7 +59,8 @@ class SampleIntegrityError(ShardIntegrityError):
 class ShardEntry:
     """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order,
     each sample's byte span ``(offset, length)`` from the manifest (None for a scanned folder) and each
-    sample's span sha256 (None: a version-1 manifest or a scanned folder, no per-sample digests)."""
+    sample's span sha256 (None: a version-1 manifest or a scanned folder, no per-sample digests), and each
+    sample's edge flag (manifest ``"edge": true``, or ``meta.json`` of a scanned folder; None: no edge sample)."""
 
     name: str
     bytes: int
@@ -66,6 +68,7 @@ class ShardEntry:
     keys: tuple[str, ...]
     spans: tuple[tuple[int, int], ...] | None = None
     digests: tuple[str, ...] | None = None
+    edges: tuple[bool, ...] | None = None
 
 
 def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
@@ -75,7 +78,8 @@ def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
         manifest_url = manifest_mod.find_manifest(url)
         manifest = manifest_mod.load_manifest(manifest_url)
         entries = tuple(ShardEntry(s.name, s.bytes, s.sha256, tuple(sp.key for sp in s.samples),
-                                   tuple((sp.offset, sp.length) for sp in s.samples), _digests(s))
+                                   tuple((sp.offset, sp.length) for sp in s.samples), _digests(s),
+                                   tuple(sp.edge for sp in s.samples) if any(sp.edge for sp in s.samples) else None)
                         for s in manifest.shards)
         base = storage.dirname(manifest_url)
     else:
@@ -129,8 +133,11 @@ def _scan_folder(url: str) -> tuple[ShardEntry, ...]:
     entries = []
     for name in names:
         shard_url = storage.join(url, name)
-        keys = tuple(key for key, _ in shards_mod.iter_shard(shard_url))
-        entries.append(ShardEntry(name, storage.size(shard_url), None, keys))
+        samples = [(key, is_edge_meta_json(members.get("meta.json", b"{}"), key=key))
+                   for key, members in shards_mod.iter_shard(shard_url)]
+        edges = tuple(edge for _, edge in samples)
+        entries.append(ShardEntry(name, storage.size(shard_url), None, tuple(key for key, _ in samples),
+                                  edges=edges if any(edges) else None))
     return tuple(entries)
 
 

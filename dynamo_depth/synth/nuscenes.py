@@ -9,6 +9,7 @@ Layout written under ``out_dir``::
     sweeps/CAM_FRONT/<log>__CAM_FRONT__<us>.jpg        the other camera frames (~12 Hz in all)
     samples/LIDAR_TOP/<log>__LIDAR_TOP__<us>.pcd.bin   keyframe sweeps
     sweeps/LIDAR_TOP/<log>__LIDAR_TOP__<us>.pcd.bin    the other sweeps (20 Hz in all)
+    <version>/panoptic.json, panoptic/<version>/<lidar token>_panoptic.npz   keyframe panoptic labels
 
 Scene ``i`` (``scene-{i+1:04d}``) is rendered from ``make_world(scene_world_seed(seed, i))``. World
 time ``t_s`` (seconds) is ``(timestamp_us - scene_start_us) * 1e-6``, where the scene starts at its
@@ -20,6 +21,7 @@ the camera keyframe comes a few ms later (sensors are not synchronous, as in nuS
 LiDAR files hold float32 (x, y, z, intensity, ring) per point in the LIDAR_TOP frame (x right,
 y forward, z up, metres), 32 beams from -30.67 to +10.67 deg, returns up to 70 m. Every ray of a
 sweep is cast at the sweep's timestamp (no rolling-shutter motion inside a sweep).
+Panoptic labels of the keyframe sweeps: ``dynamo_depth.synth.nuscenes_panoptic``.
 Tokens are md5 hex digests of names and the seed: the same arguments give byte-identical files. Products
 and norms are ``dynamo_depth.synth.fused`` (no BLAS), so the bytes do not depend on the CPU's BLAS kernels.
 """
@@ -39,6 +41,7 @@ from PIL import Image
 
 from dynamo_depth.synth import world as world_module
 from dynamo_depth.synth.fused import matmul_fused, norm_sequential
+from dynamo_depth.synth.nuscenes_panoptic import write_panoptic
 
 IMAGE_HW = (900, 1600)
 JPEG_QUALITY = 90
@@ -342,6 +345,10 @@ def _write_scene(root: Path, tables: dict[str, list[dict]], *, seed: int, scene_
                                      logfile=logfile, extension=extension, hw=hw)
         poses, key_surfaces = _write_sensor_files(root, world=world, records=records, start_us=start_us,
                                                   channel=channel, ego_from_sensor=ego_from_sensor)
+        if channel == "LIDAR_TOP":
+            keyframes = [r["token"] for r in records if r["is_key_frame"]]
+            tables["_panoptic"] += [{"token": t, "surface": surface, "categories": [b.category for b in world.boxes]}
+                                    for t, surface in zip(keyframes, key_surfaces, strict=True)]
         tables["sample_data"] += records
         tables["ego_pose"] += poses
     instances, annotations = _annotation_records(seed=seed, scene_index=scene_index, world=world, samples=samples,
@@ -386,10 +393,11 @@ def write_nuscenes(out_dir: str | Path, *, sequences: int = 1, frames: int = 12,
     _check_arguments(sequences=sequences, frames=frames, seed=seed, version=version)
     root = Path(out_dir)
     names = ("instance", "sample_annotation", "sample", "sample_data", "ego_pose", "calibrated_sensor", "log",
-             "scene", "_box_categories")
+             "scene", "_box_categories", "_panoptic")
     tables: dict[str, list[dict]] = {name: [] for name in names}
     starts = tuple(_write_scene(root, tables, seed=seed, scene_index=i, frames=frames) for i in range(sequences))
     tables.update(_static_tables(seed, {entry["name"] for entry in tables.pop("_box_categories")}))
+    tables["panoptic"] = write_panoptic(root, version, tables.pop("_panoptic"), tables["category"])
     map_token = _token(seed, "map")
     tables["map"] = [{"token": map_token, "category": "semantic_prior", "filename": f"maps/{map_token}.png",
                       "log_tokens": [log["token"] for log in tables["log"]]}]

@@ -1,4 +1,8 @@
-"""``python tests/loopback_torchrun.py ARGS``: ``torchrun ARGS`` whose TCP stores listen on 127.0.0.1 only.
+"""``python -m train.loopback_torchrun ARGS``: ``torchrun ARGS`` whose TCP stores listen on 127.0.0.1 only.
+
+For one machine (the demo, the tests, a workstation): every socket of the run stays on loopback. Give
+torchrun loopback addresses too (``--standalone`` or ``--rdzv_endpoint 127.0.0.1:PORT --local_addr 127.0.0.1``,
+or ``--master_addr 127.0.0.1``) and set ``GLOO_SOCKET_IFNAME=lo`` for gloo's own listeners.
 
 torchrun's c10d rendezvous store (the agent hosting ``--rdzv_endpoint``) and the agent-level store of the
 rank-0 node bind every interface whatever host name they are given (torch 2.13). Tests must keep every
