@@ -29,6 +29,7 @@ from dynamo_depth.config import config_to_dict, load_config
 from tests import s3server
 from tests.test_train import DEMO, REPO, TINY, shards  # noqa: F401 - shards is a fixture
 from train import main as train_main
+from train.batches import unwrap_worker_error
 from train.checkpoint import (
     Checkpoint,
     commit_checkpoint,
@@ -36,7 +37,7 @@ from train.checkpoint import (
     load_checkpoint,
     pointer_url,
 )
-from train.loop import Runtime, unwrap_worker_error
+from train.loop import Runtime
 
 s3_server, s3_env = s3server.s3_server, s3server.s3_env
 
