@@ -15,30 +15,30 @@ steps, which is what makes it resumable and byte-reproducible whatever the numbe
 
 A unit that raises is reported with its error text (which names the file and the reason), the
 others go on, and the exit code is 1.
+
+Ray start / connect (loopback binding, the workers' environment) is in ``builders.ray_setup``, the pack
+step and the staging area in ``builders.packing``; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
-import logging
-import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from builders.packing import PACK_STATE as PACK_STATE  # re-exported
+from builders.packing import STAGING, _layout_matches, _pack, _remove_staging, _remove_stale_shards, staging_name
+from builders.ray_setup import BIND_ENV, LOOPBACK, _ray_init, bind_address, worker_env  # noqa: F401 - re-exported
 from dynamo_depth import storage
 from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest, save_manifest
-from dynamo_depth.schema import TripletSample, encode, is_edge_meta_json
-from dynamo_depth.shards import ShardRecord, ShardWriter, iter_shard
+from dynamo_depth.schema import TripletSample, encode
+from dynamo_depth.shards import ShardWriter
 
-STAGING = "_staging"
-PACK_STATE = "pack.json"
 DEFAULT_MAX_COUNT = 2000
 DEFAULT_MAX_BYTES = 256 * 2**20
 FRAMES_PER_REPORT = 8
@@ -106,11 +106,6 @@ class BuildReport:
         return not self.manifest.failed
 
 
-def staging_name(unit_name: str) -> str:
-    """File-name-safe form of a unit name (``drive/image_02`` -> ``drive-image_02``)."""
-    return re.sub(r"[^A-Za-z0-9_\-]", "-", unit_name)
-
-
 def options_digest(spec: BuilderSpec, options: Mapping[str, Any]) -> str:
     text = json.dumps({"builder": spec.name, "version": spec.version, "options": options}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -171,117 +166,6 @@ def _staged_record(spec: BuilderSpec, unit: Unit, options: Mapping[str, Any], ou
         return None
 
 
-BIND_ENV = "DYNAMO_DEPTH_BIND"
-LOOPBACK = "127.0.0.1"
-_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-def bind_address(value: str | None = None) -> str | None:
-    """The address Ray must keep to when joining a cluster: ``value`` or ``$DYNAMO_DEPTH_BIND``, else ``None``.
-
-    Only loopback is accepted (``127.0.0.1`` or ``localhost``): for any other node address Ray listens on
-    every interface, so an "interface" setting would promise what Ray does not do.
-    """
-    value = os.environ.get(BIND_ENV, "") if value is None else value
-    if not value.strip():
-        return None
-    if value.strip() not in (LOOPBACK, "localhost"):
-        raise ValueError(f"--bind / {BIND_ENV}: only {LOOPBACK} (loopback) is supported, got {value!r}")
-    return LOOPBACK
-
-
-@contextlib.contextmanager
-def _ray_keeps_loopback() -> Iterator[None]:
-    """Stop Ray 2.60 from replacing a loopback node / GCS address with the machine's routable one.
-
-    ``ray.init`` and ``ray start`` pass every ``127.0.0.1`` / ``localhost`` through
-    ``services.resolve_ip_for_localhost``, which returns the routable address (and then the GCS, raylet and
-    workers listen on every interface) unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` -- the single-machine
-    mode Ray uses on macOS and Windows, where every process listens on the node address 127.0.0.1. The
-    variable is read once at import, so the module constant is set too (and both are restored after the
-    processes are started: they are spawned with the variable).
-    """
-    import ray._private.ray_constants as ray_constants
-
-    saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_RAY_CLUSTER_ENV] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(_RAY_CLUSTER_ENV, None)
-        else:
-            os.environ[_RAY_CLUSTER_ENV] = saved_env
-
-
-def _checkout_root() -> str | None:
-    """The source checkout this code runs from, or ``None`` when it runs from an installed distribution.
-
-    Installed (``pip install .``, or ``pip install -e .`` of this very checkout): the Ray workers import the
-    package from their own node's installation and nothing is shipped. From a bare checkout (``PYTHONPATH=.``)
-    the driver ships ``PYTHONPATH=<checkout>`` to the workers, which then need the same checkout at the same
-    path on every node.
-    """
-    from importlib import metadata
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        dist = metadata.distribution("dynamo-depth")
-    except metadata.PackageNotFoundError:
-        return root
-    here = os.path.realpath(os.path.abspath(__file__))
-    if os.path.realpath(str(dist.locate_file("builders/runner.py"))) == here:
-        return None  # a regular installation: this file is one of its files
-    direct_url = dist.read_text("direct_url.json") or "{}"
-    try:
-        info = json.loads(direct_url)
-    except ValueError:
-        info = {}
-    if info.get("dir_info", {}).get("editable") and info.get("url", "").startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        if os.path.realpath(unquote(urlparse(info["url"]).path)) == os.path.realpath(root):
-            return None  # an editable installation of this checkout
-    return root
-
-
-def worker_env() -> dict[str, str]:
-    """The environment variables the driver ships to every Ray worker (``runtime_env.env_vars``)."""
-    env = {"RAY_AUTH_MODE": "disabled"}
-    root = _checkout_root()
-    if root is not None:
-        paths = [root, *(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    return env
-
-
-def _ray_init(*, workers: int, address: str | None, quiet: bool) -> None:
-    """Start a local Ray instance on 127.0.0.1 (``address`` None) or join ``address``.
-
-    A local instance always keeps every socket on 127.0.0.1 (nothing else needs to reach it). Joining a
-    cluster keeps to loopback only with ``$DYNAMO_DEPTH_BIND=127.0.0.1`` (``--bind``): a single-machine
-    cluster started with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ray start --head --node-ip-address 127.0.0.1``.
-    """
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    init: dict[str, Any] = {"runtime_env": {"env_vars": worker_env()}, "include_dashboard": False,
-                            "log_to_driver": False}
-    if quiet:
-        init["logging_level"] = logging.WARNING  # no "Started a local Ray instance." / "Connected to..."
-    bind = bind_address()
-    if address and bind is None:
-        ray.init(address=address, **init)
-        return
-    with _ray_keeps_loopback():
-        if address:
-            ray.init(address=address, _node_ip_address=LOOPBACK, **init)
-        else:
-            ray.init(num_cpus=workers, object_store_memory=100_000_000, _node_ip_address=LOOPBACK, **init)
-
-
 def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
                    out_url: str, *, workers: int, address: str | None,
                    on_frames: Callable[[int], Any], quiet: bool = False) -> Iterator[UnitOutcome]:
@@ -328,82 +212,7 @@ def _remote_unit(builder: str, raw_root: str, unit: Unit, options: dict[str, Any
     return run_unit(get_builder(builder), raw_root, unit, options, out_url, on_frames=frames.put_nowait)
 
 
-# ------------------------------------------------------------------------------------------------ pack
-def _pack(spec: BuilderSpec, records: list[UnitRecord], out_url: str, *, split: str, digest: str,
-          max_count: int, max_bytes: int) -> list[ShardRecord]:
-    """Stream staged units, in order, into the final shards; resumable through ``pack.json``."""
-    staging = storage.join(out_url, STAGING)
-    state_url = storage.join(staging, PACK_STATE)
-    plan = {"digest": digest, "units": [r.name for r in records], "max_count": max_count, "max_bytes": max_bytes}
-    done = _load_pack_state(state_url, plan, out_url)
-    skip = sum(r.count for r in done)
-
-    def commit(record: ShardRecord) -> None:
-        done.append(record)
-        state = {"plan": plan, "shards": [r.to_json() for r in done]}
-        storage.write_bytes_atomic(state_url, json.dumps(state, sort_keys=True).encode())
-
-    prefix = f"{spec.dataset}-{split}"
-    with ShardWriter(out_url, prefix=prefix, start_index=len(done), max_count=max_count,
-                     max_bytes=max_bytes, on_shard=commit) as writer:
-        for record in records:
-            if skip >= record.samples:
-                skip -= record.samples
-                continue
-            if record.samples == 0:
-                continue
-            part = storage.join(staging, f"{staging_name(record.name)}-000000.tar")
-            for key, members in iter_shard(part):
-                if skip:
-                    skip -= 1
-                    continue
-                writer.write(key, members, edge=is_edge_meta_json(members.get("meta.json", b"{}"), key=key))
-    return list(done)
-
-
-def _load_pack_state(state_url: str, plan: Mapping[str, Any], out_url: str) -> list[ShardRecord]:
-    if not storage.exists(state_url):
-        return []
-    try:
-        state = json.loads(storage.read_bytes(state_url))
-        if state["plan"] != plan:
-            return []
-        records = [ShardRecord.from_json(s) for s in state["shards"]]
-    except (ValueError, KeyError):
-        return []
-    if any(span.sha256 is None for r in records for span in r.samples):
-        return []  # packed before per-sample digests (manifest version 1): repack, never mix versions
-    for r in records:  # every committed shard must still be there, whole
-        url = storage.join(out_url, r.name)
-        if not storage.exists(url) or storage.size(url) != r.bytes:
-            return []
-    return records
-
-
-def _remove_staging(out_url: str) -> None:
-    staging = storage.join(out_url, STAGING)
-    for name in storage.listdir(staging):
-        storage.remove(storage.join(staging, name))
-    if storage.is_local(staging) and os.path.isdir(staging):
-        os.rmdir(staging)
-
-
 # ----------------------------------------------------------------------------------------------- build
-def _layout_matches(shards: tuple[ShardRecord, ...], max_count: int, max_bytes: int) -> bool:
-    """Whether packing with ``max_count`` / ``max_bytes`` gives exactly this shard layout.
-
-    The pack is greedy: a shard is closed when the next sample would pass either limit.
-    """
-    end_of_archive = 1024
-    for shard, following in zip(shards, (*shards[1:], None), strict=True):
-        if shard.count > max_count or (shard.count > 1 and shard.bytes > max_bytes):
-            return False
-        if following is not None and shard.count < max_count and \
-                shard.bytes + following.samples[0].length <= max_bytes:
-            return False  # the next sample would have fitted here
-    return all(s.bytes - sum(x.length for x in s.samples) == end_of_archive for s in shards)
-
-
 def _up_to_date(spec: BuilderSpec, out_url: str, options: Mapping[str, Any], split: str,
                 units: list[Unit], *, max_count: int, max_bytes: int) -> Manifest | None:
     """The existing manifest when the build at ``out_url`` is complete for these units and options."""
@@ -465,14 +274,6 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
         _remove_staging(out_url)
     return BuildReport(manifest=manifest, built=tuple(o.name for o in outcomes if o.record is not None),
                        reused=tuple(sorted(set(staged) - {o.name for o in outcomes})))
-
-
-def _remove_stale_shards(out_url: str, dataset: str, split: str, keep: set[str]) -> None:
-    """Remove final shards of an earlier, larger build of this dataset/split (never other files)."""
-    pattern = re.compile(rf"^{re.escape(dataset)}-{re.escape(split)}-\d{{6}}\.tar$")
-    for name in storage.listdir(out_url):
-        if pattern.match(name) and name not in keep:
-            storage.remove(storage.join(out_url, name))
 
 
 def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any], out_url: str,

@@ -1,0 +1,140 @@
+"""Integrity of the shard bytes the loader reads: the index entry, the errors, the checks.
+
+* ``ShardEntry``: one shard of the index (size, sha256, keys, and per-sample spans / digests / edge flags).
+* ``ShardIntegrityError`` / ``SampleIntegrityError``: bytes that differ from the manifest.
+* ``sample_from_span``: one sample from its span bytes, checked (length, sha256, exactly its members).
+* ``_span_samples`` / ``_checked_samples``: check a shard streamed front to back (per sample with
+  per-sample digests; else the whole shard at its end).
+
+``dynamo_depth.data.sources`` re-exports ``ShardEntry``, the two errors and ``sample_from_span``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Generator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dynamo_depth import shards as shards_mod
+
+if TYPE_CHECKING:
+    from dynamo_depth.data.reader import _HashingReader
+
+_LOG = logging.getLogger("dynamo_depth.data.sources")  # the loader's logger, as before the split into modules
+
+
+class ShardIntegrityError(ValueError):
+    """A shard's bytes differ from its manifest entry (size, sha256 or sample keys)."""
+
+
+class SampleIntegrityError(ShardIntegrityError):
+    """One sample's span bytes differ from the manifest (sha256, length, or not exactly that sample's tar
+    members). ``key``, ``shard`` (file name) and ``offset`` (byte offset of the span) name it; the message
+    holds all three (a DataLoader worker's error reaches the caller rebuilt from its message alone)."""
+
+    def __init__(self, message: str, *, key: str | None = None, shard: str | None = None,
+                 offset: int | None = None) -> None:
+        super().__init__(message)
+        self.key, self.shard, self.offset = key, shard, offset
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order,
+    each sample's byte span ``(offset, length)`` from the manifest (None for a scanned folder) and each
+    sample's span sha256 (None: a version-1 manifest or a scanned folder, no per-sample digests), and each
+    sample's edge flag (manifest ``"edge": true``, or ``meta.json`` of a scanned folder; None: no edge sample)."""
+
+    name: str
+    bytes: int
+    sha256: str | None
+    keys: tuple[str, ...]
+    spans: tuple[tuple[int, int], ...] | None = None
+    digests: tuple[str, ...] | None = None
+    edges: tuple[bool, ...] | None = None
+
+
+def sample_from_span(entry: ShardEntry, ordinal: int, data: bytes | memoryview, *, base_url: str) -> dict[str, bytes]:
+    """Members of sample ``ordinal`` of ``entry`` from its span bytes, once they are checked against the
+    manifest: the span's length, its sha256 (when the manifest has per-sample digests), and that it
+    holds exactly that key's tar members. ``SampleIntegrityError`` names the key, shard and offset."""
+    if entry.spans is None:
+        raise ValueError(f"shard {entry.name} (in {base_url}): no sample spans in its index (a scanned folder)")
+    offset, length = entry.spans[ordinal]
+    key = entry.keys[ordinal]
+
+    def fail(reason: str) -> SampleIntegrityError:
+        return SampleIntegrityError(f"sample {key!r} (#{ordinal}) of shard {entry.name} (in {base_url}) at byte offset "
+                                    f"{offset} ({length} bytes): {reason}", key=key, shard=entry.name, offset=offset)
+
+    if len(data) != length:
+        raise fail(f"the shard ends at byte {offset + len(data)}, inside the sample: the shard was truncated")
+    if entry.digests is not None:
+        got = shards_mod.span_sha256(data)
+        if got != entry.digests[ordinal]:
+            raise fail(f"sha256 {got} differs from the manifest's {entry.digests[ordinal]}: "
+                       "the sample was altered or corrupted")
+    try:
+        return shards_mod.parse_sample_bytes(data, key=key, source=f"{base_url}/{entry.name}")
+    except ValueError as exc:
+        raise fail(f"its bytes differ from the manifest's span: {exc}") from exc
+
+
+def _span_samples(reader: _HashingReader, entry: ShardEntry, base_url: str, *, wanted: Collection[int] | None,
+                  whole: bool) -> Generator[tuple[str, dict[str, bytes]], None, bool]:
+    """Samples of a shard with per-sample digests, each checked before it is parsed and yielded.
+
+    Reads span by span (gaps between spans are read past). ``whole``: read to the end and check the
+    shard's size and sha256 too, raising when ``wanted`` is None, else logging; returns whether the
+    whole shard matched (False when not ``whole``).
+    """
+    spans = entry.spans or ()
+    last = len(spans) - 1 if whole or wanted is None else max(wanted, default=-1)
+    for ordinal in range(last + 1):
+        offset, length = spans[ordinal]
+        if offset > reader.count:
+            reader.read_exact(offset - reader.count)  # bytes between spans (none in shards ShardWriter writes)
+        data = reader.read_exact(length) if reader.count == offset else b""  # else: the shard ended before
+        if wanted is None or ordinal in wanted:  # a sample cut short elsewhere: the whole-shard check reports it
+            yield entry.keys[ordinal], sample_from_span(entry, ordinal, data, base_url=base_url)
+    if not whole:
+        return False
+    reader.drain()
+    where = f"shard {entry.name} (in {base_url})"
+    problem = None
+    if reader.count != entry.bytes:
+        problem = f"{where}: {reader.count} bytes, the manifest says {entry.bytes}"
+    elif entry.sha256 is not None and reader.digest.hexdigest() != entry.sha256:
+        problem = (f"{where}: sha256 {reader.digest.hexdigest()} differs from the manifest's {entry.sha256}: "
+                   "the shard was altered or corrupted")
+    if problem is None:
+        return True
+    if wanted is None:
+        raise ShardIntegrityError(problem)
+    _LOG.warning("%s outside the samples read here (those were checked); not cached", problem)
+    return False
+
+
+def _checked_samples(reader: _HashingReader, entry: ShardEntry, base_url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    where = f"shard {entry.name} (in {base_url})"
+    ordinal = 0
+    try:
+        for key, members in shards_mod.iter_shard(reader):  # type: ignore[arg-type]
+            if ordinal >= len(entry.keys) or key != entry.keys[ordinal]:
+                expected = entry.keys[ordinal] if ordinal < len(entry.keys) else "<end of shard>"
+                raise ShardIntegrityError(f"{where}: sample #{ordinal} is {key!r}, the manifest says {expected!r}")
+            ordinal += 1
+            yield key, members
+        reader.drain()
+    except ShardIntegrityError:
+        raise
+    except ValueError as exc:
+        raise ShardIntegrityError(f"{where}: unreadable tar ({exc}); the shard differs from its manifest entry") from exc
+    if ordinal != len(entry.keys):
+        raise ShardIntegrityError(f"{where}: {ordinal} samples, the manifest says {len(entry.keys)}")
+    if reader.count != entry.bytes:
+        raise ShardIntegrityError(f"{where}: {reader.count} bytes, the manifest says {entry.bytes}")
+    if entry.sha256 is not None and reader.digest.hexdigest() != entry.sha256:
+        raise ShardIntegrityError(f"{where}: sha256 {reader.digest.hexdigest()} differs from the manifest's "
+                                  f"{entry.sha256}: the shard was altered or corrupted")
