@@ -55,6 +55,19 @@ def _psutil():  # noqa: ANN202 - a module
     return importlib.import_module("psutil")
 
 
+def _process_trees(psutil, pids):  # noqa: ANN001, ANN202 - psutil module, its Process objects
+    """{pid: Process} of each root pid and all its descendants (processes gone meanwhile are skipped)."""
+    procs = {}
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for p in (root, *root.children(recursive=True)):
+                procs[p.pid] = p
+        except psutil.Error:
+            continue
+    return procs
+
+
 class SocketWatch:
     """Samples, every 0.2 s in a thread, the inet sockets of a set of processes and all their descendants."""
 
@@ -79,14 +92,7 @@ class SocketWatch:
 
     def sample(self) -> None:
         psutil = self.psutil
-        procs = {}
-        for pid in self.roots():
-            try:
-                root = psutil.Process(pid)
-                for p in (root, *root.children(recursive=True)):
-                    procs[p.pid] = p
-            except psutil.Error:
-                continue
+        procs = _process_trees(psutil, self.roots())
         for p in procs.values():
             try:
                 name = p.name()
@@ -271,14 +277,7 @@ class LoopbackCluster:
         """SIGTERM this cluster's processes and their children (by pid: never `ray stop`, which stops every
         Ray instance of the user on the machine), SIGKILL what is left after 3 s."""
         psutil = _psutil()
-        procs = {}
-        for pid in self.pids():
-            try:
-                root = psutil.Process(pid)
-                for p in (root, *root.children(recursive=True)):
-                    procs[p.pid] = p
-            except psutil.Error:
-                continue
+        procs = _process_trees(psutil, self.pids())
         for p in procs.values():
             try:
                 p.terminate()

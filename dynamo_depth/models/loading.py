@@ -28,7 +28,7 @@ from dynamo_depth.models.original import (
     load_folder,
     load_module_state,
 )
-from dynamo_depth.models.resnet import WeightLoadError, read_state_dict_file
+from dynamo_depth.models.resnet import WeightLoadError, load_tensor_dict, read_state_dict_file
 
 TRAINER_FORMAT = "dynamo-depth-checkpoint"
 
@@ -89,23 +89,14 @@ def load_for_inference(path: str | os.PathLike[str], *, need_motion: bool = Fals
     if not storage.is_local(url):
         if not storage.exists(url):
             raise WeightLoadError(f"checkpoint {url}: no such object")
-        return _from_trainer_dict(_torch_load(io.BytesIO(storage.read_bytes(url)), source=url), source=url)
+        raw = load_tensor_dict(io.BytesIO(storage.read_bytes(url)), name=f"checkpoint {url}")
+        return _from_trainer_dict(raw, source=url)
     local = Path(url)
     if not local.exists():
         raise WeightLoadError(f"checkpoint {local}: no such file or directory")
     if local.is_dir():
         return _from_folder(local, need_motion=need_motion, depth_network=depth_network)
     return _from_trainer_dict(read_state_dict_file(local), source=str(local))
-
-
-def _torch_load(handle: io.BytesIO, *, source: str) -> dict:
-    try:
-        raw = torch.load(handle, map_location="cpu", weights_only=True)
-    except Exception as err:  # any read failure is re-raised naming the file
-        raise WeightLoadError(f"checkpoint {source}: cannot be read as a checkpoint ({err})") from err
-    if not isinstance(raw, dict):
-        raise WeightLoadError(f"checkpoint {source}: expected a dict, got {type(raw).__name__}")
-    return raw
 
 
 def _from_folder(path: Path, *, need_motion: bool, depth_network: str | None) -> LoadedModel:

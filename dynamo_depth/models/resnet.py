@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
@@ -131,18 +132,24 @@ class ResnetEncoder(nn.Module):
 ResNet18Encoder = ResnetEncoder
 
 
+def load_tensor_dict(source: str | Path | IO[bytes], *, name: str) -> Mapping[str, object]:
+    """A ``torch.save``d dict (path or binary handle) read with ``weights_only=True``: tensors and plain values
+    only; WeightLoadError naming ``name`` if it cannot be read or is not a dict."""
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # any read failure is re-raised naming the file
+        raise WeightLoadError(f"{name}: cannot be read as a tensor state dict ({err})") from err
+    if not isinstance(state, Mapping):
+        raise WeightLoadError(f"{name}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
 def read_state_dict_file(path: str | Path) -> Mapping[str, object]:
-    """A ``torch.save``d dict read with ``weights_only=True``; WeightLoadError naming the file otherwise."""
+    """``load_tensor_dict`` of a file; WeightLoadError naming the file if it does not exist."""
     path = Path(path)
     if not path.is_file():
         raise WeightLoadError(f"weights file {path}: not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any read failure is re-raised naming the file
-        raise WeightLoadError(f"weights file {path}: cannot be read as a tensor state dict ({err})") from err
-    if not isinstance(state, Mapping):
-        raise WeightLoadError(f"weights file {path}: expected a state dict, got {type(state).__name__}")
-    return state
+    return load_tensor_dict(path, name=f"weights file {path}")
 
 
 def check_state_dict(own: Mapping[str, torch.Tensor], state: Mapping[str, object], *, source: str,
