@@ -132,8 +132,9 @@ def depth_map(*, prediction: np.ndarray, original_hw: tuple[int, int], kind: str
         raise ValueError(f"prediction kind {kind!r}; allowed: {KINDS}")
     x = torch.from_numpy(np.ascontiguousarray(prediction, dtype=np.float32))[None, None]
     if kind == "sigmoid":
-        min_disp, max_disp = 1 / DISP_MAX_DEPTH, 1 / DISP_MIN_DEPTH
-        x = min_disp + (max_disp - min_disp) * x
+        from dynamo_depth.models.depth import disp_to_depth
+
+        x, _ = disp_to_depth(x, min_depth=DISP_MIN_DEPTH, max_depth=DISP_MAX_DEPTH)
     size = (int(original_hw[0]), int(original_hw[1]))
     if tuple(x.shape[-2:]) != size:
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamo_depth.loss_inputs import SOURCE_FRAMES, LossBatch, LossSettings
+from dynamo_depth.models.depth import disp_to_depth
 from dynamo_depth.models.outputs import ModelOutputs
 from dynamo_depth.warping import backproject, project_to_grid, sample_image
 
@@ -72,19 +73,6 @@ class Warps:
     """scales[s]: the ``ScaleWarp`` of every loss scale."""
 
     scales: Mapping[int, ScaleWarp]
-
-
-def disp_to_depth(disp: torch.Tensor, *, min_depth: float, max_depth: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid disparity -> (scaled disparity 1/max_depth + (1/min_depth - 1/max_depth) * disp in 1/m, depth = 1/it in m)."""
-    min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
-    scaled = min_disp + (max_disp - min_disp) * disp
-    return scaled, 1.0 / scaled
-
-
-def depth_to_disp(depth: torch.Tensor, *, min_depth: float, max_depth: float) -> torch.Tensor:
-    """Inverse of ``disp_to_depth`` to sigmoid space: (1/depth - 1/max_depth) / (1/min_depth - 1/max_depth)."""
-    min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
-    return (1.0 / depth - min_disp) / (max_disp - min_disp)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

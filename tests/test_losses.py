@@ -28,8 +28,9 @@ from dynamo_depth.losses import (
     photometric_error,
     ssim_loss,
 )
+from dynamo_depth.models.depth import depth_to_disp, disp_to_depth
 from dynamo_depth.models.outputs import ModelOutputs
-from dynamo_depth.view_synthesis import depth_to_disp, disp_to_depth, generate_warps
+from dynamo_depth.view_synthesis import generate_warps
 from dynamo_depth.warping import pixel_grid, project_to_grid, warp_source_to_target
 
 torch.set_num_threads(2)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from dynamo_depth.models import MODULE_NAMES, DynamoDepthModel
 from dynamo_depth.models.original import (
@@ -115,27 +115,17 @@ def _from_folder(path: Path, *, need_motion: bool, depth_network: str | None) ->
                        modules=DEPTH_MODULES if depth_only else MODULE_NAMES)
 
 
-def _from_trainer_dict(raw, *, source: str) -> LoadedModel:
-    path = source
+def _from_trainer_dict(raw: Mapping[str, Any], *, source: str) -> LoadedModel:
     if raw.get("format") != TRAINER_FORMAT:
-        raise WeightLoadError(f"checkpoint {path}: not a dynamo-depth trainer checkpoint nor an original folder")
+        raise WeightLoadError(f"checkpoint {source}: not a dynamo-depth trainer checkpoint nor an original folder")
     config = raw.get("config", {})
     try:
         model_config, data_config, loss_config = config["model"], config["data"], config.get("loss", {})
         model = DynamoDepthModel(depth_network=model_config["depth_network"], scales=tuple(model_config["scales"]))
     except (KeyError, TypeError) as err:
-        raise WeightLoadError(f"checkpoint {path}: its config lacks {err}") from err
-    load_module_state(model, raw["model"], source=str(path))
+        raise WeightLoadError(f"checkpoint {source}: its config lacks {err}") from err
+    load_module_state(model, raw["model"], source=source)
     model.eval()
     return LoadedModel(model=model, height=int(data_config["height"]), width=int(data_config["width"]),
                        modules=MODULE_NAMES, min_depth=float(loss_config.get("min_depth", 0.1)),
                        max_depth=float(loss_config.get("max_depth", 100.0)))
-
-
-@torch.no_grad()
-def predict_disparity(loaded: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-    """images (B, 3, H, W) in [0, 1] at the network's size -> scale-0 sigmoid disparity (B, 1, H, W)."""
-    if tuple(images.shape[-2:]) != (loaded.height, loaded.width):
-        raise ValueError(f"images must be {loaded.height}x{loaded.width} (the network's size), "
-                         f"got {tuple(images.shape[-2:])}")
-    return loaded.model.predict_disparity(images)[0]
