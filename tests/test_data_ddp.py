@@ -20,6 +20,7 @@ WORLD_SIZE = 2
 def _rank_main(rank: int, folder: str, init_file: str, out_dir: str) -> None:
     """One DDP rank: iterate an epoch with 1 worker, all-reduce per step, all-gather the keys."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_RANK=str(rank))  # as torchrun sets them
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # gloo listens on loopback only
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
     try:
         loader = make_loader(folder, batch_size=2, num_workers=1, rank=dist.get_rank(),
