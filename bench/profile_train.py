@@ -1,13 +1,22 @@
 """Benchmark: where a training step's time goes (forward / losses / backward / optimizer, top operators).
 
     PYTHONPATH=. .venv/bin/python bench/profile_train.py [--batch 3] [--height 192] [--width 640] [--threads 2]
-        [--networks resnet18 litemono] [--phases disp_init fine_tune] [--steps 3]
+        [--networks resnet18 litemono] [--phases disp_init fine_tune] [--steps 3] [--amp off bf16]
+        [--baseline-code DIR]
 
-One process per (depth network, phase) so each peak RSS (VmHWM) is its own. Each runs the trainer's own
-pieces (``DynamoDepthModel`` in train mode, ``make_loss_batch``, ``compute_losses``, Adam over the phase's
+One process per row so each peak RSS (VmHWM) is its own. Each runs the trainer's own pieces
+(``DynamoDepthModel`` in train mode, ``make_loss_batch``, ``compute_losses``, Adam over the phase's
 trainable parameters) on random images, two warm-up steps, then ``--steps`` timed steps (median per part)
-and one step under ``torch.profiler`` (top operators by self CPU time). fp32, CPU. No data loading (the
+and one step under ``torch.profiler`` (top operators by self CPU time). CPU. No data loading (the
 loader's share is measured by ``bench/train.py``).
+
+Rows:
+- ``ours``: the trainer's settings: ResNet-based modules channels_last (``train.channels_last``), the
+  gradients freed right after the optimizer step; fp32, or bf16 autocast over the forward with ``--amp bf16`` (``train.amp=bf16``).
+- ``original's work`` (with ``--baseline-code DIR``, e.g. a ``git worktree`` of the commit before the speed
+  work): that code, imported from DIR, channels-first, gradients freed just before the backward, and the depth network also run on frames -1 and +1 with gradients on and its outputs kept until
+  the step ends, as the original does. This is the original's computation on this machine (the same
+  networks, warps and losses, proven equal on the parity fixtures), timed in the same run as ``ours``.
 """
 
 from __future__ import annotations
@@ -27,7 +36,11 @@ SCALES = {"resnet18": (0, 1, 2, 3), "litemono": (0, 1, 2)}
 PARTS = ("forward", "losses", "backward", "optimizer")
 
 
-def one_step(model, optimizer, images, K, *, phase: str, scales) -> dict[str, float]:
+ORIGINAL_SECONDS = {("resnet18", "fine_tune"): 4.00, ("resnet18", "disp_init"): 2.55, ("litemono", "fine_tune"): 4.44}
+"""The original's step times recorded in issue #18 (batch 3, 192x640, 2 threads, fp32; another CPU: see RESULTS)."""
+
+
+def one_step(model, optimizer, images, K, *, phase: str, scales, amp: str, original_work: bool) -> dict[str, float]:
     import torch
 
     from dynamo_depth.loss_inputs import LossSettings, SeededDraws, make_loss_batch
@@ -36,7 +49,13 @@ def one_step(model, optimizer, images, K, *, phase: str, scales) -> dict[str, fl
     batch = make_loss_batch(color={-1: images[:, 0], 0: images[:, 1], 1: images[:, 2]}, K=K, scales=scales,
                             normalised=False)
     marks = [time.perf_counter()]
-    outputs = model(images, phase=phase)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        outputs = model(images, phase=phase)
+        # the original's depth network on the neighbours: gradients on, results kept, never used
+        unused = [model.predict_disparity(images[:, f]) for f in (0, 2)] if original_work else []
+    if amp == "bf16":
+        outputs = type(outputs)(**{k: {i: v.float() for i, v in getattr(outputs, k).items()}
+                                   for k in outputs.__dataclass_fields__})
     marks.append(time.perf_counter())
     result = compute_losses(batch, outputs, phase=phase, ramp_factor=1.0, settings=LossSettings(scales=scales),
                             draws=SeededDraws(seed=0))
@@ -45,12 +64,15 @@ def one_step(model, optimizer, images, K, *, phase: str, scales) -> dict[str, fl
     result.total.backward()
     marks.append(time.perf_counter())
     optimizer.step()
+    if not original_work:
+        optimizer.zero_grad(set_to_none=True)  # as train.loop.train_step
     marks.append(time.perf_counter())
-    del torch
+    del torch, unused
     return {part: marks[i + 1] - marks[i] for i, part in enumerate(PARTS)}
 
 
-def measure(network: str, phase: str, *, batch: int, height: int, width: int, threads: int, steps: int) -> dict:
+def measure(network: str, phase: str, *, batch: int, height: int, width: int, threads: int, steps: int,
+            amp: str, original_work: bool) -> dict:
     import numpy as np
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -61,6 +83,8 @@ def measure(network: str, phase: str, *, batch: int, height: int, width: int, th
     torch.manual_seed(0)
     scales = SCALES[network]
     model = DynamoDepthModel(depth_network=network, scales=scales, drop_path_rate=0.0)
+    if not original_work:
+        model.use_channels_last()
     model.train()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -71,18 +95,41 @@ def measure(network: str, phase: str, *, batch: int, height: int, width: int, th
     images = torch.rand(batch, 3, 3, height, width)
     K = np.tile(np.array([[[0.58 * width, 0, 0.5 * width], [0, 1.92 * height, 0.5 * height], [0, 0, 1]]],
                          dtype=np.float32), (batch, 1, 1))
+    def step() -> dict[str, float]:
+        return one_step(model, optimizer, images, K, phase=phase, scales=scales, amp=amp, original_work=original_work)
+
     for _ in range(2):
-        one_step(model, optimizer, images, K, phase=phase, scales=scales)
-    rows = [one_step(model, optimizer, images, K, phase=phase, scales=scales) for _ in range(steps)]
+        step()
+    rows = [step() for _ in range(steps)]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        one_step(model, optimizer, images, K, phase=phase, scales=scales)
+        step()
     top = [(e.key, e.self_cpu_time_total / 1e6) for e in
            sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]]
     median = {part: statistics.median(r[part] for r in rows) for part in PARTS}
     hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                if line.startswith("VmHWM:"))
-    return {"network": network, "phase": phase, "median": median, "total": statistics.median(sum(r.values()) for r in rows),
+    return {"network": network, "phase": phase, "amp": amp, "original_work": original_work, "median": median, "total": statistics.median(sum(r.values()) for r in rows),
             "peak_rss_gib": hwm / 2**20, "top": top}
+
+
+def run_child(network: str, phase: str, args: argparse.Namespace, *, amp: str, code: str | None) -> dict:
+    """One measurement in a fresh process (its own peak RSS); ``code``: import the repository from there."""
+    command = [sys.executable, __file__, "--child", network, phase, "--batch", str(args.batch), "--height",
+               str(args.height), "--width", str(args.width), "--threads", str(args.threads),
+               "--steps", str(args.steps), "--amp", amp] + (["--child-code", code] if code else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)
+
+
+def table_row(r: dict, *, baseline: float | None) -> str:
+    """A Markdown row: row, s/step, parts, peak RSS, ratio to the same-run baseline and to the recorded original."""
+    name = "original's work" if r["original_work"] else f"ours, {'bf16' if r['amp'] == 'bf16' else 'fp32'}"
+    parts = " | ".join(f"{r['median'][p]:.2f}" for p in PARTS)
+    same_run = f"{r['total'] / baseline:.2f}x" if baseline else "-"
+    recorded = ORIGINAL_SECONDS.get((r["network"], r["phase"]))
+    vs_recorded = f"{r['total'] / recorded:.2f}x" if recorded else "-"
+    return (f"| {r['network']} | {r['phase']} | {name} | {r['total']:.2f} | {parts} | {r['peak_rss_gib']:.2f} GiB"
+            f" | {same_run} | {vs_recorded} |")
 
 
 def main() -> None:
@@ -93,24 +140,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--networks", nargs="+", default=["resnet18", "litemono"], choices=sorted(SCALES))
-    parser.add_argument("--phases", nargs="+", default=["disp_init", "fine_tune"])
+    parser.add_argument("--phases", nargs="+", default=["disp_init", "fine_tune"],
+                        choices=["disp_init", "motion_init", "mask_init", "fine_tune"])
+    parser.add_argument("--amp", nargs="+", default=["off"], choices=["off", "bf16"],
+                        help="ours with fp32 (off) and/or bf16 autocast over the forward")
+    parser.add_argument("--baseline-code", default=None,
+                        help="a checkout of the code before the speed work: adds the original's-work row")
+    parser.add_argument("--top", action="store_true", help="print the top operators of each row")
     parser.add_argument("--child", nargs=2, metavar=("NETWORK", "PHASE"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-code", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.child_code:
+            sys.path.insert(0, str(Path(args.child_code).resolve()))
         result = measure(args.child[0], args.child[1], batch=args.batch, height=args.height, width=args.width,
-                         threads=args.threads, steps=args.steps)
+                         threads=args.threads, steps=args.steps, amp=args.amp[0],
+                         original_work=args.child_code is not None)
         print(json.dumps(result))
         return
+    print(f"batch {args.batch}, {args.height}x{args.width}, {args.threads} threads, median of {args.steps} steps; "
+          f"load average before: {Path('/proc/loadavg').read_text().split()[0]}")
+    print("| network | phase | row | s/step | forward | losses | backward | optimizer | peak RSS | vs original's work"
+          " (same run) | vs the recorded original |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for network in args.networks:
         for phase in args.phases:
-            command = [sys.executable, __file__, "--child", network, phase, "--batch", str(args.batch), "--height",
-                       str(args.height), "--width", str(args.width), "--threads", str(args.threads),
-                       "--steps", str(args.steps)]
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-            r = json.loads(out)
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in r["median"].items())
-            print(f"{network} {phase}: {r['total']:.2f} s/step ({parts}); peak RSS {r['peak_rss_gib']:.2f} GiB")
-            print("  top self-CPU operators: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["top"]))
+            results = [run_child(network, phase, args, amp="off", code=args.baseline_code)] if args.baseline_code else []
+            baseline = results[0]["total"] if results else None
+            results += [run_child(network, phase, args, amp=amp, code=None) for amp in args.amp]
+            for r in results:
+                print(table_row(r, baseline=baseline), flush=True)
+                if args.top:
+                    print("  top self-CPU operators: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["top"]))
+    print(f"load average after: {Path('/proc/loadavg').read_text().split()[0]}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from dynamo_depth.config import LossWeights
 from dynamo_depth.ground_plane import GroundFit, ground_disp_diff, ground_loss, ransac_plane
 from dynamo_depth.loss_inputs import SOURCE_FRAMES, LossBatch, LossDraws, LossSettings
 from dynamo_depth.models.outputs import ModelOutputs
+from dynamo_depth.ssim import SSIMTarget, ssim_loss, ssim_target
 from dynamo_depth.view_synthesis import Warps, generate_warps, resize, warp_model
 
 __all__ = [
@@ -40,8 +41,6 @@ __all__ = [
     "compute_losses", "disparity_smoothness", "edge_aware_smoothness", "photometric_error", "ssim_loss",
 ]
 
-SSIM_C1 = 0.01**2
-SSIM_C2 = 0.03**2
 TERMS: tuple[str, ...] = tuple(f.name for f in fields(LossWeights))
 ORIGINAL_TERM_NAMES: dict[str, str] = {
     "photometric": "p_photo", "smoothness": "d_smooth", "ground": "d_ground", "flow_smoothness": "c_smooth",
@@ -80,25 +79,14 @@ class LossResult:
     ground_disp_diff: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-pixel clamp((1 - SSIM) / 2, 0, 1) (B, C, H, W) of two images (B, C, H, W); 0 for x == y.
+def photometric_error(pred: torch.Tensor, target: torch.Tensor | SSIMTarget, *, ssim_weight: float = 0.85,
+                      ) -> torch.Tensor:
+    """(B, 1, H, W) = ssim_weight * mean_c ssim_loss + (1 - ssim_weight) * mean_c |target - pred|.
 
-    3x3 means after reflection padding by 1; SSIM = (2 mx my + C1)(2 sxy + C2) / ((mx^2 + my^2 + C1)(sx + sy + C2))
-    with sx = mean(x^2) - mx^2, sxy = mean(x y) - mx my, C1 = 0.01^2, C2 = 0.03^2.
+    ``target`` may be an ``SSIMTarget`` (``dynamo_depth.ssim``): its statistics are computed once per batch.
     """
-    x, y = F.pad(x, (1, 1, 1, 1), mode="reflect"), F.pad(y, (1, 1, 1, 1), mode="reflect")
-    mu_x, mu_y = F.avg_pool2d(x, 3, 1), F.avg_pool2d(y, 3, 1)
-    sigma_x = F.avg_pool2d(x**2, 3, 1) - mu_x**2
-    sigma_y = F.avg_pool2d(y**2, 3, 1) - mu_y**2
-    sigma_xy = F.avg_pool2d(x * y, 3, 1) - mu_x * mu_y
-    numerator = (2 * mu_x * mu_y + SSIM_C1) * (2 * sigma_xy + SSIM_C2)
-    denominator = (mu_x**2 + mu_y**2 + SSIM_C1) * (sigma_x + sigma_y + SSIM_C2)
-    return torch.clamp((1 - numerator / denominator) / 2, 0, 1)
-
-
-def photometric_error(pred: torch.Tensor, target: torch.Tensor, *, ssim_weight: float = 0.85) -> torch.Tensor:
-    """(B, 1, H, W) = ssim_weight * mean_c ssim_loss + (1 - ssim_weight) * mean_c |target - pred|."""
-    l1 = (target - pred).abs().mean(1, keepdim=True)
+    image = target.image if isinstance(target, SSIMTarget) else target
+    l1 = (image - pred).abs().mean(1, keepdim=True)
     return ssim_weight * ssim_loss(pred, target).mean(1, keepdim=True) + (1 - ssim_weight) * l1
 
 
@@ -118,11 +106,10 @@ def disparity_smoothness(disp: torch.Tensor, image: torch.Tensor) -> torch.Tenso
 
 
 def _photometric(
-    batch: LossBatch, warps: Warps, scale: int, identity: torch.Tensor | None, draws: LossDraws,
+    target: SSIMTarget, warps: Warps, scale: int, identity: torch.Tensor | None, draws: LossDraws,
     settings: LossSettings,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """p_photo of one scale and, with automasking (identity (B, 2, H, W) given), the identity selection."""
-    target = batch.color[0]
     errors = torch.cat([photometric_error(warps.scales[scale].frames[f].color, target, ssim_weight=settings.ssim_weight)
                         for f in SOURCE_FRAMES], dim=1)
     if identity is None:
@@ -178,9 +165,9 @@ def _mask_sparsity(outputs: ModelOutputs, warps: Warps, scale: int, frame: int) 
     return F.binary_cross_entropy_with_logits(selected, torch.zeros_like(selected))
 
 
-def _identity_errors(batch: LossBatch, settings: LossSettings) -> torch.Tensor:
+def _identity_errors(batch: LossBatch, target: SSIMTarget, settings: LossSettings) -> torch.Tensor:
     """Photometric errors of the un-warped sources against the target (B, 2, H, W) (automasking)."""
-    return torch.cat([photometric_error(batch.color[f], batch.color[0], ssim_weight=settings.ssim_weight)
+    return torch.cat([photometric_error(batch.color[f], target, ssim_weight=settings.ssim_weight)
                       for f in SOURCE_FRAMES], dim=1)
 
 
@@ -204,14 +191,15 @@ def compute_losses(
         raise ValueError(f"ramp_factor must be in [0, 1], got {ramp_factor}")
     active = PHASE_TERMS[phase]
     warps = generate_warps(batch, outputs, phase=phase, settings=settings)
-    identity = _identity_errors(batch, settings) if phase in AUTOMASK_PHASES else None
+    target = ssim_target(batch.color[0])
+    identity = _identity_errors(batch, target, settings) if phase in AUTOMASK_PHASES else None
     per_scale: dict[int, dict[str, torch.Tensor]] = {}
     selection: dict[int, torch.Tensor] = {}
     ground: dict[int, GroundFit] = {}
     diffs: dict[int, torch.Tensor] = {}
     for s in settings.scales:
         values: dict[str, torch.Tensor] = {}
-        values["photometric"], chosen = _photometric(batch, warps, s, identity, draws, settings)
+        values["photometric"], chosen = _photometric(target, warps, s, identity, draws, settings)
         if chosen is not None:
             selection[s] = chosen
         if "smoothness" in active:

@@ -9,6 +9,7 @@ folder written back by ``train.export``.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import sys
@@ -84,8 +85,14 @@ def _inputs(folder: Path) -> dict[int, torch.Tensor]:
     return {f: torch.from_numpy(data[f"color_aug|{f}|0"]) for f in (-1, 0, 1)}
 
 
-def test_network_outputs_equal_the_original(loaded) -> None:
+@pytest.mark.parametrize("layout", ["channels_first", "channels_last"])
+def test_network_outputs_equal_the_original(loaded, layout: str) -> None:
+    """Both memory layouts the trainer uses (``train.channels_last``, ``DynamoDepthModel.use_channels_last``)."""
     folder, model, _ = loaded
+    if layout == "channels_last":
+        model = copy.deepcopy(model).use_channels_last()
+        conv = model.pose_enc.encoder.conv1.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     torch.manual_seed(0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
@@ -116,7 +123,7 @@ def test_network_outputs_equal_the_original(loaded) -> None:
     motion_in = torch.cat([color[-1], color[0], color[1]], dim=1)
     for i, feature in enumerate([motion_in, *model.motion_enc(motion_in)]):
         check("motion_feats", feature, f"motion_feats|0|1|{i}")
-    print(f"\n{folder.name} networks, largest |ours - original|: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
+    print(f"\n{folder.name} networks ({layout}), largest |ours - original|: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()))
     assert all(v <= TOLERANCE for v in worst.values()), worst
     model.load_state_dict(state)
 

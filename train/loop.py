@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,8 +110,8 @@ def build_model(config: RunConfig, runtime: Runtime, *, init: InitSources = Init
     if init.checkpoint is not None:
         init_weights(model, init.checkpoint)
     model = model.to(runtime.device)
-    if runtime.device.type == "cuda" and config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if config.train.channels_last:
+        model.use_channels_last()  # ResNet-based modules only, CPU and GPU
     return model
 
 
@@ -153,6 +153,24 @@ def wrap_model(model: nn.Module, runtime: Runtime, *, phase: str) -> nn.Module:
     device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
                                                find_unused_parameters=FIND_UNUSED_PARAMETERS[phase])
+
+
+COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
+"""``torch.compile``'s backend for ``train.compile`` (a name or a backend callable). ``"eager"`` keeps
+dynamo's graph capture but skips inductor's code generation (minutes of C++ compiling per phase on CPU):
+the tests and ``bench/train.py --compile-backend`` set it; training keeps inductor."""
+
+
+def compile_module(module: nn.Module, *, config: RunConfig) -> nn.Module:
+    """``torch.compile(module, backend=COMPILE_BACKEND)`` when ``train.compile`` is set, else ``module`` itself.
+
+    Called on the module the step runs (after ``wrap_model``: compiling the DDP wrapper is PyTorch's
+    supported way, its DDPOptimizer splits the graph at the gradient buckets). Only the step runs the
+    compiled wrapper (forward, and its backward through AOTAutograd); checkpoints and digests keep using the
+    plain model, so their keys never carry ``_orig_mod.``. Each phase calls ``forward(phase=...)`` with its
+    own constant, so each phase compiles once (one graph, no graph breaks).
+    """
+    return torch.compile(module, backend=COMPILE_BACKEND) if config.train.compile else module
 
 
 def autocast_enabled(config: RunConfig, device: torch.device) -> bool:
@@ -219,6 +237,7 @@ def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: StepBatc
         raise NonFiniteLossError(f"step {step} ({window.name}): gradient norm is {float(grad_norm)}")
     lr = optimizer.param_groups[0]["lr"]
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # free the gradients now: the next forward's peak does not hold them
     scheduler.step()
     return StepResult(terms=dict(zip(names, mean.tolist(), strict=True)), lr=lr, grad_norm=float(grad_norm),
                       outputs=outputs.detached() if keep_outputs else None)
@@ -296,7 +315,7 @@ def _run_phase(*, window, config, runtime, model, stream, position, stop, resume
     if resume is not None and resume.phase == window.name and resume.step == position.step:
         optimizer.load_state_dict(resume.optimizer)
         scheduler.load_state_dict(resume.scheduler)
-    module = wrap_model(model, runtime, phase=window.name)
+    module = compile_module(wrap_model(model, runtime, phase=window.name), config=config)
     end = min(window.end, stop)
     while position.step < end:
         tick = time.perf_counter()

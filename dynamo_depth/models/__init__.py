@@ -127,6 +127,25 @@ class DynamoDepthModel(nn.Module):
                             params.append(p)
         return params
 
+    def channels_last_modules(self) -> list[str]:
+        """Names of the modules that run faster in channels_last on CPU and GPU: every ResNet-based one.
+
+        Lite-Mono's depth network stays channels-first (its attention / MLP blocks permute to channels-last
+        and back themselves; converting it measured slower on CPU, bench/RESULTS.md).
+        """
+        names = ["pose_enc", "pose_dec", "motion_enc", "motion_dec", "motion_mask"]
+        return (["depth_enc", "depth_dec"] if self.depth_network == "resnet18" else []) + names
+
+    def use_channels_last(self) -> DynamoDepthModel:
+        """Store the 4-D weights of ``channels_last_modules()`` channels_last (in place); returns self.
+
+        Same math: only the memory layout changes, so outputs agree with the channels-first model to float
+        rounding (convolution kernels sum in another order; tests/test_parity_networks.py runs both).
+        """
+        for name in self.channels_last_modules():
+            getattr(self, name).to(memory_format=torch.channels_last)
+        return self
+
     def predict_disparity(self, image: torch.Tensor) -> dict[int, torch.Tensor]:
         """image (B, 3, H, W) in [0, 1] -> {scale: sigmoid disparity (B, 1, H/2^s, W/2^s)}."""
         return self.depth_dec(self.depth_enc(image))

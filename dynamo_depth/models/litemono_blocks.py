@@ -97,7 +97,39 @@ class _ChannelMLP(nn.Module):
         self.pwconv2 = nn.Linear(EXPANSION * dim, dim)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gamma * self.pwconv2(self.act(self.pwconv1(x)))
+        hidden = self.pwconv1(x)
+        if torch.is_grad_enabled() and not torch.is_autocast_enabled(hidden.device.type):
+            return self.gamma * _GELULinear.apply(hidden, self.pwconv2.weight, self.pwconv2.bias)
+        return self.gamma * self.pwconv2(self.act(hidden))
+
+
+class _GELULinear(torch.autograd.Function):
+    """linear(gelu(h), weight, bias) for h (..., 6C) that keeps only h for the backward.
+
+    Plain autograd keeps both h (for GELU's gradient) and gelu(h) (for the weight's gradient), two
+    (B, H, W, 6C) maps per block; this recomputes gelu(h), an elementwise op, in the backward instead.
+    Same forward ops as ``pwconv2(act(h))``; the gradients are the same matrix products as autograd's.
+    Used in fp32 training only (under autocast the modules run as they are).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,  # type: ignore[override]
+                ) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight)
+        return F.linear(F.gelu(hidden), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        hidden, weight = ctx.saved_tensors
+        grad_hidden = grad_weight = grad_bias = None
+        rows = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_weight = rows.t() @ F.gelu(hidden).reshape(-1, hidden.shape[-1])
+        if ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        if ctx.needs_input_grad[0]:
+            grad_hidden = torch.ops.aten.gelu_backward(grad @ weight, hidden)
+        return grad_hidden, grad_weight, grad_bias
 
 
 class DilatedConvBlock(_ChannelMLP):

@@ -12,7 +12,8 @@ run over the features [512 @ H/32, 256 @ H/16, 128 @ H/8, 64 @ H/4, 64 @ H/2, ra
     up    = bilinear resize (align_corners=False) of the previous level's field to this level's size
     x1    = refine_motion_conv{ii}.0(cat(up, feature))     3x3, zero padding 1, with bias
     x2    = refine_motion_conv{ii}.1(x1)                   3x3
-    field = refine_motion_redu{ii}(cat(x1, x2)) + up       1x1
+    field = refine_motion_redu{ii}(cat(x1, x2)) + up       1x1 (computed as two 1x1 convs on the
+                                                           weight's halves: no concatenated copy kept)
 
 and the output of scale s is 0.01 * the field of level 5 - s (s = 0 at H x W). Keys are the original's.
 """
@@ -71,11 +72,22 @@ class MotionDecoder(nn.Module):
             convs = getattr(self, f"refine_motion_conv{ii}")
             x1 = convs[0](torch.cat([up, feature], dim=1))
             x2 = convs[1](x1)
-            field = getattr(self, f"refine_motion_redu{ii}")(torch.cat([x1, x2], dim=1)) + up
+            field = _conv1x1_of_concat(getattr(self, f"refine_motion_redu{ii}"), x1, x2) + up
             scale = LEVELS - 1 - ii
             if scale in self.scales:
                 outputs[scale] = OUTPUT_SCALE * field
         return outputs
+
+
+def _conv1x1_of_concat(conv: nn.Conv2d, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``conv(cat([first, second], 1))`` for a 1x1 ``conv``, as two 1x1 convolutions on the weight's halves.
+
+    Same sum up to float rounding, without the concatenated copy that the convolution would keep for its
+    backward (``first`` and ``second`` are kept anyway: the input of the next conv, and its output).
+    """
+    split = first.shape[1]
+    out = F.conv2d(first, conv.weight[:, :split], conv.bias)
+    return out + F.conv2d(second, conv.weight[:, split:])
 
 
 def build_motion_networks(*, scales: Sequence[int]) -> tuple[ResnetEncoder, MotionDecoder, MotionDecoder]:

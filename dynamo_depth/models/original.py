@@ -96,13 +96,14 @@ def available_modules(path: str | os.PathLike[str]) -> tuple[str, ...]:
 
 
 def _copied(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU copies of a state dict's tensors; keys that share a tensor (aliases) keep sharing its copy."""
+    """Contiguous CPU copies of a state dict's tensors (a channels_last model exports the original's
+    layout); keys that share a tensor (aliases) keep sharing its copy."""
     copies: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         ident = (value.data_ptr(), tuple(value.shape))
         if ident not in copies or value.numel() == 0:
-            copies[ident] = value.detach().cpu().clone()
+            copies[ident] = value.detach().cpu().clone(memory_format=torch.contiguous_format)
         out[key] = copies[ident]
     return out
 
