@@ -216,3 +216,19 @@ def test_bench_refuses_cuda_without_a_gpu(capsys: pytest.CaptureFixture[str]) ->
     assert exit_info.value.code == 2
     assert "--device cuda: torch sees no CUDA device (allowed: cpu, cuda)" in capsys.readouterr().err
     assert parse_args([]).variants == ["default"]
+
+
+def test_native_cpu_bf16_matches_the_cpu_flags_and_bf16_on_other_cpus_warns(monkeypatch, capsys) -> None:
+    import train.main as train_main
+
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), [])
+    assert train_main.native_cpu_bf16() == bool({"avx512_bf16", "amx_tile"} & set(flags))
+    config = load_config(DEMO, overrides=["train.amp=bf16", "train.threads=0"])
+    monkeypatch.setattr(train_main, "native_cpu_bf16", lambda: False)
+    train_main.configure_torch(config, Runtime())
+    assert "train.amp=bf16 on a CPU without AVX512-BF16 or AMX" in capsys.readouterr().err
+    monkeypatch.setattr(train_main, "native_cpu_bf16", lambda: True)
+    train_main.configure_torch(config, Runtime())
+    train_main.configure_torch(load_config(DEMO, overrides=["train.amp=off"]), Runtime())
+    assert capsys.readouterr().err == ""

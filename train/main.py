@@ -260,10 +260,20 @@ class RankZeroLogger:
                 shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def configure_torch(config: RunConfig) -> None:
-    """CPU threads per process (``train.threads``, 0 keeps torch's choice)."""
+def configure_torch(config: RunConfig, runtime: Runtime) -> None:
+    """CPU threads per process (``train.threads``, 0 keeps torch's choice); warns (rank 0) when
+    ``train.amp=bf16`` runs on a CPU without native bf16, where autocast is emulated and slower than fp32."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    if runtime.device.type == "cpu" and config.train.amp == "bf16" and runtime.is_main and not native_cpu_bf16():
+        print("train: warning: train.amp=bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated and usually "
+              "slower than fp32 (train.amp=auto keeps fp32 on CPU)", file=sys.stderr, flush=True)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch reports it; False if unknown."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(check()) for check in checks if check is not None)
 
 
 def _write_digest(directory: str, runtime: Runtime, digest: str) -> None:
@@ -285,7 +295,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> int:
     config = load_config(args.config, overrides=args.overrides)
     if not config.data.url:
         raise ValueError(f"{args.config}: data.url is empty; pass --set data.url=SHARDS")
-    configure_torch(config)
+    configure_torch(config, runtime)
     check_shared_run_dir(config.train.run_dir, runtime)
     resumed = resume_checkpoint(args, config, runtime)
     resume = resumed[0] if resumed else None
