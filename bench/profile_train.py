@@ -54,8 +54,9 @@ def one_step(model, optimizer, images, K, *, phase: str, scales, amp: str, origi
         # the original's depth network on the neighbours: gradients on, results kept, never used
         unused = [model.predict_disparity(images[:, f]) for f in (0, 2)] if original_work else []
     if amp == "bf16":
-        outputs = type(outputs)(**{k: {i: v.float() for i, v in getattr(outputs, k).items()}
-                                   for k in outputs.__dataclass_fields__})
+        from train.loop import float_outputs
+
+        outputs = float_outputs(outputs)
     marks.append(time.perf_counter())
     result = compute_losses(batch, outputs, phase=phase, ramp_factor=1.0, settings=LossSettings(scales=scales),
                             draws=SeededDraws(seed=0))

@@ -25,6 +25,7 @@ from dynamo_depth.schema import decode
 from dynamo_depth.shards import iter_shard
 from dynamo_depth.synth import waymo as sw
 from dynamo_depth.synth.world import make_world
+from tests.cpu_flags import cpu_flags
 from tests.samples import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -314,15 +315,6 @@ def test_rebuild_passes_verify_against_reference_manifest(synth_val_build: Path)
     assert "0 problems" in result.stdout
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-
-
 # OpenBLAS core types and the CPU flags they need: Prescott = SSE3 (/proc/cpuinfo calls it pni), Haswell = AVX2+FMA
 CORE_TYPE_FLAGS = {"Prescott": {"pni"}, "Haswell": {"avx2", "fma"}}
 _BUILD_AND_PROBE = """
@@ -342,7 +334,7 @@ print(hashlib.sha256((rng.normal(size=(4096, 3)) @ rng.normal(size=(3, 3))).toby
 def test_openblas_core_types_give_identical_shard_bytes(synth_raw: Path, synth_val_build: Path, tmp_path: Path) -> None:
     """The same raw data built under two OpenBLAS kernels (SSE3 without FMA, AVX2 with FMA), which give different
     BLAS results, gives byte-identical shards and manifest, equal to the in-process build."""
-    missing = {core: sorted(need - _cpu_flags()) for core, need in CORE_TYPE_FLAGS.items() if need - _cpu_flags()}
+    missing = {core: sorted(need - cpu_flags()) for core, need in CORE_TYPE_FLAGS.items() if need - cpu_flags()}
     if missing:
         pytest.skip(f"this CPU lacks the flags of OpenBLAS core types {missing} (read from /proc/cpuinfo)")
     probes = {}

@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import pytest
 
+from tests.cpu_flags import cpu_flags
+
 REPO = Path(__file__).resolve().parents[1]
 HAS_NUSCENES = importlib.util.find_spec("nuscenes") is not None
 _AVX512 = {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
@@ -77,15 +79,6 @@ CASES = [
 ]
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where it cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-
-
 def _run(config: Config, module: str, *args: str) -> str:
     """Run ``python -m module args`` under ``config``; returns its stdout."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OPENBLAS_CORETYPE": config.core, "RAY_AUTH_MODE": "disabled",
@@ -103,7 +96,7 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 def _configs() -> list[Config]:
-    flags = _cpu_flags()
+    flags = cpu_flags()
     missing = {c.name: sorted(c.flags - flags) for c in CONFIGS if c.required and c.flags - flags}
     if missing:
         pytest.skip(f"this CPU lacks the flags of OpenBLAS core types {missing} (read from /proc/cpuinfo)")

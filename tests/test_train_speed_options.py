@@ -19,6 +19,7 @@ from torch import nn
 import train.loop as loop
 from dynamo_depth.config import RunConfig, load_config
 from dynamo_depth.models import DynamoDepthModel
+from tests.cpu_flags import cpu_flags
 from train.checkpoint import load_checkpoint
 from train.loop import Runtime, build_model, make_optimizer, prepare_batch, run_training, select_trainable, train_step
 from train.phases import phase_windows
@@ -221,9 +222,7 @@ def test_bench_refuses_cuda_without_a_gpu(capsys: pytest.CaptureFixture[str]) ->
 def test_native_cpu_bf16_matches_the_cpu_flags_and_bf16_on_other_cpus_warns(monkeypatch, capsys) -> None:
     import train.main as train_main
 
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    assert train_main.native_cpu_bf16() == bool({"avx512_bf16", "amx_tile"} & set(flags))
+    assert train_main.native_cpu_bf16() == bool({"avx512_bf16", "amx_tile"} & cpu_flags())
     config = load_config(DEMO, overrides=["train.amp=bf16", "train.threads=0"])
     monkeypatch.setattr(train_main, "native_cpu_bf16", lambda: False)
     train_main.configure_torch(config, Runtime())

@@ -201,7 +201,8 @@ def step_draws(config: RunConfig, runtime: Runtime, step: int) -> SeededDraws:
     return SeededDraws(seed=(config.train.seed * 1_000_003 + runtime.rank) * 1_000_033 + step)
 
 
-def _float_outputs(outputs: ModelOutputs) -> ModelOutputs:
+def float_outputs(outputs: ModelOutputs) -> ModelOutputs:
+    """The outputs in float32 (after a bf16 autocast forward: the losses run in fp32)."""
     def f(m: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         return {k: v.float() for k, v in m.items()}
     return ModelOutputs(disp=f(outputs.disp), axisangle=f(outputs.axisangle), translation=f(outputs.translation),
@@ -216,7 +217,7 @@ def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: StepBatc
     amp = autocast_enabled(config, runtime.device)
     with torch.autocast(device_type=runtime.device.type, dtype=torch.bfloat16, enabled=amp):
         outputs = module(batch.images_aug, phase=window.name)
-    outputs = _float_outputs(outputs)
+    outputs = float_outputs(outputs)
     names = (*TERMS, "total")
     ramp = ramp_factor(window, step, iterations_per_epoch=config.schedule.iterations_per_epoch)
     result = compute_losses(batch.losses, outputs, phase=window.name, ramp_factor=ramp,
