@@ -11,8 +11,9 @@ and one step under ``torch.profiler`` (top operators by self CPU time). CPU. No 
 loader's share is measured by ``bench/train.py``).
 
 Rows:
-- ``ours``: the trainer's settings: ResNet-based modules channels_last (``train.channels_last``), the
-  gradients freed right after the optimizer step; fp32, or bf16 autocast over the forward with ``--amp bf16`` (``train.amp=bf16``).
+- ``ours``: the trainer's settings: ResNet-based modules channels_last (``train.channels_last``), each
+  scale's loss backpropagated as soon as it is computed (``compute_losses(backward=True)``: "losses" then
+  includes the losses' own backward, "backward" is the networks'), the gradients freed right after the optimizer step; fp32, or bf16 autocast over the forward with ``--amp bf16`` (``train.amp=bf16``).
 - ``original's work`` (with ``--baseline-code DIR``, e.g. a ``git worktree`` of the commit before the speed
   work): that code, imported from DIR, channels-first, gradients freed just before the backward, and the depth network also run on frames -1 and +1 with gradients on and its outputs kept until
   the step ends, as the original does. This is the original's computation on this machine (the same
@@ -58,11 +59,19 @@ def one_step(model, optimizer, images, K, *, phase: str, scales, amp: str, origi
 
         outputs = float_outputs(outputs)
     marks.append(time.perf_counter())
-    result = compute_losses(batch, outputs, phase=phase, ramp_factor=1.0, settings=LossSettings(scales=scales),
-                            draws=SeededDraws(seed=0))
-    marks.append(time.perf_counter())
-    optimizer.zero_grad(set_to_none=True)
-    result.total.backward()
+    settings, draws = LossSettings(scales=scales), SeededDraws(seed=0)
+    if original_work:
+        result = compute_losses(batch, outputs, phase=phase, ramp_factor=1.0, settings=settings, draws=draws)
+        marks.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        result.total.backward()
+    else:  # as train.loop.train_step: each scale's loss backpropagated as it is computed, then the networks
+        cut = outputs.cut()
+        compute_losses(batch, cut, phase=phase, ramp_factor=1.0, settings=settings, draws=draws, backward=True)
+        marks.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        outputs.backward(cut)
+        del cut
     marks.append(time.perf_counter())
     optimizer.step()
     if not original_work:

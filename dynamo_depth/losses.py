@@ -1,7 +1,7 @@
 """Dynamo-Depth training losses, computing what the original computes (proven on the parity fixtures).
 
 Per scale s (the scale's size h x w = H/2^s x W/2^s, full size H x W), sources f = -1, 1, with the
-warps of ``view_synthesis.generate_warps`` (every warp is at full size):
+warps of ``view_synthesis.scale_warp`` (every warp is at full size):
   photometric  (p_photo)        mean over pixels of the per-pixel minimum over the sources of
       e(pred, target) = 0.85 * mean_c clamp((1 - SSIM) / 2, 0, 1) + 0.15 * mean_c |pred - target|
       (SSIM from 3x3 means after reflection padding by 1, C1 = 0.01^2, C2 = 0.03^2), target color[0]
@@ -34,7 +34,7 @@ from dynamo_depth.ground_plane import GroundFit, ground_disp_diff, ground_loss, 
 from dynamo_depth.loss_inputs import SOURCE_FRAMES, LossBatch, LossDraws, LossSettings
 from dynamo_depth.models.outputs import ModelOutputs
 from dynamo_depth.ssim import SSIMTarget, ssim_loss, ssim_target
-from dynamo_depth.view_synthesis import Warps, generate_warps, resize, warp_model
+from dynamo_depth.view_synthesis import FrameWarp, ScaleWarp, Warps, resize, scale_warp, warp_model
 
 __all__ = [
     "ORIGINAL_TERM_NAMES", "PHASE_TERMS", "RAMPED_TERMS", "TERMS", "LossResult", "LossSettings", "LossWeights",
@@ -63,7 +63,8 @@ class LossResult:
 
     total: scalar, the original's ``loss``. per_scale[s][term]: unweighted value of each computed term
     at scale s. terms[term]: sum over scales of per_scale (``loss_term/<term>``), only computed terms.
-    scale_totals[s]: weighted sum at scale s (``loss_term/<s>``). warps: the warps the losses used.
+    scale_totals[s]: weighted sum at scale s (``loss_term/<s>``). warps: the warps the losses used
+    (empty after ``compute_losses(backward=True)``).
     identity_selection[s]: (B, H, W) 1 where a reprojection (not an identity) error was the minimum
     (disp_init only). ground[s] / ground_disp_diff[s]: the RANSAC fit and the unclamped disparity
     difference (B, 1, h, w) (fine_tune only).
@@ -106,11 +107,11 @@ def disparity_smoothness(disp: torch.Tensor, image: torch.Tensor) -> torch.Tenso
 
 
 def _photometric(
-    target: SSIMTarget, warps: Warps, scale: int, identity: torch.Tensor | None, draws: LossDraws,
+    target: SSIMTarget, warp: ScaleWarp, scale: int, identity: torch.Tensor | None, draws: LossDraws,
     settings: LossSettings,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """p_photo of one scale and, with automasking (identity (B, 2, H, W) given), the identity selection."""
-    errors = torch.cat([photometric_error(warps.scales[scale].frames[f].color, target, ssim_weight=settings.ssim_weight)
+    errors = torch.cat([photometric_error(warp.frames[f].color, target, ssim_weight=settings.ssim_weight)
                         for f in SOURCE_FRAMES], dim=1)
     if identity is None:
         return errors.min(dim=1).values.mean(), None
@@ -121,7 +122,7 @@ def _photometric(
 
 
 def _flow_terms(
-    batch: LossBatch, outputs: ModelOutputs, warps: Warps, scale: int, active: tuple[str, ...],
+    batch: LossBatch, outputs: ModelOutputs, warp: ScaleWarp, scale: int, active: tuple[str, ...],
     settings: LossSettings,
 ) -> dict[str, torch.Tensor]:
     """c_smooth, m_smooth, c_consistency, m_sparsity of one scale (those in ``active``), summed over sources."""
@@ -135,26 +136,25 @@ def _flow_terms(
         if "mask_smoothness" in active:
             terms["mask_smoothness"] = edge_aware_smoothness(outputs.motion_mask(scale), image)
         if "consistency" in active:
-            terms["consistency"] = _consistency(outputs, warps, scale, f, settings)
+            terms["consistency"] = _consistency(outputs, warp, scale, f, settings)
         if "mask_sparsity" in active:
-            terms["mask_sparsity"] = _mask_sparsity(outputs, warps, scale, f)
+            terms["mask_sparsity"] = _mask_sparsity(outputs, warp.frames[f], scale)
         for name, value in terms.items():
             out[name] = out[name] + value / factor if name in out else value / factor
     return out
 
 
-def _consistency(outputs: ModelOutputs, warps: Warps, scale: int, frame: int, settings: LossSettings) -> torch.Tensor:
+def _consistency(outputs: ModelOutputs, warp: ScaleWarp, scale: int, frame: int, settings: LossSettings) -> torch.Tensor:
     """mean((disp_s > threshold) * (1 - mask_s).detach() * |residual_flow|) over (B, 3, h, w)."""
     near = (outputs.disp[scale] > settings.mask_disp_threshold).to(outputs.disp[scale].dtype)
     static = 1 - outputs.motion_mask(scale).detach()
-    return (near * static * warps.scales[scale].frames[frame].residual_flow.abs()).mean()
+    return (near * static * warp.frames[frame].residual_flow.abs()).mean()
 
 
-def _mask_sparsity(outputs: ModelOutputs, warps: Warps, scale: int, frame: int) -> torch.Tensor:
+def _mask_sparsity(outputs: ModelOutputs, fw: FrameWarp, scale: int) -> torch.Tensor:
     """BCE-with-logits towards 0 of the motion logits over the static pixels (ego and complete samples agree)."""
     logits = outputs.motion_logits[scale]
     size = tuple(logits.shape[2:])
-    fw = warps.scales[scale].frames[frame]
     ego = resize(fw.sample_ego.permute(0, 3, 1, 2), size)
     complete = resize(fw.sample_complete.permute(0, 3, 1, 2), size)
     dist = ((ego - complete) ** 2).sum(dim=1)  # (B, h, w)
@@ -180,26 +180,37 @@ def compute_losses(
     weights: LossWeights = LossWeights(),
     settings: LossSettings = DEFAULT_SETTINGS,
     draws: LossDraws,
+    backward: bool = False,
 ) -> LossResult:
     """All loss terms of ``phase`` (module docstring), their per-scale values and the weighted total.
 
     ramp_factor in [0, 1] multiplies the weights of RAMPED_TERMS. ``draws`` gives the automasking
     noise (disp_init) and the RANSAC indices (fine_tune), one call per scale in scale order.
+
+    backward=True backpropagates each scale's share of the total (its weighted sum / number of scales)
+    as soon as that scale is computed, so only one scale's warps and loss graph are alive at a time
+    (the trainer's memory peak). Give it ``outputs.cut()`` (the gradients land in the cut tensors'
+    ``.grad``; ``ModelOutputs.backward`` carries them into the networks). The result then holds
+    detached values and no warps. The gradient is the same sum, accumulated scale by scale (float
+    rounding apart). A scale whose share is not finite is not backpropagated (check the values before
+    using the gradients, as ``train.loop.train_step`` does).
     """
-    warp_model(phase)
+    model = warp_model(phase)
     if not 0.0 <= ramp_factor <= 1.0:
         raise ValueError(f"ramp_factor must be in [0, 1], got {ramp_factor}")
     active = PHASE_TERMS[phase]
-    warps = generate_warps(batch, outputs, phase=phase, settings=settings)
+    coef = _coefficients(ramp_factor, weights)
     target = ssim_target(batch.color[0])
     identity = _identity_errors(batch, target, settings) if phase in AUTOMASK_PHASES else None
+    warps: dict[int, ScaleWarp] = {}
     per_scale: dict[int, dict[str, torch.Tensor]] = {}
     selection: dict[int, torch.Tensor] = {}
     ground: dict[int, GroundFit] = {}
     diffs: dict[int, torch.Tensor] = {}
     for s in settings.scales:
+        warp = scale_warp(batch, outputs, scale=s, model=model, settings=settings)
         values: dict[str, torch.Tensor] = {}
-        values["photometric"], chosen = _photometric(target, warps, s, identity, draws, settings)
+        values["photometric"], chosen = _photometric(target, warp, s, identity, draws, settings)
         if chosen is not None:
             selection[s] = chosen
         if "smoothness" in active:
@@ -208,18 +219,33 @@ def compute_losses(
             ground[s] = ransac_plane(outputs.disp[s], batch.inv_K[s], scale=s, draws=draws, settings=settings)
             diffs[s] = ground_disp_diff(outputs.disp[s], batch.inv_K[s], ground[s].plane, settings=settings)
             values["ground"] = ground_loss(diffs[s], scale=s)
-        values.update(_flow_terms(batch, outputs, warps, s, active, settings))
+        values.update(_flow_terms(batch, outputs, warp, s, active, settings))
         per_scale[s] = {name: values[name] for name in TERMS if name in values}
-    return _assemble(per_scale, ramp_factor, weights, warps=warps, identity_selection=selection, ground=ground,
+        if backward:
+            share = _weighted_sum(per_scale[s], coef) / len(settings.scales)
+            if share.requires_grad and bool(torch.isfinite(share)):  # a non-finite step is refused by the
+                share.backward()  # caller; CPU grid_sample's backward can crash on NaN sampling coordinates
+            per_scale[s] = {name: value.detach() for name, value in per_scale[s].items()}
+            diffs = {k: v.detach() for k, v in diffs.items()}
+        else:
+            warps[s] = warp
+        del warp
+    return _assemble(per_scale, coef, warps=Warps(scales=warps), identity_selection=selection, ground=ground,
                      ground_disp_diff=diffs)
 
 
-def _assemble(
-    per_scale: dict[int, dict[str, torch.Tensor]], ramp_factor: float, weights: LossWeights, **extra: object
-) -> LossResult:
+def _coefficients(ramp_factor: float, weights: LossWeights) -> dict[str, float]:
+    """Each term's weight, times ``ramp_factor`` for RAMPED_TERMS."""
+    return {name: getattr(weights, name) * (ramp_factor if name in RAMPED_TERMS else 1.0) for name in TERMS}
+
+
+def _weighted_sum(values: dict[str, torch.Tensor], coef: dict[str, float]) -> torch.Tensor:
+    return sum(coef[n] * v for n, v in values.items())  # type: ignore[return-value]
+
+
+def _assemble(per_scale: dict[int, dict[str, torch.Tensor]], coef: dict[str, float], **extra: object) -> LossResult:
     """Weighted per-scale sums, their mean over scales (``total``) and the per-term sums over scales."""
-    coef = {name: getattr(weights, name) * (ramp_factor if name in RAMPED_TERMS else 1.0) for name in TERMS}
-    scale_totals = {s: sum(coef[n] * v for n, v in values.items()) for s, values in per_scale.items()}
+    scale_totals = {s: _weighted_sum(values, coef) for s, values in per_scale.items()}
     total = sum(scale_totals.values()) / len(per_scale)
     terms: dict[str, torch.Tensor] = {}
     for values in per_scale.values():

@@ -92,10 +92,12 @@ def warp_model(phase: str) -> str:
 def generate_warps(batch: LossBatch, outputs: ModelOutputs, *, phase: str, settings: LossSettings) -> Warps:
     """The warps of every scale in ``settings.scales`` and source f = -1, 1 (module docstring)."""
     model = warp_model(phase)
-    return Warps(scales={s: _scale_warp(batch, outputs, s, model, settings) for s in settings.scales})
+    return Warps(scales={s: scale_warp(batch, outputs, scale=s, model=model, settings=settings)
+                         for s in settings.scales})
 
 
-def _scale_warp(batch: LossBatch, outputs: ModelOutputs, scale: int, model: str, settings: LossSettings) -> ScaleWarp:
+def scale_warp(batch: LossBatch, outputs: ModelOutputs, *, scale: int, model: str, settings: LossSettings) -> ScaleWarp:
+    """The warps of both sources at ``scale`` with warp ``model`` (``warp_model(phase)``: rigid / flow / masked)."""
     size = batch.size
     disp_scaled, depth = disp_to_depth(resize(outputs.disp[scale], size),
                                        min_depth=settings.min_depth, max_depth=settings.max_depth)

@@ -10,7 +10,7 @@ import torch
 
 from dynamo_depth.models import DynamoDepthModel
 from dynamo_depth.models.litemono import LiteMonoEncoder, build_litemono_depth, drop_path_rates
-from dynamo_depth.models.litemono_blocks import DropPath, drop_path
+from dynamo_depth.models.litemono_blocks import DilatedConvBlock, DropPath, LGFIBlock, drop_path
 from dynamo_depth.models.pretrained import load_imagenet_encoder, load_imagenet_weights
 from dynamo_depth.models.registry import DEPTH_NETWORKS, build_depth_network
 from dynamo_depth.models.resnet import ResnetEncoder, WeightLoadError
@@ -87,6 +87,34 @@ def test_drop_path_drops_whole_samples_and_rescales() -> None:
 def _twice(encoder: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         return encoder(x)[-1], encoder(x)[-1]
+
+
+@pytest.mark.parametrize("block", ["dilated", "lgfi"])
+def test_recomputed_mlp_gives_autograd_outputs_and_gradients_bit_for_bit(block: str) -> None:
+    """The MLP that keeps only its input (``_RecomputedMLP``) against plain autograd of pwconv2(gelu(pwconv1))."""
+    torch.manual_seed(0)
+    module = DilatedConvBlock(dim=16, dilation=2) if block == "dilated" else LGFIBlock(dim=16, heads=4)
+    with torch.no_grad():
+        module.gamma.normal_()  # layer scale 1e-6 would make the MLP's gradients vanish
+    x = torch.randn(2, 16, 6, 10)
+    upstream = torch.randn(2, 16, 6, 10)
+    plain_mlp = module._mlp
+
+    def run(recomputed: bool) -> tuple[torch.Tensor, ...]:
+        module.zero_grad(set_to_none=True)
+        module._mlp = plain_mlp if recomputed else (  # type: ignore[method-assign]
+            lambda t: module.gamma * module.pwconv2(module.act(module.pwconv1(t))))
+        given = x.clone().requires_grad_()
+        out = module(given)
+        out.backward(upstream)
+        names = ("pwconv1.weight", "pwconv1.bias", "pwconv2.weight", "pwconv2.bias", "gamma")
+        params = dict(module.named_parameters())
+        return (out.detach(), given.grad, *(params[n].grad for n in names))
+
+    fast, plain = run(True), run(False)
+    del module._mlp
+    for ours, theirs in zip(fast, plain, strict=True):
+        assert theirs is not None and torch.equal(ours, theirs)
 
 
 def test_stochastic_depth_only_in_train_mode_above_zero() -> None:

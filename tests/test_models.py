@@ -242,3 +242,39 @@ def test_gradients_reach_exactly_the_trained_subnetworks(model, phase):
     assert all(m.training for m in model.modules())  # every module runs in train mode, as the original
     expected_params = sum(p.numel() for p in model.trainable_parameters(phase=phase))
     assert expected_params == sum(p.numel() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_losses_backpropagated_scale_by_scale_give_the_same_gradients(model, phase):
+    """The trainer's path (``compute_losses(backward=True)`` on ``outputs.cut()``, then
+    ``outputs.backward(cut)``) gives the loss values bit for bit and the gradients of ``total.backward()``."""
+    torch.manual_seed(2)
+    images = torch.rand(2, 3, 3, 64, 96)
+    K = torch.tensor([[70.0, 0, 47.5], [0, 64.0, 31.5], [0, 0, 1]]).expand(2, 3, 3).numpy()
+    batch = make_loss_batch(color={-1: images[:, 0], 0: images[:, 1], 1: images[:, 2]}, K=K,
+                            scales=(0, 1, 2, 3), normalised=False)
+    model.train()
+
+    def run(per_scale: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], object]:
+        model.zero_grad(set_to_none=True)
+        outputs = model(images, phase=phase)
+        given = outputs.cut() if per_scale else outputs
+        result = compute_losses(batch, given, phase=phase, ramp_factor=0.7, settings=LossSettings(),
+                                draws=SeededDraws(seed=0), backward=per_scale)
+        if per_scale:
+            assert not result.total.requires_grad and not result.warps.scales
+            outputs.backward(given)
+        else:
+            result.total.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return grads, {**result.terms, "total": result.total.detach()}, result
+
+    whole_grads, whole_values, _ = run(False)
+    scale_grads, scale_values, _ = run(True)
+    assert whole_values.keys() == scale_values.keys()
+    for name, value in whole_values.items():
+        assert torch.equal(value.detach(), scale_values[name]), name
+    assert whole_grads.keys() == scale_grads.keys() and whole_grads
+    for name, grad in whole_grads.items():
+        scale = grad.abs().max().clamp_min(1e-12)
+        assert ((grad - scale_grads[name]).abs().max() / scale).item() < 1e-4, name

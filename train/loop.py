@@ -220,9 +220,10 @@ def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: StepBatc
     outputs = float_outputs(outputs)
     names = (*TERMS, "total")
     ramp = ramp_factor(window, step, iterations_per_epoch=config.schedule.iterations_per_epoch)
-    result = compute_losses(batch.losses, outputs, phase=window.name, ramp_factor=ramp,
+    cut = outputs.cut()  # each scale's loss is backpropagated into ``cut`` as soon as it is computed
+    result = compute_losses(batch.losses, cut, phase=window.name, ramp_factor=ramp,
                             weights=loss_weights(config), settings=loss_settings(config),
-                            draws=step_draws(config, runtime, step))
+                            draws=step_draws(config, runtime, step), backward=True)
     values = {**result.terms, "total": result.total}
     local = torch.stack([torch.as_tensor(values.get(n, 0.0), device=runtime.device).detach().float()
                          for n in names])
@@ -231,7 +232,8 @@ def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: StepBatc
         bad = {n: v for n, v in zip(names, mean.tolist(), strict=True) if not math.isfinite(v)}
         raise NonFiniteLossError(f"step {step} ({window.name}): loss is not finite on some rank: {bad}")
     optimizer.zero_grad(set_to_none=True)
-    result.total.backward()
+    outputs.backward(cut)
+    del cut
     max_norm = config.optim.grad_clip_norm if config.optim.grad_clip_norm is not None else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
     if not bool(torch.isfinite(grad_norm)):

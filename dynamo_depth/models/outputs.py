@@ -42,6 +42,34 @@ class ModelOutputs:
         """sigmoid of the scale's motion logits (``('motion_mask', f, s)``)."""
         return torch.sigmoid(self.motion_logits[scale])
 
+    def cut(self) -> ModelOutputs:
+        """A copy whose tensors are new autograd leaves (same storage, ``requires_grad`` as here).
+
+        Losses computed on the cut collect their gradients in its tensors' ``.grad`` (and their graph can be
+        freed piece by piece, ``compute_losses(backward=True)``); ``self.backward(cut)`` then runs the
+        networks' backward once with those gradients.
+        """
+        def c(m: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+            return {k: v.detach().requires_grad_(v.requires_grad) for k, v in m.items()}
+        return ModelOutputs(disp=c(self.disp), axisangle=c(self.axisangle), translation=c(self.translation),
+                            cam_T_cam=c(self.cam_T_cam), complete_flow=c(self.complete_flow),
+                            motion_logits=c(self.motion_logits))
+
+    def backward(self, cut: ModelOutputs) -> None:
+        """Backpropagate the gradients gathered in ``cut`` (made by ``self.cut()``) through the networks."""
+        roots: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        for mine, theirs in zip(self._tensors(), cut._tensors(), strict=True):
+            if theirs.grad is not None and mine.requires_grad:
+                roots.append(mine)
+                grads.append(theirs.grad)
+        if roots:
+            torch.autograd.backward(roots, grads)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        maps = (self.disp, self.axisangle, self.translation, self.cam_T_cam, self.complete_flow, self.motion_logits)
+        return [m[k] for m in maps for k in sorted(m)]
+
     def detached(self) -> ModelOutputs:
         """A copy with every tensor detached (for logging)."""
         def d(m: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
