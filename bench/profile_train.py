@@ -2,13 +2,15 @@
 
     PYTHONPATH=. .venv/bin/python bench/profile_train.py [--batch 3] [--height 192] [--width 640] [--threads 2]
         [--networks resnet18 litemono] [--phases disp_init fine_tune] [--steps 3] [--amp off bf16]
-        [--baseline-code DIR]
+        [--baseline-code DIR] [--repeat N] [--top]
 
 One process per row so each peak RSS (VmHWM) is its own. Each runs the trainer's own pieces
 (``DynamoDepthModel`` in train mode, ``make_loss_batch``, ``compute_losses``, Adam over the phase's
 trainable parameters) on random images, two warm-up steps, then ``--steps`` timed steps (median per part)
 and one step under ``torch.profiler`` (top operators by self CPU time). CPU. No data loading (the
-loader's share is measured by ``bench/train.py``).
+loader's share is measured by ``bench/train.py``). ``--repeat N`` runs every row N times, interleaved
+(baseline, ours, baseline, ours, ...: slow spells of a shared machine hit both), and reports the run with
+the median s/step, every run's s/step and the highest peak RSS.
 
 Rows:
 - ``ours``: the trainer's settings: ResNet-based modules channels_last (``train.channels_last``), each
@@ -131,6 +133,14 @@ def run_child(network: str, phase: str, args: argparse.Namespace, *, amp: str, c
     return json.loads(out)
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median s/step (the lower middle for an even count), with every run's s/step in
+    ``each`` and the highest peak RSS of them."""
+    ordered = sorted(runs, key=lambda r: r["total"])
+    return {**ordered[(len(ordered) - 1) // 2], "each": [r["total"] for r in runs],
+            "peak_rss_gib": max(r["peak_rss_gib"] for r in runs)}
+
+
 def table_row(r: dict, *, baseline: float | None) -> str:
     """A Markdown row: row, s/step, parts, peak RSS, ratio to the same-run baseline and to the recorded original."""
     name = "original's work" if r["original_work"] else f"ours, {'bf16' if r['amp'] == 'bf16' else 'fp32'}"
@@ -138,8 +148,9 @@ def table_row(r: dict, *, baseline: float | None) -> str:
     same_run = f"{r['total'] / baseline:.2f}x" if baseline else "-"
     recorded = ORIGINAL_SECONDS.get((r["network"], r["phase"]))
     vs_recorded = f"{r['total'] / recorded:.2f}x" if recorded else "-"
+    each = " / ".join(f"{t:.2f}" for t in r.get("each", [r["total"]]))
     return (f"| {r['network']} | {r['phase']} | {name} | {r['total']:.2f} | {parts} | {r['peak_rss_gib']:.2f} GiB"
-            f" | {same_run} | {vs_recorded} |")
+            f" | {same_run} | {vs_recorded} | {each} |")
 
 
 def main() -> None:
@@ -156,6 +167,8 @@ def main() -> None:
                         help="ours with fp32 (off) and/or bf16 autocast over the forward")
     parser.add_argument("--baseline-code", default=None,
                         help="a checkout of the code before the speed work: adds the original's-work row")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every row this many times, interleaved, and report the run with the median s/step")
     parser.add_argument("--top", action="store_true", help="print the top operators of each row")
     parser.add_argument("--child", nargs=2, metavar=("NETWORK", "PHASE"), help=argparse.SUPPRESS)
     parser.add_argument("--child-code", default=None, help=argparse.SUPPRESS)
@@ -168,16 +181,19 @@ def main() -> None:
                          original_work=args.child_code is not None)
         print(json.dumps(result))
         return
-    print(f"batch {args.batch}, {args.height}x{args.width}, {args.threads} threads, median of {args.steps} steps; "
+    print(f"batch {args.batch}, {args.height}x{args.width}, {args.threads} threads, median of {args.steps} steps, "
+          f"median of {args.repeat} interleaved run(s); "
           f"load average before: {Path('/proc/loadavg').read_text().split()[0]}")
     print("| network | phase | row | s/step | forward | losses | backward | optimizer | peak RSS | vs original's work"
-          " (same run) | vs the recorded original |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          " (same run) | vs the recorded original | each run (s/step) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for network in args.networks:
         for phase in args.phases:
-            results = [run_child(network, phase, args, amp="off", code=args.baseline_code)] if args.baseline_code else []
-            baseline = results[0]["total"] if results else None
-            results += [run_child(network, phase, args, amp=amp, code=None) for amp in args.amp]
+            rows = ([("off", args.baseline_code)] if args.baseline_code else []) + [(amp, None) for amp in args.amp]
+            runs = [[run_child(network, phase, args, amp=amp, code=code) for amp, code in rows]
+                    for _ in range(args.repeat)]  # interleaved: baseline, ours, baseline, ours, ...
+            results = [median_run([r[i] for r in runs]) for i in range(len(rows))]
+            baseline = results[0]["total"] if args.baseline_code else None
             for r in results:
                 print(table_row(r, baseline=baseline), flush=True)
                 if args.top:
