@@ -4,7 +4,7 @@
         [--networks resnet18 litemono] [--phases disp_init fine_tune] [--steps 3] [--amp off bf16]
         [--baseline-code DIR] [--repeat N] [--top]
 
-One process per row so each peak RSS (VmHWM) is its own. Each runs the trainer's own pieces
+One process per row so each peak RSS (VmHWM, read after the timed steps, before the profiled one) is its own. Each runs the trainer's own pieces
 (``DynamoDepthModel`` in train mode, ``make_loss_batch``, ``compute_losses``, Adam over the phase's
 trainable parameters) on random images, two warm-up steps, then ``--steps`` timed steps (median per part)
 and one step under ``torch.profiler`` (top operators by self CPU time). CPU. No data loading (the
@@ -113,13 +113,13 @@ def measure(network: str, phase: str, *, batch: int, height: int, width: int, th
     for _ in range(2):
         step()
     rows = [step() for _ in range(steps)]
+    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:"))  # before the profiled step: the profiler's own records do not count
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     top = [(e.key, e.self_cpu_time_total / 1e6) for e in
            sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]]
     median = {part: statistics.median(r[part] for r in rows) for part in PARTS}
-    hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
     return {"network": network, "phase": phase, "amp": amp, "original_work": original_work, "median": median, "total": statistics.median(sum(r.values()) for r in rows),
             "peak_rss_gib": hwm / 2**20, "top": top}
 

@@ -277,4 +277,4 @@ def test_losses_backpropagated_scale_by_scale_give_the_same_gradients(model, pha
     assert whole_grads.keys() == scale_grads.keys() and whole_grads
     for name, grad in whole_grads.items():
         scale = grad.abs().max().clamp_min(1e-12)
-        assert ((grad - scale_grads[name]).abs().max() / scale).item() < 1e-4, name
+        assert ((grad - scale_grads[name]).abs().max() / scale).item() < 2e-5, name  # measured: 1.9e-6
