@@ -226,7 +226,8 @@ def compute_losses(
             if share.requires_grad and bool(torch.isfinite(share)):  # a non-finite step is refused by the
                 share.backward()  # caller; CPU grid_sample's backward can crash on NaN sampling coordinates
             per_scale[s] = {name: value.detach() for name, value in per_scale[s].items()}
-            diffs = {k: v.detach() for k, v in diffs.items()}
+            if s in diffs:
+                diffs[s] = diffs[s].detach()
         else:
             warps[s] = warp
         del warp

@@ -203,11 +203,7 @@ def step_draws(config: RunConfig, runtime: Runtime, step: int) -> SeededDraws:
 
 def float_outputs(outputs: ModelOutputs) -> ModelOutputs:
     """The outputs in float32 (after a bf16 autocast forward: the losses run in fp32)."""
-    def f(m: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        return {k: v.float() for k, v in m.items()}
-    return ModelOutputs(disp=f(outputs.disp), axisangle=f(outputs.axisangle), translation=f(outputs.translation),
-                        cam_T_cam=f(outputs.cam_T_cam), complete_flow=f(outputs.complete_flow),
-                        motion_logits=f(outputs.motion_logits))
+    return outputs.map(torch.Tensor.float)
 
 
 def train_step(*, module: nn.Module, params: list[nn.Parameter], batch: StepBatch,

@@ -21,8 +21,8 @@ field                       shape                       meaning
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -42,6 +42,10 @@ class ModelOutputs:
         """sigmoid of the scale's motion logits (``('motion_mask', f, s)``)."""
         return torch.sigmoid(self.motion_logits[scale])
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ModelOutputs:
+        """A copy with ``fn`` applied to every tensor (same fields and keys)."""
+        return ModelOutputs(**{f.name: {k: fn(v) for k, v in getattr(self, f.name).items()} for f in fields(self)})
+
     def cut(self) -> ModelOutputs:
         """A copy whose tensors are new autograd leaves (same storage, ``requires_grad`` as here).
 
@@ -49,11 +53,7 @@ class ModelOutputs:
         freed piece by piece, ``compute_losses(backward=True)``); ``self.backward(cut)`` then runs the
         networks' backward once with those gradients.
         """
-        def c(m: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-            return {k: v.detach().requires_grad_(v.requires_grad) for k, v in m.items()}
-        return ModelOutputs(disp=c(self.disp), axisangle=c(self.axisangle), translation=c(self.translation),
-                            cam_T_cam=c(self.cam_T_cam), complete_flow=c(self.complete_flow),
-                            motion_logits=c(self.motion_logits))
+        return self.map(lambda v: v.detach().requires_grad_(v.requires_grad))
 
     def backward(self, cut: ModelOutputs) -> None:
         """Backpropagate the gradients gathered in ``cut`` (made by ``self.cut()``) through the networks."""
@@ -67,13 +67,9 @@ class ModelOutputs:
             torch.autograd.backward(roots, grads)
 
     def _tensors(self) -> list[torch.Tensor]:
-        maps = (self.disp, self.axisangle, self.translation, self.cam_T_cam, self.complete_flow, self.motion_logits)
+        maps = [getattr(self, f.name) for f in fields(self)]
         return [m[k] for m in maps for k in sorted(m)]
 
     def detached(self) -> ModelOutputs:
         """A copy with every tensor detached (for logging)."""
-        def d(m: Mapping[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-            return {k: v.detach() for k, v in m.items()}
-        return ModelOutputs(disp=d(self.disp), axisangle=d(self.axisangle), translation=d(self.translation),
-                            cam_T_cam=d(self.cam_T_cam), complete_flow=d(self.complete_flow),
-                            motion_logits=d(self.motion_logits))
+        return self.map(torch.Tensor.detach)
