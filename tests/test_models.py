@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dynamo_depth.loss_inputs import LossSettings, SeededDraws, make_loss_batch
 from dynamo_depth.losses import compute_losses
@@ -211,6 +212,49 @@ def test_motion_decoder_is_affine_and_starts_from_the_ego_motion():
     out = decoder(features, ego)
     for s in range(4):
         assert torch.allclose(out[s], torch.tensor([0.1, 0.0, 1.0])[None, :, None, None].expand_as(out[s]))
+
+
+def _three_convolutions(decoder: MotionDecoder, features: list[torch.Tensor], ego: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The original's levels written out: x1 = conv0(cat(up, f)), x2 = conv1(x1), redu(cat(x1, x2)) + up."""
+    field, out = decoder._residual_translation(100 * ego), {}
+    for ii in range(6):
+        feature = features[5 - ii]
+        up = F.interpolate(field, size=feature.shape[2:], mode="bilinear", align_corners=False)
+        conv0, conv1 = getattr(decoder, f"refine_motion_conv{ii}")
+        x1 = conv0(torch.cat([up, feature], dim=1))
+        field = getattr(decoder, f"refine_motion_redu{ii}")(torch.cat([x1, conv1(x1)], dim=1)) + up
+        if 5 - ii in decoder.scales:
+            out[5 - ii] = 0.01 * field
+    return out
+
+
+@pytest.mark.parametrize("out_channels", [3, 1])
+@pytest.mark.parametrize("size", [(64, 96), (40, 56), (1, 1)])
+def test_folded_motion_decoder_equals_the_three_convolutions_with_gradients(out_channels, size):
+    """float64, so only the folding is tested: outputs, parameter and feature gradients to 1e-12 relative;
+    sizes down to 1x1 levels (every border row is also a border column)."""
+    torch.manual_seed(0)
+    decoder = MotionDecoder(out_channels=out_channels).double()
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.normal_(0, 0.05)
+    h, w = size
+    channels = [9, 64, 64, 128, 256, 512]
+    features = [torch.randn(2, c, max(h >> i, 1), max(w >> i, 1), dtype=torch.float64, requires_grad=True)
+                for i, c in enumerate(channels)]
+    ego = 0.01 * torch.randn(2, 6, 1, 1, dtype=torch.float64)
+    results = []
+    for forward in (_three_convolutions, lambda d, f, e: d(f, e)):
+        decoder.zero_grad()
+        for f in features:
+            f.grad = None
+        out = forward(decoder, features, ego)
+        sum((o * torch.randn(o.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(s))).sum()
+            for s, o in out.items()).backward()
+        results.append([*(o.detach() for o in out.values()), *(p.grad for p in decoder.parameters()),
+                        *(f.grad for f in features)])
+    for ours, theirs in zip(results[1], results[0], strict=True):
+        assert float((ours - theirs).abs().max()) <= 1e-12 * float(theirs.abs().max()), ours.shape
 
 
 _GROUPS = {"depth": ("depth_enc", "depth_dec"), "pose": ("pose_enc", "pose_dec"), "flow": ("motion_dec",),
