@@ -90,14 +90,16 @@ def _twice(encoder: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 @pytest.mark.parametrize("block", ["dilated", "lgfi"])
-def test_recomputed_mlp_gives_autograd_outputs_and_gradients_bit_for_bit(block: str) -> None:
-    """The MLP that keeps only its input (``_RecomputedMLP``) against plain autograd of pwconv2(gelu(pwconv1))."""
+def test_recomputed_mlp_gives_autograd_outputs_and_gradients(block: str) -> None:
+    """The MLP that keeps only its input and runs in chunks of pixels (``_RecomputedMLP``) against plain
+    autograd of pwconv2(gelu(pwconv1)): outputs and the input gradient bit for bit, the weight gradients
+    (summed chunk by chunk) to 1e-6 of their largest entry; 2 x 32 x 40 = 2560 pixels: 3 chunks."""
     torch.manual_seed(0)
     module = DilatedConvBlock(dim=16, dilation=2) if block == "dilated" else LGFIBlock(dim=16, heads=4)
     with torch.no_grad():
         module.gamma.normal_()  # layer scale 1e-6 would make the MLP's gradients vanish
-    x = torch.randn(2, 16, 6, 10)
-    upstream = torch.randn(2, 16, 6, 10)
+    x = torch.randn(2, 16, 32, 40)
+    upstream = torch.randn(2, 16, 32, 40)
     plain_mlp = module._mlp
 
     def run(recomputed: bool) -> tuple[torch.Tensor, ...]:
@@ -112,9 +114,12 @@ def test_recomputed_mlp_gives_autograd_outputs_and_gradients_bit_for_bit(block: 
         return (out.detach(), given.grad, *(params[n].grad for n in names))
 
     fast, plain = run(True), run(False)
+    with torch.no_grad():
+        chunked_without_grad = module(x)
     del module._mlp
-    for ours, theirs in zip(fast, plain, strict=True):
-        assert theirs is not None and torch.equal(ours, theirs)
+    assert torch.equal(fast[0], plain[0]) and torch.equal(chunked_without_grad, plain[0])
+    for ours, theirs in zip(fast[1:], plain[1:], strict=True):
+        assert theirs is not None and float((ours - theirs).abs().max()) <= 1e-6 * float(theirs.abs().max())
 
 
 def test_stochastic_depth_only_in_train_mode_above_zero() -> None:
