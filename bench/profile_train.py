@@ -18,7 +18,10 @@ Rows:
   includes the losses' own backward, "backward" is the networks'), the gradients freed right after the optimizer step; fp32, or bf16 autocast over the forward with ``--amp bf16`` (``train.amp=bf16``).
 - ``original's work`` (with ``--baseline-code DIR``, e.g. a ``git worktree`` of the commit before the speed
   work): that code, imported from DIR, channels-first, gradients freed just before the backward, and the depth network also run on frames -1 and +1 with gradients on and its outputs kept until
-  the step ends, as the original does. This is the original's computation on this machine (the same
+  the step ends, as the original does; in disp_init also the identity errors (photometric errors of the
+  un-warped sources, no gradient) of every scale after the first: the original computes them inside its
+  per-scale loss loop (its automask noise is drawn there, once per scale, with their shape: fixture
+  README), the code in DIR once per step. This is the original's computation on this machine (the same
   networks, warps and losses, proven equal on the parity fixtures), timed in the same run as ``ours``.
 """
 
@@ -64,6 +67,11 @@ def one_step(model, optimizer, images, K, *, phase: str, scales, amp: str, origi
     settings, draws = LossSettings(scales=scales), SeededDraws(seed=0)
     if original_work:
         result = compute_losses(batch, outputs, phase=phase, ramp_factor=1.0, settings=settings, draws=draws)
+        if phase == "disp_init":  # the original's identity errors once per scale (that code computes them once)
+            from dynamo_depth.losses import _identity_errors
+
+            with torch.no_grad():
+                unused.extend(_identity_errors(batch, settings) for _ in scales[1:])
         marks.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)
         result.total.backward()
@@ -103,7 +111,7 @@ def measure(network: str, phase: str, *, batch: int, height: int, width: int, th
     params = model.trainable_parameters(phase=phase)
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(params, lr=1e-4)
+    optimizer = torch.optim.Adam(params, lr=1e-4, fused=not original_work)  # as train.loop.make_optimizer
     images = torch.rand(batch, 3, 3, height, width)
     K = np.tile(np.array([[[0.58 * width, 0, 0.5 * width], [0, 1.92 * height, 0.5 * height], [0, 0, 1]]],
                          dtype=np.float32), (batch, 1, 1))

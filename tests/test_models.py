@@ -12,7 +12,7 @@ from dynamo_depth.loss_inputs import LossSettings, SeededDraws, make_loss_batch
 from dynamo_depth.losses import compute_losses
 from dynamo_depth.models import MODULE_NAMES, PHASES, DynamoDepthModel, phase_spec
 from dynamo_depth.models.depth import depth_to_disp, disp_to_depth
-from dynamo_depth.models.motion import MotionDecoder, ego_motion
+from dynamo_depth.models.motion import MotionDecoder, decode_together, ego_motion
 from dynamo_depth.models.pose import PoseDecoder, rotation_from_axisangle, transformation_from_parameters
 from dynamo_depth.models.registry import build_depth_network
 from dynamo_depth.models.resnet import (
@@ -253,6 +253,31 @@ def test_folded_motion_decoder_equals_the_three_convolutions_with_gradients(out_
             for s, o in out.items()).backward()
         results.append([*(o.detach() for o in out.values()), *(p.grad for p in decoder.parameters()),
                         *(f.grad for f in features)])
+    for ours, theirs in zip(results[1], results[0], strict=True):
+        assert float((ours - theirs).abs().max()) <= 1e-12 * float(theirs.abs().max()), ours.shape
+
+
+def test_flow_and_mask_decoded_together_equal_each_decoder_alone():
+    """decode_together stacks the two decoders' kernels into one convolution per level: float64, the
+    outputs and every parameter / feature gradient as each decoder alone to 1e-12 relative."""
+    torch.manual_seed(1)
+    flow, mask = MotionDecoder(out_channels=3).double(), MotionDecoder(out_channels=1, scales=(0, 2)).double()
+    with torch.no_grad():
+        for p in [*flow.parameters(), *mask.parameters()]:
+            p.normal_(0, 0.05)
+    features = [torch.randn(2, c, max(40 >> i, 1), max(56 >> i, 1), dtype=torch.float64, requires_grad=True)
+                for i, c in enumerate([9, 64, 64, 128, 256, 512])]
+    ego = 0.01 * torch.randn(2, 6, 1, 1, dtype=torch.float64)
+    results = []
+    for outs in (lambda: [flow(features, ego), mask(features, ego)], lambda: decode_together([flow, mask], features, ego)):
+        for p in [*flow.parameters(), *mask.parameters(), *features]:
+            p.grad = None
+        out = outs()
+        assert [sorted(o) for o in out] == [[0, 1, 2, 3], [0, 2]]
+        sum((o * torch.randn(o.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7 * s + len(d)))).sum()
+            for d in out for s, o in d.items()).backward()
+        results.append([*(o.detach() for d in out for o in d.values()),
+                        *(p.grad for p in [*flow.parameters(), *mask.parameters(), *features])])
     for ours, theirs in zip(results[1], results[0], strict=True):
         assert float((ours - theirs).abs().max()) <= 1e-12 * float(theirs.abs().max()), ours.shape
 

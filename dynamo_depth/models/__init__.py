@@ -11,7 +11,8 @@ H, W) in [0, 1] and returns ``ModelOutputs`` (``dynamo_depth.models.outputs``):
 - pose: for f in (-1, +1) ``pose_dec(pose_enc(cat(image_f, image_0)))`` -> axisangle[f], translation[f],
   cam_T_cam[f] = transformation(axisangle, translation, invert=True);
 - motion (phases with complete flow / mask): one ``motion_enc`` call on cat(image_-1, image_0, image_+1);
-  ``motion_dec`` / ``motion_mask`` read [that raw input, its 5 features] and the detached ego-motion.
+  ``motion_dec`` / ``motion_mask`` read [that raw input, its 5 features] and the detached ego-motion
+  (together, ``motion.decode_together``, when both run in the same grad mode).
 
 As in the original, every module runs in the mode the caller set (train mode: BatchNorm on the
 batch's statistics, running statistics updated) whether or not it learns in the phase; modules that
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from dynamo_depth.models.depth import SCALES, disp_to_depth
-from dynamo_depth.models.motion import build_motion_networks, ego_motion
+from dynamo_depth.models.motion import build_motion_networks, decode_together, ego_motion
 from dynamo_depth.models.outputs import ModelOutputs
 from dynamo_depth.models.pose import build_pose_network, transformation_from_parameters
 from dynamo_depth.models.registry import DEPTH_NETWORKS, build_depth_network
@@ -163,17 +164,18 @@ class DynamoDepthModel(nn.Module):
                 features = self.pose_enc(torch.cat([frames[f], frames[0]], dim=1))
                 axisangle[f], translation[f] = self.pose_dec(features[-1])
                 cam_T_cam[f] = transformation_from_parameters(axisangle[f], translation[f], invert=True)
-        flow, logits = {}, {}
+        decoded: dict[str, dict[int, torch.Tensor]] = {"flow": {}, "mask": {}}
         if spec.run & {"flow", "mask"}:
             ego = ego_motion(translation=translation, axisangle=axisangle)
             raw = torch.cat([frames[-1], frames[0], frames[1]], dim=1)
             with _grad_if(bool(spec.train & {"flow", "mask"})):
                 features = [raw, *self.motion_enc(raw)]
-            if "flow" in spec.run:
-                with _grad_if("flow" in spec.train):
-                    flow = self.motion_dec(features, ego)
-            if "mask" in spec.run:
-                with _grad_if("mask" in spec.train):
-                    logits = self.motion_mask(features, ego)
+            decoders = {"flow": self.motion_dec, "mask": self.motion_mask}
+            for learns in (True, False):  # decoders in the same grad mode share one convolution per level
+                names = [n for n in ("flow", "mask") if n in spec.run and (n in spec.train) == learns]
+                if names:
+                    with _grad_if(learns):
+                        outs = decode_together([decoders[n] for n in names], features, ego)
+                    decoded.update(zip(names, outs, strict=True))
         return ModelOutputs(disp=disp, axisangle=axisangle, translation=translation, cam_T_cam=cam_T_cam,
-                            complete_flow=flow, motion_logits=logits)
+                            complete_flow=decoded["flow"], motion_logits=decoded["mask"])

@@ -72,20 +72,41 @@ class MotionDecoder(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor], ego: torch.Tensor) -> dict[int, torch.Tensor]:
         """features = [raw 9-channel input, encoder features 0..4]; ego (B, 6, 1, 1) (see ``ego_motion``)."""
-        if len(features) != LEVELS:
-            raise ValueError(f"expected {LEVELS} feature maps (raw input + 5 encoder features), got {len(features)}")
-        field = self._residual_translation(EGO_INPUT_SCALE * ego)
-        outputs: dict[int, torch.Tensor] = {}
-        for ii in range(LEVELS):
-            feature = features[LEVELS - 1 - ii]
-            up = F.interpolate(field, size=feature.shape[2:], mode="bilinear", align_corners=False)
-            convs = getattr(self, f"refine_motion_conv{ii}")
-            kernels = _LevelKernels.fold(convs[0], convs[1], getattr(self, f"refine_motion_redu{ii}"))
-            field = _level_field(kernels, up, feature) + up
-            scale = LEVELS - 1 - ii
-            if scale in self.scales:
-                outputs[scale] = OUTPUT_SCALE * field
-        return outputs
+        return decode_together([self], features, ego)[0]
+
+    def level_kernels(self, level: int) -> _LevelKernels:
+        """Level ``level``'s (0 = coarsest) three convolutions folded into ``_LevelKernels``."""
+        convs = getattr(self, f"refine_motion_conv{level}")
+        return _LevelKernels.fold(convs[0], convs[1], getattr(self, f"refine_motion_redu{level}"))
+
+
+def decode_together(decoders: Sequence[MotionDecoder], features: Sequence[torch.Tensor], ego: torch.Tensor,
+                    ) -> list[dict[int, torch.Tensor]]:
+    """``[decoder(features, ego) for decoder in decoders]``, every level of all of them in one convolution.
+
+    The decoders read the same features, so their folded kernels stack (each output row reads its own
+    decoder's up-sampled field and the shared feature): one convolution over cat(ups, feature) per level
+    instead of one per decoder. On CPU a convolution with 1 to 4 output channels costs about the same
+    (memory-bound on its input), so the flow and mask decoders together cost what one did.
+    """
+    if len(features) != LEVELS:
+        raise ValueError(f"expected {LEVELS} feature maps (raw input + 5 encoder features), got {len(features)}")
+    channels_last = decoders[0].refine_motion_conv0[0].weight.is_contiguous(memory_format=torch.channels_last)
+    fields = [decoder._residual_translation(EGO_INPUT_SCALE * ego) for decoder in decoders]
+    widths = [decoder.out_channels for decoder in decoders]
+    outputs: list[dict[int, torch.Tensor]] = [{} for _ in decoders]
+    for ii in range(LEVELS):
+        feature = features[LEVELS - 1 - ii]
+        ups = [F.interpolate(field, size=feature.shape[2:], mode="bilinear", align_corners=False) for field in fields]
+        kernels = _LevelKernels.stack([decoder.level_kernels(ii) for decoder in decoders])
+        joint = _level_field(kernels, ups[0] if len(ups) == 1 else torch.cat(ups, dim=1), feature,
+                             channels_last=channels_last)
+        fields = [part + up for part, up in zip(joint.split(widths, dim=1), ups, strict=True)]
+        scale = LEVELS - 1 - ii
+        for decoder, out, field in zip(decoders, outputs, fields, strict=True):
+            if scale in decoder.scales:
+                out[scale] = OUTPUT_SCALE * field
+    return outputs
 
 
 @dataclass(frozen=True)
@@ -95,6 +116,7 @@ class _LevelKernels:
     conv0: (C, O + C, 3, 3) with bias b0 (C,), the original's first convolution (kept for the border).
     kf: (O, C, 3, 3), bias_f (O,): redu(cat(x1, conv1(x1))) as one 3x3 convolution on x1.
     k5: (O, O + C, 5, 5), bias5 (O,): kf after conv0, on the level's zero-padded input cat(up, feature).
+    Stacked for n decoders (``stack``): O = sum of their outputs, C = n times the level's channels.
     """
 
     conv0: torch.Tensor
@@ -114,8 +136,32 @@ class _LevelKernels:
         bias5 = bias_f + kf.sum(dim=(2, 3)) @ conv0.bias
         return _LevelKernels(conv0=conv0.weight, b0=conv0.bias, kf=kf, k5=k5, bias5=bias5)
 
+    @staticmethod
+    def stack(levels: Sequence[_LevelKernels]) -> _LevelKernels:
+        """Several decoders' kernels of one level as one, on the input cat(up_1, ..., up_n, feature)."""
+        if len(levels) == 1:
+            return levels[0]
+        widths = [k.kf.shape[0] for k in levels]
+        hidden = [k.kf.shape[1] for k in levels]
 
-def _level_field(k: _LevelKernels, up: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        def on_joint_input(weight: torch.Tensor, j: int) -> torch.Tensor:
+            # (rows, O_j + C, k, k) -> (rows, sum O + C, k, k): zero columns for the other decoders' fields
+            before, after = sum(widths[:j]), sum(widths[j + 1:])
+            up = F.pad(weight[:, :widths[j]], (0, 0, 0, 0, before, after))
+            return torch.cat([up, weight[:, widths[j]:]], dim=1)
+
+        def block_diagonal(kf: torch.Tensor, j: int) -> torch.Tensor:
+            return F.pad(kf, (0, 0, 0, 0, sum(hidden[:j]), sum(hidden[j + 1:])))
+
+        return _LevelKernels(
+            conv0=torch.cat([on_joint_input(k.conv0, j) for j, k in enumerate(levels)]),
+            b0=torch.cat([k.b0 for k in levels]),
+            kf=torch.cat([block_diagonal(k.kf, j) for j, k in enumerate(levels)]),
+            k5=torch.cat([on_joint_input(k.k5, j) for j, k in enumerate(levels)]),
+            bias5=torch.cat([k.bias5 for k in levels]))
+
+
+def _level_field(k: _LevelKernels, up: torch.Tensor, feature: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
     """redu(cat(x1, x2)) of one level, (B, O, h, w), from up (B, O, h, w) and feature (B, C, h, w).
 
     k5 on the zero-padded input equals kf on x1 extended one pixel past the image (x1_ext: conv0 evaluated
@@ -124,8 +170,8 @@ def _level_field(k: _LevelKernels, up: torch.Tensor, feature: torch.Tensor) -> t
     column w over rows 0..h-1 (each ring pixel once).
     """
     x = torch.cat([up, feature], dim=1)
-    if k.conv0.is_contiguous(memory_format=torch.channels_last):
-        x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's NHWC kernels: 1.2-1.4x here
+    if channels_last:  # the decoders' layout; also for the channels-first raw input (oneDNN: 1.2-1.4x faster)
+        x = x.contiguous(memory_format=torch.channels_last)
     field = F.conv2d(x, k.k5, k.bias5, padding=2)
     top, bottom, left, right = _BorderStrips.apply(x)
     # x1_ext on the ring: only the kernel row / column facing the image reaches it
