@@ -13,7 +13,7 @@ loader's share is measured by ``bench/train.py``). ``--repeat N`` runs every row
 the median s/step, every run's s/step and the highest peak RSS.
 
 Rows:
-- ``ours``: the trainer's settings: ResNet-based modules channels_last (``train.channels_last``), each
+- ``ours``: the trainer's settings: fused Adam, ResNet-based modules channels_last (``train.channels_last``), each
   scale's loss backpropagated as soon as it is computed (``compute_losses(backward=True)``: "losses" then
   includes the losses' own backward, "backward" is the networks'), the gradients freed right after the optimizer step; fp32, or bf16 autocast over the forward with ``--amp bf16`` (``train.amp=bf16``).
 - ``original's work`` (with ``--baseline-code DIR``, e.g. a ``git worktree`` of the commit before the speed

@@ -140,9 +140,8 @@ def make_optimizer(config: RunConfig, params: list[nn.Parameter], window: PhaseW
                    ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.StepLR]:
     """Adam at lr * lr_scale and a StepLR decaying by decay_factor every decay_every_epochs epochs.
 
-    torch's fused Adam (the same update as the original's per-parameter loop, float rounding apart:
-    1-ulp differences) takes 24 / 44 ms instead of 38 / 75 ms for the resnet18 disp_init / fine_tune
-    parameters on 2 CPU threads (bench/RESULTS.md).
+    torch's fused Adam: the same update as the original's per-parameter loop (float rounding apart: 1-2 ulp),
+    one kernel over all parameters (the optimizer column of bench/RESULTS.md: ours against the original's).
     """
     o = config.optim
     optimizer = torch.optim.Adam(params, lr=o.lr * window.lr_scale, betas=(o.beta1, o.beta2),

@@ -106,8 +106,9 @@ class _ChannelMLP(nn.Module):
 
 
 MLP_CHUNK_ROWS = 1024
-"""Pixels per chunk of the MLP on CPU: the (rows, 6C) hidden maps of a chunk stay in cache (1.3-2x faster
-forward and backward than whole-map matrix products at batch 3, 192x640; bench/RESULTS.md)."""
+"""Pixels per chunk of the MLP on CPU: the (rows, 6C) hidden maps of a chunk stay in cache (forward and
+backward of one MLP 1.1-2x faster than whole-map matrix products at batch 3, 192x640 in a one-off
+measurement; the step-level effect is in bench/RESULTS.md)."""
 
 
 def _chunks(rows: int, device: torch.device) -> list[slice]:
@@ -120,7 +121,8 @@ def _chunked_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.
                  ) -> torch.Tensor:
     """linear(gelu(linear(x, w1, b1)), w2, b2) for x (..., C), computed ``_chunks`` of pixels at a time.
 
-    Each output row is the same products as the whole-map computation (bitwise equal outputs).
+    Each output row is the same products as the whole-map computation (bitwise equal in tests/test_litemono.py;
+    a BLAS may block a chunk's product differently: 1e-6 on the Lite-Mono parity fixture).
     """
     rows = x.reshape(-1, x.shape[-1])
     out = rows.new_empty(rows.shape[0], w2.shape[0])
@@ -136,7 +138,7 @@ class _RecomputedMLP(torch.autograd.Function):
     13 C values per pixel. This keeps x (C values: 0.58 -> 0.05 GiB over Lite-Mono's 18 blocks at
     batch 3, 192x640) and recomputes h and gelu(h) in the backward, ``_chunks`` of pixels at a time (forward
     too): the hidden maps of a chunk stay in cache, which more than pays for the extra (C -> 6C) product.
-    Outputs and the input gradient are bitwise plain autograd's; the weight gradients are its sums over
+    Outputs and the input gradient are plain autograd's products row by row (``_chunked_mlp``); the weight gradients are its sums over
     pixels accumulated chunk by chunk (float rounding: ~3e-7 relative, tests/test_litemono.py). Used in
     fp32 training only (under autocast the modules run as they are).
     """

@@ -22,7 +22,7 @@ fold into one 5x5 convolution with ``out_channels`` outputs (``_LevelKernels``):
 conv1 plus redu's x1 half is a 3x3 kernel ``kf`` on x1, and ``kf`` after conv0 is the 5x5 kernel. Where
 the original's zero padding of x1 differs from the 5x5 convolution (x1 one pixel outside the image, which
 conv1 sees as 0), the border rows and columns are corrected exactly (``_level_field``). A resnet18
-fine_tune step's motion decoders drop from ~29 GFLOP each (forward) to ~1.5; the gradients reach
+fine_tune step's motion decoders drop from ~29 GFLOP each (forward) to ~2; the gradients reach
 conv0 / conv1 / redu through the folding (tests/test_models.py compares outputs and gradients with the
 three convolutions).
 """
