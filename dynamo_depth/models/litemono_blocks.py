@@ -162,8 +162,10 @@ class _RecomputedMLP(torch.autograd.Function):
                 grad_w2.addmm_(grads[chunk].t(), F.gelu(hidden))
             if need_x or need_w1 or need_b1:
                 grad_hidden = torch.ops.aten.gelu_backward(grads[chunk] @ w2, hidden)
-                grad_w1.addmm_(grad_hidden.t(), rows[chunk])
-                grad_b1 += grad_hidden.sum(0)
+                if need_w1:
+                    grad_w1.addmm_(grad_hidden.t(), rows[chunk])
+                if need_b1:
+                    grad_b1 += grad_hidden.sum(0)
                 if grad_x is not None:
                     torch.mm(grad_hidden, w1, out=grad_x[chunk])
         return (grad_x.view_as(x) if grad_x is not None else None, grad_w1 if need_w1 else None,

@@ -201,9 +201,8 @@ class _BorderStrips(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: torch.Tensor | None) -> torch.Tensor:
         some = next(g for g in grads if g is not None)
-        grad = some.new_zeros(ctx.shape)
-        if ctx.channels_last:
-            grad = grad.contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        grad = torch.empty(ctx.shape, dtype=some.dtype, device=some.device, memory_format=layout).zero_()
         for index, g in zip(((..., slice(0, 1), slice(None)), (..., slice(-1, None), slice(None)),
                              (..., slice(0, 1)), (..., slice(-1, None))), grads, strict=True):
             if g is not None:
