@@ -139,8 +139,8 @@ class TrainConfig:
     threads: torch CPU threads per process (0 keeps torch's default).
     deterministic: ``torch.use_deterministic_algorithms(True)`` (bitwise-reproducible CPU runs).
     amp: ``auto`` = bf16 autocast on GPU, fp32 on CPU; ``bf16`` forces autocast; ``off`` never.
-    channels_last: the ResNet-based modules' weights in channels_last memory format, on CPU and GPU
-        (``DynamoDepthModel.use_channels_last``; Lite-Mono's depth network stays channels-first). Same math.
+    channels_last: every network's weights in channels_last memory format, on CPU and GPU
+        (``DynamoDepthModel.use_channels_last``). Same math.
     compile: run the forward through ``torch.compile`` (inductor; the first step of each phase compiles,
         seconds to minutes). Checkpoints still hold the plain model's keys.
     progress: a tqdm progress bar on rank 0.

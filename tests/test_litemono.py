@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ import torch
 
 from dynamo_depth.models import DynamoDepthModel
 from dynamo_depth.models.litemono import LiteMonoEncoder, build_litemono_depth, drop_path_rates
-from dynamo_depth.models.litemono_blocks import DilatedConvBlock, DropPath, LGFIBlock, drop_path
+from dynamo_depth.models.litemono_blocks import (
+    KEEP_HIDDEN_MIN_CHANNELS,
+    DilatedConvBlock,
+    DropPath,
+    LGFIBlock,
+    drop_path,
+)
 from dynamo_depth.models.pretrained import load_imagenet_encoder, load_imagenet_weights
 from dynamo_depth.models.registry import DEPTH_NETWORKS, build_depth_network
 from dynamo_depth.models.resnet import ResnetEncoder, WeightLoadError
@@ -89,17 +96,18 @@ def _twice(encoder: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
         return encoder(x)[-1], encoder(x)[-1]
 
 
+@pytest.mark.parametrize("dim", [16, KEEP_HIDDEN_MIN_CHANNELS])  # h recomputed / kept for the backward
 @pytest.mark.parametrize("block", ["dilated", "lgfi"])
-def test_recomputed_mlp_gives_autograd_outputs_and_gradients(block: str) -> None:
-    """The MLP that keeps only its input and runs in chunks of pixels (``_RecomputedMLP``) against plain
-    autograd of pwconv2(gelu(pwconv1)): outputs and the input gradient bit for bit, the weight gradients
-    (summed chunk by chunk) to 1e-6 of their largest entry; 2 x 32 x 40 = 2560 pixels: 3 chunks."""
+def test_chunked_mlp_gives_autograd_outputs_and_gradients(block: str, dim: int) -> None:
+    """The MLP that runs in chunks of pixels (``_ChunkedMLP``) against plain autograd of
+    pwconv2(gelu(pwconv1)): outputs and the input gradient bit for bit, the weight gradients (summed chunk by
+    chunk) to 1e-6 of their largest entry; 2 x 32 x 40 = 2560 pixels: 3 chunks."""
     torch.manual_seed(0)
-    module = DilatedConvBlock(dim=16, dilation=2) if block == "dilated" else LGFIBlock(dim=16, heads=4)
+    module = DilatedConvBlock(dim=dim, dilation=2) if block == "dilated" else LGFIBlock(dim=dim, heads=4)
     with torch.no_grad():
         module.gamma.normal_()  # layer scale 1e-6 would make the MLP's gradients vanish
-    x = torch.randn(2, 16, 32, 40)
-    upstream = torch.randn(2, 16, 32, 40)
+    x = torch.randn(2, dim, 32, 40)
+    upstream = torch.randn(2, dim, 32, 40)
     plain_mlp = module._mlp
 
     def run(recomputed: bool) -> tuple[torch.Tensor, ...]:
@@ -120,6 +128,45 @@ def test_recomputed_mlp_gives_autograd_outputs_and_gradients(block: str) -> None
     assert torch.equal(fast[0], plain[0]) and torch.equal(chunked_without_grad, plain[0])
     for ours, theirs in zip(fast[1:], plain[1:], strict=True):
         assert theirs is not None and float((ours - theirs).abs().max()) <= 1e-6 * float(theirs.abs().max())
+
+
+@pytest.mark.parametrize("block", ["dilated", "lgfi"])
+@pytest.mark.parametrize(("seed", "dropped"), [(1, 0), (3, 1), (4, 2), (0, 3), (55, 4)])
+def test_dropped_samples_skip_the_branch_with_the_original_outputs_and_gradients(block: str, seed: int,
+                                                                                dropped: int) -> None:
+    """``residual_with_drop_path`` against x + drop_path(branch) over every sample (the original's order:
+    branch first, then the draw): outputs, every gradient and the RNG state after, float64, rate 0.5 on a
+    batch of 4: the seeds drop 0, 1, 2, 3 and all 4 samples."""
+    torch.manual_seed(100 + seed)
+    module = (DilatedConvBlock(dim=16, dilation=2, drop_path_rate=0.5) if block == "dilated"
+              else LGFIBlock(dim=16, heads=4, positional=True, drop_path_rate=0.5)).double().train()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("gamma"):
+                p.normal_()  # layer scale 1e-6 would hide the branch
+    x, upstream = torch.randn(4, 16, 8, 12, dtype=torch.float64), torch.randn(4, 16, 8, 12, dtype=torch.float64)
+    if block == "dilated":
+        def everything(t: torch.Tensor) -> torch.Tensor:
+            return t + module.drop_path(module._pixel_mlp(module.bn1(module.ddwconv(t))))
+    else:
+        def everything(t: torch.Tensor) -> torch.Tensor:
+            return t + module.drop_path(module._branch(t))
+
+    def run(forward: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor, int]:
+        module.zero_grad(set_to_none=True)
+        torch.manual_seed(seed)
+        given = x.clone().requires_grad_()
+        out = forward(given)
+        rng_after = torch.get_rng_state()
+        out.backward(upstream)
+        grads = [given.grad] + [p.grad if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
+        unchanged = int(((out - given).detach().flatten(1) == 0).all(1).sum())
+        return [out.detach(), *grads], rng_after, unchanged
+
+    (ours, rng_ours, unchanged), (theirs, rng_theirs, _) = run(module), run(everything)
+    assert torch.equal(rng_ours, rng_theirs) and unchanged == dropped
+    for a, b in zip(ours, theirs, strict=True):
+        assert float((a - b).abs().max()) <= 1e-12 * max(float(b.abs().max()), 1.0)  # BLAS blocking of fewer rows
 
 
 def test_stochastic_depth_only_in_train_mode_above_zero() -> None:

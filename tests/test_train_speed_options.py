@@ -87,20 +87,17 @@ def test_channels_last_gives_the_same_losses_on_cpu() -> None:
 
 
 @pytest.mark.parametrize("depth_network", ["resnet18", "litemono"])
-def test_channels_last_converts_the_resnet_modules_only(depth_network: str) -> None:
+def test_channels_last_converts_every_module(depth_network: str) -> None:
     overrides = LITE if depth_network == "litemono" else []
     model = build_model(load_config(DEMO, overrides=overrides), Runtime())  # channels_last defaults to true
     assert sorted(model.channels_last_modules()) == sorted(
-        ["pose_enc", "pose_dec", "motion_enc", "motion_dec", "motion_mask"]
-        + (["depth_enc", "depth_dec"] if depth_network == "resnet18" else []))
+        ["depth_enc", "depth_dec", "pose_enc", "pose_dec", "motion_enc", "motion_dec", "motion_mask"])
     for name in model.channels_last_modules():
         for key, weight in _weights_4d(getattr(model, name)).items():
             assert weight.is_contiguous(memory_format=torch.channels_last), f"{name}.{key}"
     assert not model.pose_enc.encoder.conv1.weight.is_contiguous()  # 64 x 6 x 7 x 7: really another layout
-    if depth_network == "litemono":
-        depth = _weights_4d(model.depth_enc)
-        assert all(w.is_contiguous() for w in depth.values())  # channels-first
-        assert sum(not w.is_contiguous(memory_format=torch.channels_last) for w in depth.values()) >= 5
+    depth = _weights_4d(model.depth_enc)
+    assert sum(not w.is_contiguous() for w in depth.values()) >= 5
     plain = build_model(load_config(DEMO, overrides=[*overrides, "train.channels_last=false"]), Runtime())
     assert all(w.is_contiguous() for w in _weights_4d(plain).values())
     assert not plain.pose_enc.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)

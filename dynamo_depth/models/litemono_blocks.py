@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,17 +28,50 @@ POS_HIDDEN = 32
 POS_TEMPERATURE = 10000.0
 
 
+def drop_path_factors(x: torch.Tensor, *, p: float, training: bool) -> torch.Tensor | None:
+    """The factors (B, 1, ..., 1) ``drop_path`` multiplies x (B, ...) by: 0 for a dropped sample, 1 / (1 - p) for a
+    kept one; None when ``drop_path`` is the identity (p == 0 or not training).
+
+    The mask is drawn with ``bernoulli_`` from torch's global generator of x's device (one draw per call,
+    the same whichever of the two functions makes it), so RNG capture/restore reproduces it.
+    """
+    if p == 0.0 or not training:
+        return None
+    keep = 1.0 - p
+    return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+
+
 def drop_path(x: torch.Tensor, *, p: float, training: bool) -> torch.Tensor:
     """Zero whole samples of x (B, ...) with probability p and scale the kept ones by 1 / (1 - p).
 
-    Identity when p == 0 or not training. The mask (B, 1, ..., 1) is drawn with ``bernoulli_`` from
-    torch's global generator of x's device, so RNG capture/restore reproduces it.
+    Identity when p == 0 or not training (``drop_path_factors``).
     """
-    if p == 0.0 or not training:
+    factors = drop_path_factors(x, p=p, training=training)
+    return x if factors is None else x * factors
+
+
+def residual_with_drop_path(x: torch.Tensor, branch_input: torch.Tensor,
+                            branch: Callable[[torch.Tensor], torch.Tensor], *, p: float, training: bool,
+                            ) -> torch.Tensor:
+    """x + drop_path(branch(branch_input)), the branch evaluated only on the samples the draw keeps.
+
+    ``branch`` maps samples (b, ...) of ``branch_input`` to (b, ...) like x, each sample on its own (no
+    batch statistics inside); it must draw no random numbers, so drawing the mask before it runs leaves
+    torch's RNG sequence the original's. A dropped sample's branch would be multiplied by 0, so it is not
+    computed (issue #18: 18 % of Lite-Mono's MLP work on average at rate 0.4). Deliberate difference: a
+    NaN or infinite branch output of a dropped sample makes the original's output NaN; here the sample
+    is x. Kept samples get the same float operations (x + branch * factor; a BLAS may block a product
+    over fewer samples differently: rounding, tests/test_litemono.py).
+    """
+    factors = drop_path_factors(x, p=p, training=training)
+    if factors is None:
+        return x + branch(branch_input)
+    kept = factors.flatten().nonzero().flatten()
+    if len(kept) == x.shape[0]:
+        return x + branch(branch_input) * factors
+    if len(kept) == 0:
         return x
-    keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
+    return x.index_put((kept,), branch(branch_input[kept]) * factors[kept], accumulate=True)
 
 
 class DropPath(nn.Module):
@@ -51,6 +85,11 @@ class DropPath(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, p=self.drop_prob, training=self.training)
+
+    def residual(self, x: torch.Tensor, branch_input: torch.Tensor,
+                 branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``residual_with_drop_path`` at this module's rate and mode."""
+        return residual_with_drop_path(x, branch_input, branch, p=self.drop_prob, training=self.training)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -101,7 +140,7 @@ class _ChannelMLP(nn.Module):
             return self.gamma * self.pwconv2(self.act(self.pwconv1(x)))
         weights = (self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias)
         if torch.is_grad_enabled():
-            return self.gamma * _RecomputedMLP.apply(x, *weights)
+            return self.gamma * _ChunkedMLP.apply(x, *weights)
         return self.gamma * _chunked_mlp(x, *weights)
 
 
@@ -117,51 +156,63 @@ def _chunks(rows: int, device: torch.device) -> list[slice]:
     return [slice(i, i + step) for i in range(0, rows, step)]
 
 
+KEEP_HIDDEN_MIN_CHANNELS = 128
+"""``_ChunkedMLP`` keeps h = pwconv1(x) for the backward when C >= this (Lite-Mono's stages 1 and 2), and
+recomputes it below (stage 0). Keeping h saves rows x C x 6C multiply-adds per byte kept x C: worth it for the
+wide stages (0.15 GiB at batch 3, 192x640; their MLPs' fwd + bwd 8-15 % faster in a one-off measurement),
+not for stage 0 (0.14 GiB for the cheapest product, which a chunk recomputes in cache)."""
+
+
 def _chunked_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                 ) -> torch.Tensor:
+                 *, hidden: torch.Tensor | None = None) -> torch.Tensor:
     """linear(gelu(linear(x, w1, b1)), w2, b2) for x (..., C), computed ``_chunks`` of pixels at a time.
 
     Each output row is the same products as the whole-map computation (bitwise equal in tests/test_litemono.py;
-    a BLAS may block a chunk's product differently: 1e-6 on the Lite-Mono parity fixture).
+    a BLAS may block a chunk's product differently: 1e-6 on the Lite-Mono parity fixture). ``hidden`` (rows,
+    6C), when given, receives linear(x, w1, b1).
     """
     rows = x.reshape(-1, x.shape[-1])
     out = rows.new_empty(rows.shape[0], w2.shape[0])
     for chunk in _chunks(rows.shape[0], x.device):
-        torch.addmm(b2, F.gelu(torch.addmm(b1, rows[chunk], w1.t())), w2.t(), out=out[chunk])
+        h = torch.addmm(b1, rows[chunk], w1.t(), out=hidden[chunk] if hidden is not None else None)
+        torch.addmm(b2, F.gelu(h), w2.t(), out=out[chunk])
     return out.view(*x.shape[:-1], w2.shape[0])
 
 
-class _RecomputedMLP(torch.autograd.Function):
-    """linear(gelu(linear(x, w1, b1)), w2, b2) for x (..., C) that keeps only x for the backward.
+class _ChunkedMLP(torch.autograd.Function):
+    """linear(gelu(linear(x, w1, b1)), w2, b2) for x (..., C), ``_chunks`` of pixels at a time, forward and backward.
 
     Plain autograd keeps x, h = linear(x, w1, b1) (for GELU's gradient) and gelu(h) (for w2's gradient):
-    13 C values per pixel. This keeps x (C values: 0.58 -> 0.05 GiB over Lite-Mono's 18 blocks at
-    batch 3, 192x640) and recomputes h and gelu(h) in the backward, ``_chunks`` of pixels at a time (forward
-    too): the hidden maps of a chunk stay in cache, which more than pays for the extra (C -> 6C) product.
-    Outputs and the input gradient are plain autograd's products row by row (``_chunked_mlp``); the weight gradients are its sums over
-    pixels accumulated chunk by chunk (float rounding: ~3e-7 relative, tests/test_litemono.py). Used in
+    13 C values per pixel (0.58 GiB over Lite-Mono's 18 blocks at batch 3, 192x640). This keeps x and, when
+    C >= ``KEEP_HIDDEN_MIN_CHANNELS``, h (7 C values); otherwise it recomputes h in the backward; gelu(h) is
+    always recomputed, a chunk at a time, so a chunk's hidden maps stay in cache. Outputs and the input
+    gradient are plain autograd's products row by row (``_chunked_mlp``); the weight gradients are its sums
+    over pixels accumulated chunk by chunk (float rounding: ~3e-7 relative, tests/test_litemono.py). Used in
     fp32 training only (under autocast the modules run as they are).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,  # type: ignore[override]
                 b2: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, w1, b1, w2)
-        return _chunked_mlp(x, w1, b1, w2, b2)
+        hidden = None
+        if x.shape[-1] >= KEEP_HIDDEN_MIN_CHANNELS:
+            hidden = x.new_empty(x.numel() // x.shape[-1], w1.shape[0])
+        ctx.save_for_backward(x, w1, b1, w2, hidden)
+        return _chunked_mlp(x, w1, b1, w2, b2, hidden=hidden)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        x, w1, b1, w2 = ctx.saved_tensors
+        x, w1, b1, w2, hidden = ctx.saved_tensors
         need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad
         rows, grads = x.reshape(-1, x.shape[-1]), grad.reshape(-1, grad.shape[-1])
         grad_w1, grad_b1, grad_w2 = torch.zeros_like(w1), torch.zeros_like(b1), torch.zeros_like(w2)
         grad_x = torch.empty_like(rows) if need_x else None
         for chunk in _chunks(rows.shape[0], x.device):
-            hidden = torch.addmm(b1, rows[chunk], w1.t())
+            h = hidden[chunk] if hidden is not None else torch.addmm(b1, rows[chunk], w1.t())
             if need_w2:
-                grad_w2.addmm_(grads[chunk].t(), F.gelu(hidden))
+                grad_w2.addmm_(grads[chunk].t(), F.gelu(h))
             if need_x or need_w1 or need_b1:
-                grad_hidden = torch.ops.aten.gelu_backward(grads[chunk] @ w2, hidden)
+                grad_hidden = torch.ops.aten.gelu_backward(grads[chunk] @ w2, h)
                 if need_w1:
                     grad_w1.addmm_(grad_hidden.t(), rows[chunk])
                 if need_b1:
@@ -189,9 +240,11 @@ class DilatedConvBlock(_ChannelMLP):
         return list(self.norm.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn1(self.ddwconv(x)).permute(0, 2, 3, 1)
-        y = self._mlp(y).permute(0, 3, 1, 2)
-        return x + self.drop_path(y)
+        # the convolution and BatchNorm see every sample (batch statistics); the MLP only the kept ones
+        return self.drop_path.residual(x, self.bn1(self.ddwconv(x)), self._pixel_mlp)
+
+    def _pixel_mlp(self, y: torch.Tensor) -> torch.Tensor:
+        return self._mlp(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class XCA(nn.Module):
@@ -248,6 +301,12 @@ class FourierPositionalEncoding(nn.Module):
         return self.token_projection(pos.to(self.token_projection.weight.dtype))
 
 
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> tokens (B, HW, C), row-major over pixels: a view when x is channels_last."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
 class LGFIBlock(_ChannelMLP):
     """(B, C, H, W) -> (B, C, H, W): the LGFI block (module docstring); ``positional`` in stage 0 only."""
 
@@ -263,10 +322,12 @@ class LGFIBlock(_ChannelMLP):
         self.drop_path = DropPath(drop_prob=drop_path_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop_path.residual(x, x, self._branch)  # every step is per sample: only kept ones run
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        tokens = x.reshape(b, c, h * w).permute(0, 2, 1)
+        tokens = _tokens(x)
         if self.pos_embd is not None:
-            tokens = tokens + self.pos_embd(batch=b, height=h, width=w).reshape(b, c, h * w).permute(0, 2, 1)
+            tokens = tokens + _tokens(self.pos_embd(batch=b, height=h, width=w))
         tokens = tokens + self.gamma_xca * self.xca(self.norm_xca(tokens))
-        y = self._mlp(self.norm(tokens.reshape(b, h, w, c)))
-        return x + self.drop_path(y.permute(0, 3, 1, 2))
+        return self._mlp(self.norm(tokens.reshape(b, h, w, c))).permute(0, 3, 1, 2)
