@@ -13,9 +13,15 @@ loader's share is measured by ``bench/train.py``). ``--repeat N`` runs every row
 the median s/step, every run's s/step and the highest peak RSS.
 
 Rows:
-- ``ours``: the trainer's settings: fused Adam, ResNet-based modules channels_last (``train.channels_last``), each
-  scale's loss backpropagated as soon as it is computed (``compute_losses(backward=True)``: "losses" then
-  includes the losses' own backward, "backward" is the networks'), the gradients freed right after the optimizer step; fp32, or bf16 autocast over the forward with ``--amp bf16`` (``train.amp=bf16``).
+- ``ours``: the trainer's settings: fused Adam, every network channels_last (``train.channels_last``), freed
+  memory kept in the process (``train.cpu_memory``), each scale's loss backpropagated as soon as it is computed
+  (``compute_losses(backward=True)``: "losses" then includes the losses' own backward, "backward" is the
+  networks'), the gradients freed right after the optimizer step; fp32, or bf16 autocast over the forward with
+  ``--amp bf16`` (``train.amp=bf16``).
+
+Both rows build the model with the training presets' stochastic depth (Lite-Mono: rate 0.4, as the original
+hard-codes it) and seed torch's RNG with the step's index before each step, so a step drops the same samples of
+frame 0's depth pass in both rows (the depth network draws before anything else in a step).
 - ``original's work`` (with ``--baseline-code DIR``, e.g. a ``git worktree`` of the commit before the speed
   work): that code, imported from DIR, channels-first, gradients freed just before the backward, and the depth network also run on frames -1 and +1 with gradients on and its outputs kept until
   the step ends, as the original does; in disp_init also the identity errors (photometric errors of the
@@ -97,12 +103,18 @@ def measure(network: str, phase: str, *, batch: int, height: int, width: int, th
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from dynamo_depth.config import ModelConfig
     from dynamo_depth.models import DynamoDepthModel
 
     torch.set_num_threads(threads)
+    if not original_work:  # as train.main.configure_torch on CPU
+        from train.cpu_memory import reuse_freed_memory
+
+        reuse_freed_memory()
     torch.manual_seed(0)
     scales = SCALES[network]
-    model = DynamoDepthModel(depth_network=network, scales=scales, drop_path_rate=0.0)
+    # stochastic depth as in training (the original hard-codes 0.4; ResNet-18 has none)
+    model = DynamoDepthModel(depth_network=network, scales=scales, drop_path_rate=ModelConfig().drop_path_rate)
     if not original_work:
         model.use_channels_last()
     model.train()
@@ -115,16 +127,17 @@ def measure(network: str, phase: str, *, batch: int, height: int, width: int, th
     images = torch.rand(batch, 3, 3, height, width)
     K = np.tile(np.array([[[0.58 * width, 0, 0.5 * width], [0, 1.92 * height, 0.5 * height], [0, 0, 1]]],
                          dtype=np.float32), (batch, 1, 1))
-    def step() -> dict[str, float]:
+    def step(index: int) -> dict[str, float]:
+        torch.manual_seed(index)  # step i drops the same samples in both rows (frame 0's depth pass draws first)
         return one_step(model, optimizer, images, K, phase=phase, scales=scales, amp=amp, original_work=original_work)
 
-    for _ in range(2):
-        step()
-    rows = [step() for _ in range(steps)]
+    for index in range(2):
+        step(index)
+    rows = [step(2 + i) for i in range(steps)]
     hwm = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                if line.startswith("VmHWM:"))  # before the profiled step: the profiler's own records do not count
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
+        step(2 + steps)
     top = [(e.key, e.self_cpu_time_total / 1e6) for e in
            sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:8]]
     median = {part: statistics.median(r[part] for r in rows) for part in PARTS}

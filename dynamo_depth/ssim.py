@@ -110,15 +110,6 @@ def _terms(mu_x: torch.Tensor, second: torch.Tensor, cross: torch.Tensor, mu_y: 
     return a1, a2, b1, b2, torch.mul(a1, a2).div_(torch.mul(b1, b2))
 
 
-def _zero_frame(x: torch.Tensor, width: int) -> torch.Tensor:
-    """x (..., H, W) with its outer ``width`` rows and columns set to 0 (in place); returns x."""
-    x[..., :width, :] = 0
-    x[..., -width:, :] = 0
-    x[..., width:-width, :width] = 0
-    x[..., width:-width, -width:] = 0
-    return x
-
-
 class _SSIMLoss(torch.autograd.Function):
     """clamp((1 - SSIM) / 2, 0, 1) with the analytic gradient to x (module docstring)."""
 
@@ -139,8 +130,8 @@ class _SSIMLoss(torch.autograd.Function):
         outside = (value < 0).logical_or_(value > 1)  # torch.clamp passes the gradient at its bounds
         g = torch.mul(grad_out, -0.5).masked_fill_(outside, 0).div_(torch.mul(b1, b2))
         b, c, h, w = x.shape
-        spread_in = _zero_frame(x.new_empty(b, 3 * c, h + 4, w + 4), 2)  # the 3 gradients to E[.], zero-padded by 2
-        inner = spread_in[..., 2:-2, 2:-2]  # every value written below
+        spread_in = x.new_zeros(b, 3 * c, h + 4, w + 4)  # the 3 gradients to E[.], zero-padded by 2
+        inner = spread_in[..., 2:-2, 2:-2]
         # dS/dmx = (2 my (A2 - A1) - 2 mx S (B2 - B1)) / D; dS/dE[x'^2] = -S B1 / D; dS/dE[x'y'] = 2 A1 / D
         torch.mul(a2.sub_(a1).mul_(mu_y), 2, out=inner[:, :c]).sub_(
             b2.sub_(b1).mul_(mu_x).mul_(ssim).mul_(2)).mul_(g)

@@ -51,6 +51,7 @@ from dynamo_depth import storage  # noqa: E402
 from dynamo_depth.config import RunConfig, config_differences, config_from_dict, dump_config, load_config  # noqa: E402
 from dynamo_depth.storage import StorageAuthError  # noqa: E402
 from train.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, pointer_url  # noqa: E402
+from train.cpu_memory import reuse_freed_memory  # noqa: E402
 from train.loop import (  # noqa: E402
     InitSources,
     NonFiniteLossError,
@@ -261,10 +262,13 @@ class RankZeroLogger:
 
 
 def configure_torch(config: RunConfig, runtime: Runtime) -> None:
-    """CPU threads per process (``train.threads``, 0 keeps torch's choice); warns (rank 0) when
-    ``train.amp=bf16`` runs on a CPU without native bf16, where autocast is emulated and slower than fp32."""
+    """CPU threads per process (``train.threads``, 0 keeps torch's choice); on CPU, freed memory stays in the
+    process (``reuse_freed_memory``); warns (rank 0) when ``train.amp=bf16`` runs on a CPU without native
+    bf16, where autocast is emulated and slower than fp32."""
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    if runtime.device.type == "cpu":
+        reuse_freed_memory()
     if runtime.device.type == "cpu" and config.train.amp == "bf16" and runtime.is_main and not native_cpu_bf16():
         print("train: warning: train.amp=bf16 on a CPU without AVX512-BF16 or AMX: bf16 is emulated and usually "
               "slower than fp32 (train.amp=auto keeps fp32 on CPU)", file=sys.stderr, flush=True)

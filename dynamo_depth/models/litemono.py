@@ -82,6 +82,8 @@ class LiteMonoEncoder(nn.Module):
             raise ValueError(f"image height and width must be multiples of {_INPUT_MULTIPLE}, "
                              f"got {tuple(images.shape[2:])}")
         x = (images - INPUT_MEAN) / INPUT_STD
+        if self.stem2[0].conv.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # the pooled images join channels_last maps
         x_down = [self.pool(x)]
         for _ in range(2):
             x_down.append(self.pool(x_down[-1]))
