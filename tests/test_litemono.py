@@ -169,6 +169,34 @@ def test_dropped_samples_skip_the_branch_with_the_original_outputs_and_gradients
         assert float((a - b).abs().max()) <= 1e-12 * max(float(b.abs().max()), 1.0)  # BLAS blocking of fewer rows
 
 
+@pytest.mark.parametrize("block", ["dilated", "lgfi"])
+def test_dropped_samples_skip_the_branch_under_bf16_autocast(block: str) -> None:
+    """Under bf16 autocast (``train.amp=bf16``) the block input may be bf16 while gamma * MLP is fp32: the mask
+    is drawn in fp32 as the original draws it from the branch output (same RNG state after), the result is
+    fp32 as the original's sum, dropped samples are exactly the input, kept ones agree to bf16 rounding."""
+    torch.manual_seed(0)
+    module = (DilatedConvBlock(dim=16, dilation=1, drop_path_rate=0.5) if block == "dilated"
+              else LGFIBlock(dim=16, heads=4, drop_path_rate=0.5)).train()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.startswith("gamma"):
+                p.normal_()
+    x = torch.randn(4, 16, 8, 12).bfloat16()
+    branch = module._pixel_mlp if block == "dilated" else module._branch
+    branch_input = (lambda t: module.bn1(module.ddwconv(t))) if block == "dilated" else (lambda t: t)
+
+    def run(forward: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(3)  # drops 1 of 4 (the float64 test's seeds)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return forward(x), torch.get_rng_state()
+
+    (ours, rng_ours), (theirs, rng_theirs) = run(module), run(lambda t: t + module.drop_path(branch(branch_input(t))))
+    assert ours.dtype == theirs.dtype == torch.float32 and torch.equal(rng_ours, rng_theirs)
+    unchanged = (ours == x.float()).flatten(1).all(1)
+    assert int(unchanged.sum()) == 1 and torch.equal(ours[unchanged], theirs[unchanged])
+    assert torch.allclose(ours, theirs, rtol=2e-2, atol=2e-2)
+
+
 def test_stochastic_depth_only_in_train_mode_above_zero() -> None:
     x = torch.rand(4, 3, 32, 32)
     torch.manual_seed(0)

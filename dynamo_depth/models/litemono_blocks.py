@@ -28,17 +28,19 @@ POS_HIDDEN = 32
 POS_TEMPERATURE = 10000.0
 
 
-def drop_path_factors(x: torch.Tensor, *, p: float, training: bool) -> torch.Tensor | None:
+def drop_path_factors(x: torch.Tensor, *, p: float, training: bool,
+                      dtype: torch.dtype | None = None) -> torch.Tensor | None:
     """The factors (B, 1, ..., 1) ``drop_path`` multiplies x (B, ...) by: 0 for a dropped sample, 1 / (1 - p) for a
     kept one; None when ``drop_path`` is the identity (p == 0 or not training).
 
     The mask is drawn with ``bernoulli_`` from torch's global generator of x's device (one draw per call,
-    the same whichever of the two functions makes it), so RNG capture/restore reproduces it.
+    the same whichever of the two functions makes it), so RNG capture/restore reproduces it. ``dtype``: the
+    mask's (default x's).
     """
     if p == 0.0 or not training:
         return None
     keep = 1.0 - p
-    return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep).div_(keep)
+    return x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=dtype).bernoulli_(keep).div_(keep)
 
 
 def drop_path(x: torch.Tensor, *, p: float, training: bool) -> torch.Tensor:
@@ -52,7 +54,7 @@ def drop_path(x: torch.Tensor, *, p: float, training: bool) -> torch.Tensor:
 
 def residual_with_drop_path(x: torch.Tensor, branch_input: torch.Tensor,
                             branch: Callable[[torch.Tensor], torch.Tensor], *, p: float, training: bool,
-                            ) -> torch.Tensor:
+                            dtype: torch.dtype) -> torch.Tensor:
     """x + drop_path(branch(branch_input)), the branch evaluated only on the samples the draw keeps.
 
     ``branch`` maps samples (b, ...) of ``branch_input`` to (b, ...) like x, each sample on its own (no
@@ -61,17 +63,20 @@ def residual_with_drop_path(x: torch.Tensor, branch_input: torch.Tensor,
     computed (issue #18: 18 % of Lite-Mono's MLP work on average at rate 0.4). Deliberate difference: a
     NaN or infinite branch output of a dropped sample makes the original's output NaN; here the sample
     is x. Kept samples get the same float operations (x + branch * factor; a BLAS may block a product
-    over fewer samples differently: rounding, tests/test_litemono.py).
+    over fewer samples differently: rounding, tests/test_litemono.py). ``dtype``: the branch output's, known
+    before it runs (the original draws the mask in it; fp32 under bf16 autocast, where the branch ends with
+    an fp32 layer scale); the result has x's and its promoted dtype, as the original's sum.
     """
-    factors = drop_path_factors(x, p=p, training=training)
+    factors = drop_path_factors(x, p=p, training=training, dtype=dtype)
     if factors is None:
         return x + branch(branch_input)
     kept = factors.flatten().nonzero().flatten()
     if len(kept) == x.shape[0]:
         return x + branch(branch_input) * factors
+    out = x.to(torch.promote_types(x.dtype, dtype))  # exact; x itself when the dtype is already that
     if len(kept) == 0:
-        return x
-    return x.index_put((kept,), branch(branch_input[kept]) * factors[kept], accumulate=True)
+        return out
+    return out.index_put((kept,), branch(branch_input[kept]) * factors[kept], accumulate=True)
 
 
 class DropPath(nn.Module):
@@ -87,9 +92,10 @@ class DropPath(nn.Module):
         return drop_path(x, p=self.drop_prob, training=self.training)
 
     def residual(self, x: torch.Tensor, branch_input: torch.Tensor,
-                 branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                 branch: Callable[[torch.Tensor], torch.Tensor], *, dtype: torch.dtype) -> torch.Tensor:
         """``residual_with_drop_path`` at this module's rate and mode."""
-        return residual_with_drop_path(x, branch_input, branch, p=self.drop_prob, training=self.training)
+        return residual_with_drop_path(x, branch_input, branch, p=self.drop_prob, training=self.training,
+                                       dtype=dtype)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
@@ -134,6 +140,10 @@ class _ChannelMLP(nn.Module):
         self.pwconv1 = nn.Linear(dim, EXPANSION * dim)
         self.act = nn.GELU()
         self.pwconv2 = nn.Linear(EXPANSION * dim, dim)
+
+    def _out_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The dtype of gamma * MLP(...) for block input x: fp32 under autocast (gamma stays fp32)."""
+        return torch.promote_types(self.gamma.dtype, x.dtype)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):
@@ -241,7 +251,7 @@ class DilatedConvBlock(_ChannelMLP):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the convolution and BatchNorm see every sample (batch statistics); the MLP only the kept ones
-        return self.drop_path.residual(x, self.bn1(self.ddwconv(x)), self._pixel_mlp)
+        return self.drop_path.residual(x, self.bn1(self.ddwconv(x)), self._pixel_mlp, dtype=self._out_dtype(x))
 
     def _pixel_mlp(self, y: torch.Tensor) -> torch.Tensor:
         return self._mlp(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -322,7 +332,8 @@ class LGFIBlock(_ChannelMLP):
         self.drop_path = DropPath(drop_prob=drop_path_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop_path.residual(x, x, self._branch)  # every step is per sample: only kept ones run
+        # every step of the branch is per sample: only the kept ones run
+        return self.drop_path.residual(x, x, self._branch, dtype=self._out_dtype(x))
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
