@@ -74,8 +74,8 @@ def residual_with_drop_path(x: torch.Tensor, branch_input: torch.Tensor,
     if len(kept) == x.shape[0]:
         return x + branch(branch_input) * factors
     out = x.to(torch.promote_types(x.dtype, dtype))  # exact; x itself when the dtype is already that
-    if len(kept) == 0:
-        return out
+    # with every sample dropped the branch still runs on an empty batch: its parameters get the original's
+    # zero gradients (Adam still steps them; DDP needs every parameter's gradient)
     return out.index_put((kept,), branch(branch_input[kept]) * factors[kept], accumulate=True)
 
 
@@ -168,9 +168,9 @@ def _chunks(rows: int, device: torch.device) -> list[slice]:
 
 KEEP_HIDDEN_MIN_CHANNELS = 128
 """``_ChunkedMLP`` keeps h = pwconv1(x) for the backward when C >= this (Lite-Mono's stages 1 and 2), and
-recomputes it below (stage 0). Keeping h saves rows x C x 6C multiply-adds per byte kept x C: worth it for the
-wide stages (0.15 GiB at batch 3, 192x640; their MLPs' fwd + bwd 8-15 % faster in a one-off measurement),
-not for stage 0 (0.14 GiB for the cheapest product, which a chunk recomputes in cache)."""
+recomputes it below (stage 0). Keeping h (6C values per pixel) saves C multiply-adds per value kept: worth it
+in the wide stages (0.14 GiB at batch 3, 192x640; their MLPs' fwd + bwd 8-15 % faster in a one-off
+measurement), not in stage 0 (another 0.13 GiB for the cheapest product, which a chunk recomputes in cache)."""
 
 
 def _chunked_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
