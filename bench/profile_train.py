@@ -18,10 +18,6 @@ Rows:
   (``compute_losses(backward=True)``: "losses" then includes the losses' own backward, "backward" is the
   networks'), the gradients freed right after the optimizer step; fp32, or bf16 autocast over the forward with
   ``--amp bf16`` (``train.amp=bf16``).
-
-Both rows build the model with the training presets' stochastic depth (Lite-Mono: rate 0.4, as the original
-hard-codes it) and seed torch's RNG with the step's index before each step, so a step drops the same samples of
-frame 0's depth pass in both rows (the depth network draws before anything else in a step).
 - ``original's work`` (with ``--baseline-code DIR``, e.g. a ``git worktree`` of the commit before the speed
   work): that code, imported from DIR, channels-first, gradients freed just before the backward, and the depth network also run on frames -1 and +1 with gradients on and its outputs kept until
   the step ends, as the original does; in disp_init also the identity errors (photometric errors of the
@@ -29,6 +25,10 @@ frame 0's depth pass in both rows (the depth network draws before anything else 
   per-scale loss loop (its automask noise is drawn there, once per scale, with their shape: fixture
   README), the code in DIR once per step. This is the original's computation on this machine (the same
   networks, warps and losses, proven equal on the parity fixtures), timed in the same run as ``ours``.
+
+Both rows build the model with the training presets' stochastic depth (Lite-Mono: rate 0.4, as the original
+hard-codes it) and seed torch's RNG with the step's index before each step, so a step drops the same samples of
+frame 0's depth pass in both rows (the depth network draws before anything else in a step).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A CPU training step allocates and frees hundreds of MB of activations. glibc serves blocks above its mmap
 threshold (128 KiB, rising to at most 32 MiB as such blocks are freed) with ``mmap`` and gives them back on
-``free``, and trims the top of its heap: the next step touches fresh pages again. Here that was 40-85 k page
-faults and ~0.1 s of system CPU time per step (Lite-Mono disp_init, batch 3, 192x640; bench/RESULTS.md).
+``free``, and trims the top of its heap: the next step touches fresh pages again. Here that was 12-85 k page
+faults and 0.03-0.16 s of system CPU time per step (Lite-Mono disp_init, batch 3, 192x640; bench/RESULTS.md).
 Raising both thresholds keeps the pages: the resident set stays at the step's peak (which the peak RSS
 reports already count) and later steps reuse them (here: no new page faults and the same peak RSS after the
 two warm-up steps). No effect on the math.
@@ -25,12 +25,9 @@ def reuse_freed_memory() -> bool:
     """Set glibc's mmap and trim thresholds so freed memory stays mapped; True when glibc accepted both
     (False elsewhere: another C library, or a platform without ``mallopt``). Affects the whole process and
     the processes it forks later (DataLoader workers)."""
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError):
-        return False
-    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return all(any(mallopt(option, size) == 1 for size in _KEEP_BYTES)

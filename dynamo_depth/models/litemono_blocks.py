@@ -60,7 +60,7 @@ def residual_with_drop_path(x: torch.Tensor, branch_input: torch.Tensor,
     ``branch`` maps samples (b, ...) of ``branch_input`` to (b, ...) like x, each sample on its own (no
     batch statistics inside); it must draw no random numbers, so drawing the mask before it runs leaves
     torch's RNG sequence the original's. A dropped sample's branch would be multiplied by 0, so it is not
-    computed (issue #18: 18 % of Lite-Mono's MLP work on average at rate 0.4). Deliberate difference: a
+    computed on CPU (issue #18: 18 % of Lite-Mono's MLP work on average at rate 0.4). Deliberate difference: a
     NaN or infinite branch output of a dropped sample makes the original's output NaN; here the sample
     is x. Kept samples get the same float operations (x + branch * factor; a BLAS may block a product
     over fewer samples differently: rounding, tests/test_litemono.py). ``dtype``: the branch output's, known
@@ -70,8 +70,9 @@ def residual_with_drop_path(x: torch.Tensor, branch_input: torch.Tensor,
     factors = drop_path_factors(x, p=p, training=training, dtype=dtype)
     if factors is None:
         return x + branch(branch_input)
-    kept = factors.flatten().nonzero().flatten()
-    if len(kept) == x.shape[0]:
+    # off CPU, finding the kept samples would synchronise the device in every block: all samples run there
+    kept = factors.flatten().nonzero().flatten() if x.device.type == "cpu" else None
+    if kept is None or len(kept) == x.shape[0]:
         return x + branch(branch_input) * factors
     out = x.to(torch.promote_types(x.dtype, dtype))  # exact; x itself when the dtype is already that
     # with every sample dropped the branch still runs on an empty batch: its parameters get the original's
