@@ -53,11 +53,12 @@ def fixture(request) -> Path:
 
 
 def write_generated_folder(folder: Path, out: Path) -> Path:
-    """The fixture's generated weights as an original checkpoint folder (depth_enc with height/width)."""
+    """The fixture's generated weights as an original checkpoint folder, as ``Model.save`` writes it: the ints
+    height / width appended to every ``*enc*`` module's state dict."""
     meta = json.loads((folder / "fixture.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     for name, state in generated_state_dicts(folder / "weights_spec.json").items():
-        if name == "depth_enc":
+        if "enc" in name:
             state = {**state, "height": int(meta["height"]), "width": int(meta["width"])}
         torch.save(state, out / f"{name}.pth")
     return out

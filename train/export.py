@@ -2,9 +2,9 @@
 
 ``CKPT`` is a trainer checkpoint (``run_dir/checkpoints/step-NNNNNN.pt``, the file ``checkpoints/last.json``
 names) or an original folder. ``OUT_DIR`` receives the
-seven files the original code loads (``depth_enc.pth`` with ``height`` / ``width``, ``depth_dec.pth``,
-``pose_enc.pth``, ``pose_dec.pth``, ``motion_enc.pth``, ``motion_dec.pth``, ``motion_mask.pth``), with the
-original's keys, dtypes and shapes. Exit 2 on bad input, naming the file and the reason.
+seven files the original code loads (``depth_enc.pth``, ``depth_dec.pth``, ``pose_enc.pth``, ``pose_dec.pth``,
+``motion_enc.pth``, ``motion_dec.pth``, ``motion_mask.pth``) as the original's ``Model.save`` writes them: the
+original's keys, dtypes and shapes in its order, the ints ``height`` / ``width`` appended to every ``*enc*`` file. Exit 2 on bad input, naming the file and the reason.
 """
 
 from __future__ import annotations

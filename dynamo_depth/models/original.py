@@ -1,8 +1,11 @@
 """Original Dynamo-Depth checkpoint folders: load them into ``DynamoDepthModel`` and write them back.
 
-A folder holds one ``torch.save``d state dict per module: ``depth_enc.pth`` (plus the ints ``height`` and
-``width``: the network's input size), ``depth_dec.pth``, ``pose_enc.pth``, ``pose_dec.pth``,
-``motion_enc.pth``, ``motion_dec.pth``, ``motion_mask.pth``. Our modules carry the original's names
+A folder holds one ``torch.save``d state dict per module: ``depth_enc.pth``, ``depth_dec.pth``,
+``pose_enc.pth``, ``pose_dec.pth``, ``motion_enc.pth``, ``motion_dec.pth``, ``motion_mask.pth``. The original's
+``Model.save`` appends the ints ``height`` and ``width`` (the network's input size) to the state dict of EVERY
+module whose name contains ``enc`` (``depth_enc``, ``pose_enc``, ``motion_enc``); the reader takes them from any
+of those files it reads (at least one must hold them; all that hold them must agree) and the writer appends
+them to all three, as ``Model.save`` does. Our modules carry the original's names
 and keys, so each file maps onto one module unchanged; ``export_folder`` writes the same keys,
 dtypes and shapes in the same order (``pose_dec.pth`` lists its tensors twice, as the original's).
 A depth-only folder (the two ``depth_*`` files) is enough for depth evaluation and prediction.
@@ -51,12 +54,47 @@ def read_folder(path: str | os.PathLike[str], *, modules: Sequence[str] = MODULE
         raise WeightLoadError(f"checkpoint folder {folder}: missing module file(s) "
                               f"{', '.join(m + '.pth' for m in absent)}")
     states = {m: dict(read_state_dict_file(folder / f"{m}.pth")) for m in modules}
-    encoder = states["depth_enc"]
-    sizes = {k: encoder.pop(k, None) for k in SIZE_KEYS}
-    if not all(isinstance(v, int) or (isinstance(v, torch.Tensor) and v.numel() == 1) for v in sizes.values()):
-        raise WeightLoadError(f"{folder / 'depth_enc.pth'}: needs integer 'height' and 'width' entries, got {sizes}")
-    return OriginalFolder(path=folder, states=states, height=int(sizes["height"]), width=int(sizes["width"]))
+    if not any("enc" in m and SIZE_KEYS[0] in states[m] for m in modules):  # sizes only in an unread encoder file
+        extra = [m for m in available_modules(folder) if "enc" in m and m not in states]
+        sizes = _stored_size(folder, {m: dict(read_state_dict_file(folder / f"{m}.pth")) for m in extra} | states)
+        return OriginalFolder(path=folder, states=states, height=sizes[0], width=sizes[1])
+    height, width = _stored_size(folder, states)
+    return OriginalFolder(path=folder, states=states, height=height, width=width)
 
+
+def _size_value(value: object) -> int | None:
+    """A stored size as an int (a Python int or a one-element integer tensor), None if it is neither."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point() \
+            and value.dtype != torch.bool:
+        return int(value.item())
+    return None
+
+
+def _stored_size(folder: Path, states: dict[str, dict[str, object]]) -> tuple[int, int]:
+    """Pop ``height`` / ``width`` from every ``*enc*`` state dict in ``states``: (height, width) they agree on;
+    WeightLoadError naming the file(s) if a size is not an int, only one of the two is stored, two files
+    disagree, or no encoder file holds them."""
+    found: dict[str, tuple[int, int]] = {}
+    for name, state in states.items():
+        if "enc" not in name or not any(k in state for k in SIZE_KEYS):
+            continue
+        raw = {k: state.pop(k, None) for k in SIZE_KEYS}
+        sizes = {k: _size_value(v) for k, v in raw.items()}
+        if None in sizes.values():
+            raise WeightLoadError(f"{folder / (name + '.pth')}: needs integer 'height' and 'width' entries, got {raw}")
+        found[f"{name}.pth"] = (sizes["height"], sizes["width"])
+    if not found:
+        files = ", ".join(f"{m}.pth" for m in states if "enc" in m)
+        raise WeightLoadError(f"checkpoint folder {folder}: no encoder file ({files}) holds the integer 'height' "
+                              f"and 'width' entries the original's Model.save writes")
+    (first, size), *others = found.items()
+    for other, other_size in others:
+        if other_size != size:
+            raise WeightLoadError(f"checkpoint folder {folder}: {first} stores height x width {size[0]}x{size[1]}, "
+                                  f"{other} stores {other_size[0]}x{other_size[1]}; they must agree")
+    return size
 
 def load_module_state(module: nn.Module, state: Mapping[str, object], *, source: str) -> None:
     """``module.load_state_dict(state, strict=True)`` with errors naming the file, keys and shapes."""
@@ -109,12 +147,14 @@ def _copied(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def export_folder(model: nn.Module, out_dir: str | os.PathLike[str], *, height: int, width: int) -> Path:
-    """Write ``model``'s seven modules as an original checkpoint folder (each file atomically)."""
+    """Write ``model``'s seven modules as an original checkpoint folder (each file atomically), as the original's
+    ``Model.save``: each module's state dict, with the ints ``height`` and ``width`` appended (after the tensors)
+    to every module whose name contains ``enc``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in MODULE_NAMES:
         state = _copied(getattr(model, name).state_dict())
-        if name == "depth_enc":
+        if "enc" in name:
             state["height"], state["width"] = int(height), int(width)
         tmp = out / f".{name}.pth.tmp"
         torch.save(state, tmp)
