@@ -24,7 +24,9 @@ A frame without the camera's image or calibration yields no sample and breaks th
   the original's motion mask (``builders.waymo_motion``): panoptic instances of movable classes, each matched
   to the laser label whose camera-synced box holds the largest fraction of its LiDAR points; speed > 1 m/s
   -> 1 (moving), else 2 (static movable), unmatched 3 (unlabeled), elsewhere 0; read at each depth point's
-  truncated pixel. Frames without a panoptic label have no motion member.
+  truncated pixel. Frames without a panoptic label have no motion member. The same frames also store the
+  whole mask (``motion_mask.npy.zst``, original size), which the original's motion-segmentation evaluation
+  scores pixel by pixel.
 Streaming: a segment is read once, record by record; only a 3-frame window is kept in memory.
 CPU-independent bytes: every product of matrices/points that reaches a shard (LiDAR decoding, projection,
 poses, ego_from_camera, box tests) is element-wise in a fixed order (``dynamo_depth.geometry``), never BLAS
@@ -53,7 +55,7 @@ from dynamo_depth.formats import waymo as wf
 from dynamo_depth.geometry import compose, invert_se3
 from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.3.0"  # 1.3.0: motion from the panoptic labels as the original (none without them); 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
+VERSION = "1.4.0"  # 1.4.0: the motion mask itself is stored (motion_mask.npy.zst); 1.3.0: motion from the panoptic labels as the original (none without them); 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
 TRAIN_HW = (320, 480)  # (H, W) of the stored images
 JPEG_QUALITY = 95
 SEGMENT_SUFFIX = "_with_camera_labels.tfrecord"
@@ -213,13 +215,20 @@ def frame_depth(frame, calib: wf.CameraCalibration, *, cull: bool = True) -> tup
 
     ``cull`` skips range-image pixels that cannot reach the camera's image before their points are
     computed (``waymo_view``); the result is the same either way, only faster with it."""
+    depth, motion, _ = frame_depth_and_mask(frame, calib, cull=cull)
+    return depth, motion
+
+
+def frame_depth_and_mask(frame, calib: wf.CameraCalibration, *, cull: bool = True,
+                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``frame_depth`` and the (H, W) uint8 motion mask (None without a panoptic label)."""
     wedge = camera_wedge(calib) if cull else None
     per_laser = wf.lidar_points(frame, returns=(1,), select=wedge_selector(wedge) if wedge is not None else None)
     points = np.concatenate([np.zeros((0, 3))] + [per_laser[name] for name in LASER_ORDER if name in per_laser])
     depth, index = project_to_camera(points, camera_from_vehicle=invert_se3(calib.vehicle_from_opencv_camera),
                                      K=calib.K, hw=(calib.height, calib.width))
-    motion = waymo_motion.frame_motion(frame, calib.name, depth, (calib.height, calib.width))
-    return depth, motion
+    both = waymo_motion.frame_motion_and_mask(frame, calib.name, depth, (calib.height, calib.width))
+    return (depth, None, None) if both is None else (depth, *both)
 
 
 # ---------------------------------------------------------------------------------------- build
@@ -329,7 +338,7 @@ def _sample(window: list[_FrameView], frame, sequence: str, camera: str, options
     calib = cur.calib
     hw = (calib.height, calib.width)
     try:
-        depth, motion = frame_depth(frame, calib)
+        depth, motion, mask = frame_depth_and_mask(frame, calib)
     except wf.WaymoFormatError as error:
         raise ValueError(f"{where} record at byte offset {cur.offset} (frame {cur.index}): {error}") from error
     stamps = (prev.timestamp_us, cur.timestamp_us, nxt.timestamp_us)
@@ -348,7 +357,7 @@ def _sample(window: list[_FrameView], frame, sequence: str, camera: str, options
     return TripletSample(
         key=make_key(sequence, camera, cur.index), images=(prev.jpeg, cur.jpeg, nxt.jpeg),
         K=training_intrinsics(calib), poses=np.stack([v.world_from_camera for v in window]),
-        depth=depth, meta=meta, motion=motion,
+        depth=depth, meta=meta, motion=motion, motion_mask=mask,
     )
 
 

@@ -38,7 +38,8 @@ from dynamo_depth.formats import waymo_labels as wl
 from dynamo_depth.formats import waymo_pb2
 from dynamo_depth.schema import MotionLabel
 
-__all__ = ["MOVABLE_CLASSES", "MaskObject", "frame_motion", "mask_objects", "motion_at", "motion_mask"]
+__all__ = ["MOVABLE_CLASSES", "MaskObject", "frame_motion", "frame_motion_and_mask", "mask_objects", "motion_at",
+           "motion_mask"]
 
 # camera segmentation types: car, truck, bus, other large vehicle, bicycle, motorcycle, trailer, pedestrian,
 # cyclist, motorcyclist, bird, ground animal, dynamic (not the ego vehicle, 1)
@@ -151,9 +152,18 @@ def motion_at(mask: np.ndarray, depth: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(mask[rows, cols], dtype=np.uint8)
 
 
-def frame_motion(frame, camera: str, depth: np.ndarray, hw: tuple[int, int]) -> np.ndarray | None:
-    """Motion classes of ``depth`` (N, 3) for ``camera`` of ``frame``, or None without a panoptic label."""
+def frame_motion_and_mask(frame, camera: str, depth: np.ndarray, hw: tuple[int, int],
+                          ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(motion classes (N,) of ``depth`` (N, 3), the (H, W) motion mask) for ``camera`` of ``frame``, or None
+    without a panoptic label. The mask is what the original's motion-segmentation evaluation scores."""
     objects = mask_objects(frame, camera)
     if objects is None:
         return None
-    return motion_at(motion_mask(objects, hw), depth)
+    mask = motion_mask(objects, hw)
+    return motion_at(mask, depth), mask
+
+
+def frame_motion(frame, camera: str, depth: np.ndarray, hw: tuple[int, int]) -> np.ndarray | None:
+    """Motion classes of ``depth`` (N, 3) for ``camera`` of ``frame``, or None without a panoptic label."""
+    both = frame_motion_and_mask(frame, camera, depth, hw)
+    return None if both is None else both[0]

@@ -2,20 +2,23 @@
 
 A sample is stored as WebDataset members under the key ``{sequence}_{camera}_{frame:06d}``:
 
-============== =====================================================================
-member         content
-============== =====================================================================
-prev.jpg       frame t-1, JPEG, already resized to the dataset's training size
-cur.jpg        frame t
-next.jpg       frame t+1
-K.npy          (3, 3) float64 pinhole intrinsics in pixels of the stored images
-poses.npy      (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes)
-depth.npy.zst  zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres
-motion.npy.zst optional zstd .npy, (N,) uint8 per depth point (see ``MotionLabel``)
-orig.png       optional: the target frame's raw PNG file, byte for byte (KITTI test-split builds), so
-               evaluation can feed the network the raw image resized bicubic as the original does
-meta.json      ``SampleMeta`` as canonical JSON
-============== =====================================================================
+=================== ==================================================================
+member              content
+=================== ==================================================================
+prev.jpg            frame t-1, JPEG, already resized to the dataset's training size
+cur.jpg             frame t
+next.jpg            frame t+1
+K.npy               (3, 3) float64 pinhole intrinsics in pixels of the stored images
+poses.npy           (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes)
+depth.npy.zst       zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres
+motion.npy.zst      optional zstd .npy, (N,) uint8 per depth point (see ``MotionLabel``)
+motion_mask.npy.zst optional zstd .npy, (H, W) uint8 ``MotionLabel`` per pixel of the ORIGINAL image
+                    (``original_size``; Waymo frames with a panoptic label: the original's filled-contour mask,
+                    which its motion-segmentation evaluation scores pixel by pixel)
+orig.png            optional: the target frame's raw PNG file, byte for byte (KITTI test-split builds), so
+                    evaluation can feed the network the raw image resized bicubic as the original does
+meta.json           ``SampleMeta`` as canonical JSON
+=================== ==================================================================
 
 Edge samples: a build from a split file (``--split-file``) makes a sample of every listed frame; a
 frame without a previous / next frame uses ITSELF as that neighbour (the original's rule), and
@@ -44,7 +47,7 @@ ZSTD_LEVEL = 3
 
 IMAGE_MEMBERS = ("prev.jpg", "cur.jpg", "next.jpg")
 REQUIRED_MEMBERS = (*IMAGE_MEMBERS, "K.npy", "poses.npy", "depth.npy.zst", "meta.json")
-OPTIONAL_MEMBERS = ("motion.npy.zst", "orig.png")
+OPTIONAL_MEMBERS = ("motion.npy.zst", "orig.png", "motion_mask.npy.zst")
 EDGE_KEY = "edge"
 """``meta.json`` ``extra`` key listing neighbours replaced by the target frame (``EDGE_NEIGHBOURS``)."""
 EDGE_NEIGHBOURS = ("prev", "next")
@@ -194,6 +197,8 @@ class TripletSample:
         meta: ``SampleMeta``.
         motion: optional (N,) uint8 ``MotionLabel`` per depth point.
         original_image: optional raw PNG bytes of the target frame (``orig.png``).
+        motion_mask: optional (H, W) uint8 ``MotionLabel`` per pixel of the original image
+            (``motion_mask.npy.zst``, H, W = ``meta.original_size``).
     """
 
     key: str
@@ -204,6 +209,7 @@ class TripletSample:
     meta: SampleMeta
     motion: np.ndarray | None = None
     original_image: bytes | None = None
+    motion_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -226,6 +232,8 @@ def validate(sample: TripletSample) -> None:
     _check_array(key, "depth.npy.zst", sample.depth, np.float32, (None, 3))
     if sample.motion is not None:
         _check_array(key, "motion.npy.zst", sample.motion, np.uint8, (sample.depth.shape[0],))
+    if sample.motion_mask is not None:
+        _check_array(key, "motion_mask.npy.zst", sample.motion_mask, np.uint8, tuple(sample.meta.original_size))
     for member, arr in (("K.npy", sample.K), ("poses.npy", sample.poses), ("depth.npy.zst", sample.depth)):
         if not np.isfinite(arr).all():
             raise SampleError(key, member, "holds NaN or infinite values")
@@ -277,6 +285,8 @@ def encode(sample: TripletSample) -> dict[str, bytes]:
     members["depth.npy.zst"] = zstd_npy_bytes(sample.depth)
     if sample.motion is not None:
         members["motion.npy.zst"] = zstd_npy_bytes(sample.motion)
+    if sample.motion_mask is not None:
+        members["motion_mask.npy.zst"] = zstd_npy_bytes(sample.motion_mask)
     if sample.original_image is not None:
         members["orig.png"] = bytes(sample.original_image)
     meta = json.dumps(sample.meta.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -314,6 +324,8 @@ def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSampl
         meta=meta,
         motion=motion,
         original_image=bytes(members["orig.png"]) if "orig.png" in names else None,
+        motion_mask=(_decode_member(key, "motion_mask.npy.zst", members, load_zstd_npy)
+                     if "motion_mask.npy.zst" in names else None),
     )
 
 

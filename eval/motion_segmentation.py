@@ -1,19 +1,31 @@
-"""``python -m eval.motion_segmentation``: precision / recall / F1 of predicted motion masks at LiDAR points.
+"""``python -m eval.motion_segmentation``: motion-mask precision / recall / F1 as the original Dynamo-Depth.
 
 Usage::
 
-    python -m eval.motion_segmentation --data SHARDS --predictions FILE.npz [--dataset D] [--thresholds T]
-                                       [--out DIR] [--max-samples N]
+    python -m eval.motion_segmentation --data SHARDS (--checkpoint CKPT | --predictions FILE.npz)
+                                       [--scoring original|points] [--counts float32|int64]
+                                       [--thresholds 150] [--dataset D] [--out DIR] [--max-samples N]
 
-Predictions file: ``np.savez(path, **{sample_key: motion})``, one (H', W') array per sample with the
-probability in [0, 1] that the target frame's pixel moves independently, at the training size.
-Each map is upsampled bilinearly (float32) to the original size and read at the truncated pixel of
-every LiDAR point that passes the depth protocol (``dynamo_depth.depth_eval``: range cap, Garg crop for KITTI); ground truth is
-``motion.npy.zst``: 1 moving is positive, 0 background and 2 static movable are negative,
-3 unlabeled is ignored. Samples without motion labels are skipped. Counts are summed over all
-images before precision / recall are formed (pooled over points).
+Predictions file: ``np.savez(path, **{sample_key: motion})``, one (H', W') array per sample: the MotMask
+decoder's sigmoid at scale 0 of the target frame, at the training size. ``--checkpoint`` runs the whole model
+on the stored (prev, cur, next) frames (the original's ``frame_ids [0, -1, 1]``, its ``rgb/downsample`` JPEGs).
 
-Outputs in ``--out``: ``metrics.json``, ``metrics.md``, ``pr_curve.png``. Exit 0, or 2 on bad input.
+Default: the original's ``eval/motion_segmentation.py`` (``../shared/reference/eval_protocol.md`` section 6).
+Edge samples (a neighbour missing, ``meta.json`` ``extra["edge"]``) are left out, as the original prunes them.
+Each map is upsampled bilinearly (``align_corners=False``, float32) to the original size and EVERY pixel of the
+ground-truth mask is scored: Waymo the stored full-resolution mask (``motion_mask.npy.zst``: the filled
+contours of the panoptic objects), nuScenes the per-point labels splatted into a 5x-downsampled grid resized
+NEAREST (``motion_metrics.nuscenes_grid_mask``). 150 thresholds ``linspace(-eps, 1 - eps)`` float32, strict
+``>``, counts pooled over images in float32, precision / recall with ``+ 1e-10``; the reported F1 is the best
+over the thresholds. Samples without labels are skipped (the original's frames are ``test_mask_files.txt``).
+
+Options that leave the original protocol (the printed table then says "MODIFIED protocol"):
+``--scoring points`` scores each labelled LiDAR point (depth protocol's valid points, truncated pixel) instead
+of mask pixels; ``--counts int64`` pools the counts exactly (the original's float32 sums round above 2^24
+pixels); ``--thresholds N`` uses N thresholds of the same form.
+
+Outputs in ``--out``: ``metrics.json``, ``metrics.md``, ``pr_record.npz`` (precision, recall, f1, thrds as the
+original's ``pr_record_<ckpt>.npz``), ``pr_curve.png``. Exit 0, or 2 on bad input.
 """
 
 from __future__ import annotations
@@ -23,89 +35,172 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from dynamo_depth import depth_eval as de
 from dynamo_depth import metrics as m
-from dynamo_depth import motion_metrics
+from dynamo_depth import motion_metrics as mm
+from dynamo_depth.schema import edge_neighbours
 from eval import PredictionFile, fmt, iter_samples, write_report
 from eval.figures import plot_pr_curve
 
-UNLABELED = 3
-MOVING = 1
+SCORINGS = ("original", "points")
+MASK_DATASETS = ("waymo", "nuscenes")
 
 
-def _scores_and_truth(sample: Any, motion_map: np.ndarray, dataset: str) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, is_moving) at the sample's labelled, protocol-valid LiDAR points."""
+@dataclass(frozen=True)
+class MotionProtocol:
+    """Where a user may leave the original protocol; the defaults are the original's."""
+
+    scoring: str = "original"
+    counts: str = "float32"
+    num_thresholds: int = mm.ORIGINAL_NUM_THRESHOLDS
+
+    def __post_init__(self) -> None:
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring {self.scoring!r}; allowed: {SCORINGS}")
+        if self.counts not in mm.COUNT_DTYPES:
+            raise ValueError(f"counts {self.counts!r}; allowed: {mm.COUNT_DTYPES}")
+        if self.num_thresholds < 2:
+            raise ValueError(f"--thresholds must be >= 2, got {self.num_thresholds}")
+
+    @property
+    def is_original(self) -> bool:
+        return self == MotionProtocol()
+
+    def describe(self) -> str:
+        if self.is_original:
+            return "original Dynamo-Depth protocol (eval/motion_segmentation.py @ 227a5d9)"
+        changes = []
+        if self.scoring != "original":
+            changes.append("labelled LiDAR points scored instead of mask pixels")
+        if self.counts != "float32":
+            changes.append("counts pooled exactly (int64)")
+        if self.num_thresholds != mm.ORIGINAL_NUM_THRESHOLDS:
+            changes.append(f"{self.num_thresholds} thresholds")
+        return "MODIFIED protocol: " + ", ".join(changes)
+
+
+def upsample(prediction: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32: bilinear (``align_corners=False``) float32 upsampling, the original's ``utils.interp``."""
+    return de.depth_map(prediction=prediction, original_hw=hw, kind="depth")
+
+
+def ground_truth(sample: Any, dataset: str) -> np.ndarray | None:
+    """(H, W) uint8 mask the original scores for ``sample`` (None: no labels, the sample is skipped)."""
     hw = tuple(sample.meta.original_size)
-    pts = sample.depth.astype(np.float64)
-    keep = de.valid_points(points_uvz=pts, original_hw=hw, protocol=m.DATASET_PROTOCOL[dataset])
-    keep &= sample.motion != UNLABELED
-    rows, cols = de.point_pixels(points_uvz=pts[keep], pixel="truncate")
-    scores = de.depth_map(prediction=motion_map, original_hw=hw, kind="depth")[rows, cols].astype(np.float64)
-    return scores, sample.motion[keep] == MOVING
+    if dataset == "waymo":
+        return sample.motion_mask
+    if dataset == "nuscenes" and sample.motion is not None:
+        return mm.nuscenes_grid_mask(points_uvz=sample.depth, labels=sample.motion, original_hw=hw)
+    return None
+
+
+def scored(sample: Any, motion_map: np.ndarray, dataset: str, scoring: str) -> tuple[np.ndarray, np.ndarray] | str:
+    """(scores, labels) to count for one sample, or the reason it is skipped."""
+    hw = tuple(sample.meta.original_size)
+    if scoring == "points":
+        if sample.motion is None:
+            return "no motion labels"
+        pts = sample.depth.astype(np.float64)
+        keep = de.valid_points(points_uvz=pts, original_hw=hw, protocol=m.DATASET_PROTOCOL[dataset])
+        rows, cols = de.point_pixels(points_uvz=pts[keep], pixel="truncate")
+        return upsample(motion_map, hw)[rows, cols], sample.motion[keep]
+    if dataset not in MASK_DATASETS:
+        raise ValueError(f"the original evaluates motion segmentation on {MASK_DATASETS} only, not {dataset!r} "
+                         f"(--scoring points scores labelled LiDAR points of any dataset)")
+    mask = ground_truth(sample, dataset)
+    if mask is None:
+        member = "motion_mask.npy.zst" if dataset == "waymo" else "motion.npy.zst"
+        return f"no motion mask ({member}; Waymo: builder >= 1.4.0)"
+    return upsample(motion_map, hw), mask
 
 
 def evaluate_motion(
-    *, data_url: str, predict: Callable[[Any], np.ndarray], thresholds: np.ndarray, dataset: str | None = None,
-    max_samples: int | None = None,
-) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Pooled PR curve over ``data_url``; returns the JSON report and (precision, recall, f1)."""
-    true_pos = np.zeros(len(thresholds), dtype=np.int64)
-    num_pred = np.zeros(len(thresholds), dtype=np.int64)
-    num_pos = num_points = num_images = 0
+    *, data_url: str, predict: Callable[[Any], np.ndarray], protocol: MotionProtocol = MotionProtocol(),
+    dataset: str | None = None, max_samples: int | None = None,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Pooled PR curve over ``data_url``; the JSON report and (thresholds, precision, recall, f1)."""
+    thresholds = mm.original_thresholds(protocol.num_thresholds)
+    counts = mm.PooledCounts(num_thresholds=thresholds.size, dtype=protocol.counts)
+    num_images = num_scored = num_moving = 0
     skipped: list[dict[str, str]] = []
+    chosen = dataset
     for sample in iter_samples(data_url, max_samples=max_samples):
-        if sample.motion is None:
-            skipped.append({"key": sample.key, "reason": "no motion labels"})
+        if edge_neighbours(sample.meta):
+            skipped.append({"key": sample.key, "reason": "edge frame (a neighbour is missing): the original prunes it"})
             continue
+        chosen = dataset or sample.meta.dataset
         motion_map = predict(sample)
         if not np.all(np.isfinite(motion_map)):
             raise ValueError(f"sample {sample.key!r}: non-finite motion scores")
-        scores, is_moving = _scores_and_truth(sample, motion_map, dataset or sample.meta.dataset)
-        tp, npred, npos = motion_metrics.pr_counts(scores=scores, is_moving=is_moving, thresholds=thresholds)
-        true_pos, num_pred, num_pos = true_pos + tp, num_pred + npred, num_pos + npos
-        num_points, num_images = num_points + scores.size, num_images + 1
-    if num_pos == 0:
-        raise ValueError(f"--data {data_url!r}: no moving LiDAR point in {num_images} labelled images; F1 is undefined")
-    precision, recall, f1 = motion_metrics.pr_from_counts(true_pos=true_pos, num_pred=num_pred, num_pos=num_pos)
-    best, at = motion_metrics.best_f1(f1=f1, thresholds=thresholds)
-    half = int(np.argmin(np.abs(thresholds - 0.5)))
+        item = scored(sample, motion_map, chosen, protocol.scoring)
+        if isinstance(item, str):
+            skipped.append({"key": sample.key, "reason": item})
+            continue
+        scores, labels = item
+        counts.add(*mm.image_counts(scores=scores, labels=labels, thresholds=thresholds))
+        num_images += 1
+        num_scored += int(np.sum(labels != mm.UNLABELED))
+        num_moving += int(np.sum(labels == mm.MOVING))
+    if num_images == 0:
+        raise ValueError(f"--data {data_url!r}: no labelled, non-edge sample to evaluate ({len(skipped)} skipped)")
+    precision, recall, f1 = mm.precision_recall_f1(counts)
+    best, at, index = mm.best_f1(f1=f1, thresholds=thresholds)
     report = {
-        "command": "eval.motion_segmentation", "data": data_url, "num_images": num_images, "num_points": num_points,
-        "num_moving_points": num_pos, "skipped": skipped, "best_f1": best, "best_threshold": at,
-        "at_0.5": {"threshold": float(thresholds[half]), "precision": float(precision[half]),
-                   "recall": float(recall[half]), "f1": float(f1[half])},
+        "command": "eval.motion_segmentation", "data": data_url, "dataset": chosen,
+        "protocol": {"name": "original" if protocol.is_original else "modified", "description": protocol.describe(),
+                     "scoring": protocol.scoring, "counts": protocol.counts, "num_thresholds": int(thresholds.size)},
+        "num_images": num_images, "num_scored": num_scored, "num_moving": num_moving, "skipped": skipped,
+        "best_f1": best, "best_threshold": at,
+        "at_best": {"precision": float(precision[index]), "recall": float(recall[index])},
         "curve": {"thresholds": thresholds.tolist(), "precision": precision.tolist(), "recall": recall.tolist(),
-                  "f1": f1.tolist()},
+                  "f1": f1.tolist(), "tp": counts.tp.tolist(), "fp": counts.fp.tolist(), "fn": counts.fn.tolist()},
     }
-    return report, (precision, recall, f1)
+    return report, (thresholds, precision, recall, f1)
 
 
 def motion_markdown(report: dict[str, Any]) -> str:
-    half = report["at_0.5"]
+    what = "pixels" if report["protocol"]["scoring"] == "original" else "LiDAR points"
+    best = report["at_best"]
     return "\n".join([
-        "# Motion segmentation", "",
-        f"{report['num_images']} images, {report['num_points']} labelled LiDAR points "
-        f"({report['num_moving_points']} moving), skipped {len(report['skipped'])}.", "",
+        f"# Motion segmentation: {report['dataset']}", "", f"Protocol: {report['protocol']['description']}.", "",
+        f"{report['num_images']} images, {report['num_scored']} labelled {what} ({report['num_moving']} moving), "
+        f"skipped {len(report['skipped'])}; {report['protocol']['num_thresholds']} thresholds.", "",
         "| | threshold | precision | recall | F1 |", "|---|---|---|---|---|",
-        f"| best F1 | {fmt(report['best_threshold'], 2)} | - | - | {fmt(report['best_f1'])} |",
-        f"| at 0.5 | {fmt(half['threshold'], 2)} | {fmt(half['precision'])} | {fmt(half['recall'])} | {fmt(half['f1'])} |",
+        f"| best F1 | {fmt(report['best_threshold'], 4)} | {fmt(best['precision'])} | {fmt(best['recall'])} | "
+        f"{fmt(report['best_f1'])} |",
     ]) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m eval.motion_segmentation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.motion_segmentation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="shard .tar, folder/prefix of shards, or manifest.json")
-    parser.add_argument("--predictions", help=".npz of per-sample motion probabilities")
+    parser.add_argument("--predictions", help=".npz of per-sample motion probabilities (training size)")
     parser.add_argument("--checkpoint", help="trainer checkpoint or original module folder (all seven modules)")
     parser.add_argument("--dataset", choices=sorted(m.DATASET_PROTOCOL), help="protocol; default: meta.json's")
-    parser.add_argument("--thresholds", type=int, default=101, help="number of thresholds in [0, 1]")
-    parser.add_argument("--out", help="folder for metrics.json, metrics.md and pr_curve.png")
+    parser.add_argument("--scoring", choices=SCORINGS, default="original",
+                        help="original: every pixel of the dataset's mask; points: labelled LiDAR points")
+    parser.add_argument("--counts", choices=mm.COUNT_DTYPES, default="float32",
+                        help="float32: the original's pooled sums; int64: exact")
+    parser.add_argument("--thresholds", type=int, default=mm.ORIGINAL_NUM_THRESHOLDS,
+                        help="number of thresholds linspace(-eps, 1 - eps), eps = 1 / (N - 1) (original: 150)")
+    parser.add_argument("--out", help="folder for metrics.json, metrics.md, pr_record.npz and pr_curve.png")
     parser.add_argument("--max-samples", type=int, help="evaluate at most N samples")
     return parser
+
+
+def _write_outputs(out: str, report: dict[str, Any], markdown: str, curve: tuple[np.ndarray, ...]) -> None:
+    thresholds, precision, recall, f1 = curve
+    write_report(out_dir=out, report=report, markdown=markdown)
+    np.savez(os.path.join(out, "pr_record.npz"), precision=precision, recall=recall, f1=f1,
+             thrds=thresholds.reshape(1, -1, 1, 1))
+    plot_pr_curve(precision=precision.astype(np.float64), recall=recall.astype(np.float64),
+                  best=(report["best_f1"], report["best_threshold"]), path=os.path.join(out, "pr_curve.png"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,9 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.checkpoint is None) == (args.predictions is None):
         parser.error("give exactly one of --checkpoint and --predictions")
     try:
-        if args.thresholds < 2:
-            raise ValueError(f"--thresholds must be >= 2, got {args.thresholds}")
-        thresholds = np.linspace(0.0, 1.0, args.thresholds)
+        protocol = MotionProtocol(scoring=args.scoring, counts=args.counts, num_thresholds=args.thresholds)
         with contextlib.ExitStack() as stack:
             if args.predictions is not None:
                 preds = stack.enter_context(PredictionFile(args.predictions))
@@ -124,18 +217,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 from eval.predictors import motion_predictor
                 predict = motion_predictor(args.checkpoint)
-            report, (precision, recall, _) = evaluate_motion(
-                data_url=args.data, predict=predict, thresholds=thresholds, dataset=args.dataset,
-                max_samples=args.max_samples)
+            report, curve = evaluate_motion(data_url=args.data, predict=predict, protocol=protocol,
+                                            dataset=args.dataset, max_samples=args.max_samples)
     except ValueError as exc:
         print(f"eval.motion_segmentation: error: {exc}", file=sys.stderr)
         return 2
     markdown = motion_markdown(report)
     print(markdown)
     if args.out:
-        write_report(out_dir=args.out, report=report, markdown=markdown)
-        plot_pr_curve(precision=precision, recall=recall, best=(report["best_f1"], report["best_threshold"]),
-                      path=os.path.join(args.out, "pr_curve.png"))
+        _write_outputs(args.out, report, markdown, curve)
     return 0
 
 

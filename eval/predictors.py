@@ -3,7 +3,8 @@
 Each builder returns a callable ``TripletSample -> array`` for the evaluation commands' ``--checkpoint``:
 - depth: scale-0 sigmoid disparity (H, W) of the target frame;
 - motion: scale-0 motion probability (H, W) of the target frame (the motion mask);
-- odometry: (4, 4) camera_t_from_camera_t+1, the inverse of the pose network's ``cam_T_cam[+1]``.
+- odometry: (4, 4) camera_t_from_camera_t+1 as the original's ``eval/odometry.py`` makes it:
+  ``transformation_from_parameters(axisangle[+1], translation[+1])`` (not inverted), float32.
 The shard's stored frames are resized to the network's size (bicubic, antialiased) when they differ.
 Depth feeds the network what the original's evaluation feeds it: a sample's raw PNG (``orig.png``, KITTI
 test-split builds) resized with PIL bicubic (torchvision ``Resize`` on a PIL image), else ``cur.jpg``
@@ -84,12 +85,13 @@ def motion_predictor(checkpoint: str) -> Predictor:
 
 
 def odometry_predictor(checkpoint: str) -> Predictor:
-    import torch
+    from dynamo_depth.models.pose import transformation_from_parameters
 
     loaded = _load(checkpoint, need_motion=True)
 
     def predict(sample: Any) -> np.ndarray:
-        next_from_target = _triplet_outputs(loaded, sample).cam_T_cam[1][0].double()
-        return torch.linalg.inv(next_from_target).numpy()
+        outputs = _triplet_outputs(loaded, sample)
+        pose = transformation_from_parameters(outputs.axisangle[1], outputs.translation[1], invert=False)
+        return pose[0].double().numpy()
 
     return predict

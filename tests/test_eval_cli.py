@@ -50,6 +50,14 @@ POINTS = [(2, 1, 1), (5, 4, 1), (20, 9, 1), (16, 2, 0), (18, 6, 0), (25, 10, 0),
           (17, 16, 0), (27, 3, 0), (3, 12, 3), (8, 15, 3)]
 
 
+def _motion_mask() -> np.ndarray:
+    """(20, 30) Waymo-style mask: moving rows 0-9 x cols 0-12, unlabeled rows 10-19 x cols 0-9, static movable
+    rows 14-19 x cols 20-29, background elsewhere."""
+    mask = np.zeros(ORIGINAL_HW, dtype=np.uint8)
+    mask[:10, :13], mask[10:, :10], mask[14:, 20:] = 1, 3, 2
+    return mask
+
+
 def _sample(frame: int, *, dataset: str = "waymo") -> TripletSample:
     frames = (frame - 1, frame, frame + 1)
     poses = np.stack([np.eye(4) for _ in frames])
@@ -63,7 +71,8 @@ def _sample(frame: int, *, dataset: str = "waymo") -> TripletSample:
         original_K=matrix_tuple(K * 2), ego_from_camera=matrix_tuple(np.eye(4)), builder="tests", builder_version="0",
     )
     return TripletSample(key=make_key(SEQUENCE, CAMERA, frame), images=tuple(_jpeg(frame + k) for k in range(3)),
-                         K=K, poses=poses, depth=depth, meta=meta, motion=motion)
+                         K=K, poses=poses, depth=depth, meta=meta, motion=motion,
+                         motion_mask=_motion_mask() if dataset == "waymo" else None)
 
 
 def _write_tar(path, samples) -> None:
@@ -163,44 +172,37 @@ def test_depth_cli_errors(shards, tmp_path, capsys):
 
 
 def test_motion_segmentation_cli(shards, tmp_path):
+    """Every pixel of the 20x30 mask is scored (the original's Waymo protocol), by hand: the map is 1 at
+    training columns 0-6, so the upsampled scores are 1 at columns 0-12, 0.75 at 13, 0.25 at 14, 0 beyond.
+    Per image: 500 valid pixels (100 unlabeled), 130 moving, all predicted above 0.75 (no false negative);
+    predicted valid pixels 500 (t < 0), 200 (0 <= t < 0.25), 180 (t < 0.75), 160 (t < 1): 5 images pooled."""
     folder, samples = shards
     motion = np.zeros(TRAIN_HW, dtype=np.float32)
-    motion[:, :7] = 1.0  # original columns 0..12 read exactly 1, columns >= 15 read 0
+    motion[:, :7] = 1.0
     preds = _save_npz(tmp_path / "motion.npz", {s.key: motion for s in samples})
     out = tmp_path / "out"
     assert eval_motion.main(["--data", str(folder), "--predictions", preds, "--out", str(out)]) == 0
     report = json.loads((out / "metrics.json").read_text())
-    assert report["num_points"] == 5 * 10 and report["num_moving_points"] == 15  # unlabeled ignored
-    # any threshold in (0, 1]: TP 2, predicted 2 per image -> precision 1, recall 2/3, F1 0.8
-    assert report["best_f1"] == pytest.approx(0.8) and report["best_threshold"] == pytest.approx(0.01)
-    assert report["curve"]["precision"][0] == pytest.approx(0.3) and report["curve"]["f1"][0] == pytest.approx(0.6 / 1.3)
-    assert report["at_0.5"]["recall"] == pytest.approx(2 / 3)
+    assert report["protocol"]["name"] == "original" and report["num_images"] == 5
+    assert (report["num_scored"], report["num_moving"]) == (5 * 500, 5 * 130)
+    t = np.array([(k - 1) / 149 for k in range(150)])
+    predicted = 5 * np.select([t < 0, t < 0.25, t < 0.75], [500, 200, 180], 160)
+    curve = report["curve"]
+    assert curve["tp"] == [650.0] * 150 and curve["fn"] == [0.0] * 150
+    np.testing.assert_array_equal(curve["fp"], predicted - 650)
+    np.testing.assert_allclose(curve["precision"], 650 / predicted, rtol=1e-6)
+    np.testing.assert_allclose(curve["f1"], 2 * (650 / predicted) / (650 / predicted + 1), rtol=1e-6)
+    assert report["best_f1"] == pytest.approx(2 * 0.8125 / 1.8125, abs=1e-6)
+    assert report["best_threshold"] == pytest.approx(112 / 149, abs=1e-7)  # the first threshold >= 0.75
+    record = np.load(out / "pr_record.npz")
+    assert record["thrds"].shape == (1, 150, 1, 1) and record["f1"].dtype == np.float32
     assert (out / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def _relative(t: np.ndarray) -> np.ndarray:
-    pose = np.eye(4)
-    pose[:3, 3] = t
-    return pose
-
-
-def test_odometry_cli(shards, tmp_path, capsys):
-    folder, samples = shards
-    scaled = _save_npz(tmp_path / "scaled.npz", {s.key: _relative([0, 0, 3.0]) for s in samples})
-    out = tmp_path / "out"
-    assert eval_odometry.main(["--data", str(folder), "--predictions", scaled, "--out", str(out)]) == 0
-    report = json.loads((out / "metrics.json").read_text())
-    assert report["num_snippets"] == 1 and report["ate_mean"] == pytest.approx(0.0, abs=1e-12)
-    assert len(report["skipped"]) == 1 and "run of 2 frames" in report["skipped"][0]["reason"]
-    # first step slides sqrt(7.5) m sideways: ATE sqrt(3) (see tests/test_metrics.py)
-    offset = {s.key: _relative([0, 0, 1.0]) for s in samples}
-    offset[samples[0].key] = _relative([math.sqrt(7.5), 0, 1.0])
-    preds = _save_npz(tmp_path / "offset.npz", offset)
-    assert eval_odometry.main(["--data", str(folder), "--predictions", preds, "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["ate_mean"] == pytest.approx(math.sqrt(3.0))
-    bad = _save_npz(tmp_path / "bad.npz", {s.key: np.eye(3) for s in samples})
-    assert eval_odometry.main(["--data", str(folder), "--predictions", bad]) == 2
-    assert "expected (4, 4)" in capsys.readouterr().err
+    assert "original Dynamo-Depth protocol" in (out / "metrics.md").read_text()
+    points = tmp_path / "points"
+    assert eval_motion.main(["--data", str(folder), "--predictions", preds, "--scoring", "points",
+                             "--out", str(points)]) == 0
+    report = json.loads((points / "metrics.json").read_text())
+    assert "MODIFIED protocol" in report["protocol"]["description"] and report["num_scored"] == 5 * 10
 
 
 def test_disparity_from_random_depth_network():
@@ -353,8 +355,9 @@ def test_eval_commands_read_an_original_checkpoint_folder(shards, tmp_path, caps
     assert np.array_equal(predictors.depth_predictor(str(ckpt))(samples[1]), expected_disp)
     assert np.array_equal(predictors.motion_predictor(str(ckpt))(samples[1]),
                           outputs.motion_mask(0)[0, 0].double().numpy())
-    relative = predictors.odometry_predictor(str(ckpt))(samples[1])
-    assert np.allclose(relative @ outputs.cam_T_cam[1][0].double().numpy(), np.eye(4), atol=1e-9)
+    relative = predictors.odometry_predictor(str(ckpt))(samples[1])  # T(translation) R(axisangle), float32
+    assert np.allclose(relative @ outputs.cam_T_cam[1][0].double().numpy(), np.eye(4), atol=1e-6)
+    assert relative.dtype == np.float64 and np.array_equal(relative, relative.astype(np.float32))
     assert eval_depth.main(["--data", str(folder), "--checkpoint", str(ckpt)]) == 0
     assert eval_motion.main(["--data", str(folder), "--checkpoint", str(ckpt)]) == 0
     assert eval_odometry.main(["--data", str(folder), "--checkpoint", str(ckpt)]) == 0

@@ -217,17 +217,46 @@ def test_evaluate_image_bad_input():
 # ---- motion segmentation ------------------------------------------------------------------------
 
 
-def test_pr_curve_hand_example():
-    scores = np.array([0.9, 0.8, 0.3, 0.1])
-    is_moving = np.array([True, False, True, False])
-    thresholds = np.array([0.0, 0.5, 0.85, 0.95])
-    precision, recall, f1 = motion_metrics.pr_curve(scores=scores, is_moving=is_moving, thresholds=thresholds)
-    assert precision.tolist() == [0.5, 0.5, 1.0, 1.0]  # nothing predicted at 0.95: precision 1
+def test_pr_counts_hand_example():
+    """Strict ``score > t``, unlabeled (3) ignored in the predictions, precision 0 where nothing is predicted."""
+    scores = np.array([0.9, 0.8, 0.3, 0.1, 0.95], dtype=np.float32)
+    labels = np.array([1, 0, 1, 2, 3], dtype=np.uint8)
+    thresholds = np.array([0.0, 0.3, 0.85, 0.95], dtype=np.float32)
+    tp, fp, fn = motion_metrics.image_counts(scores=scores, labels=labels, thresholds=thresholds)
+    assert tp.tolist() == [2, 1, 1, 0] and fp.tolist() == [2, 1, 0, 0] and fn.tolist() == [0, 1, 1, 2]
+    counts = motion_metrics.PooledCounts(num_thresholds=4)
+    counts.add(tp, fp, fn)
+    counts.add(tp, fp, fn)
+    precision, recall, f1 = motion_metrics.precision_recall_f1(counts)
+    assert precision.dtype == np.float32 and precision.tolist() == [0.5, 0.5, 1.0, 0.0]
     assert recall.tolist() == [1.0, 0.5, 0.5, 0.0]
-    assert f1 == pytest.approx([2 / 3, 0.5, 2 / 3, 0.0])
-    assert motion_metrics.best_f1(f1=f1, thresholds=thresholds) == (pytest.approx(2 / 3), 0.0)
-    with pytest.raises(ValueError, match="no moving point"):
-        motion_metrics.pr_curve(scores=scores, is_moving=np.zeros(4, dtype=bool), thresholds=thresholds)
+    assert f1 == pytest.approx([2 / 3, 0.5, 2 / 3, 0.0], abs=1e-7)
+    assert motion_metrics.best_f1(f1=f1, thresholds=thresholds)[1:] == (0.0, 0)
+    t = motion_metrics.original_thresholds()
+    assert t.dtype == np.float32 and t.size == 150 and t[1] == 0.0
+    np.testing.assert_allclose(t, [(k - 1) / 149 for k in range(150)], rtol=0, atol=6e-8)
+
+
+def test_pooled_float32_counts_round_as_the_original():
+    """The original adds each image's counts to float32 accumulators: above 2^24 a count of 1 is lost."""
+    counts = motion_metrics.PooledCounts(num_thresholds=1)
+    counts.add(np.array([2**24]), np.array([0]), np.array([0]))
+    counts.add(np.array([1]), np.array([0]), np.array([0]))
+    assert counts.tp[0] == 2**24
+    exact = motion_metrics.PooledCounts(num_thresholds=1, dtype="int64")
+    exact.add(np.array([2**24]), np.array([0]), np.array([0]))
+    exact.add(np.array([1]), np.array([0]), np.array([0]))
+    assert exact.tp[0] == 2**24 + 1
+
+
+def test_nuscenes_grid_mask_hand_example():
+    """Cells of 5x5 pixels: (v/5, u/5) truncated; the last point of a cell wins; empty cells are 3."""
+    points = np.array([[1.5, 2.0, 9.0], [4.9, 4.9, 9.0], [7.0, 3.0, 9.0], [12.0, 9.99, 9.0]], dtype=np.float32)
+    mask = motion_metrics.nuscenes_grid_mask(points_uvz=points, labels=np.array([1, 2, 0, 1], np.uint8),
+                                             original_hw=(10, 15))
+    want = np.full((2, 3), 3, np.uint8)
+    want[0, 0], want[0, 1], want[1, 2] = 2, 0, 1
+    np.testing.assert_array_equal(mask, np.repeat(np.repeat(want, 5, axis=0), 5, axis=1))
 
 
 # ---- odometry -----------------------------------------------------------------------------------
