@@ -22,7 +22,8 @@ matching the original Dynamo-Depth preprocessing (``prepare_data/nuScenes.py``):
   sample is still written, flagged, never silently bridged), ``lidar_token``, ``lidar_dt_us`` (LiDAR
   minus camera timestamp), ``camera_token``, ``is_key_frame``;
 - motion (``motion.npy.zst``, at frames whose sweep is a sample's keyframe sweep with nuScenes-panoptic labels):
-  per point, from its panoptic instance matched to the sample's annotation boxes of its category
+  per point, from its panoptic instance (among the depth points) matched to the sample's annotation boxes of
+  its category with the original's strict box test on the devkit's float32 global points
   (``builders.nuscenes_motion``): 0 not movable, 1 moving, 2 static movable, 3 movable without a box;
   versions without panoptic labels have no motion member.
 A missing or corrupt image or LiDAR file fails its scene with the file's path; the others complete.
@@ -52,12 +53,12 @@ import numpy as np
 
 from builders.cli import cli_main
 from builders.images import read_image_bgr as read_jpeg_bgr
-from builders.nuscenes_motion import motion_labels, record_pose
+from builders.nuscenes_motion import devkit_global_points, motion_labels, record_pose
 from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.geometry import invert_se3, resize_intrinsics
 from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.2.0"  # 1.2.0: motion from the nuScenes-panoptic labels as the original; 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
+VERSION = "1.3.0"  # 1.3.0: motion labels with the original's strict box test on the devkit's float32 global points, instances among the depth points; 1.2.0: motion from the nuScenes-panoptic labels as the original; 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
 TRAIN_HW = (288, 512)
 JPEG_QUALITY = 95
 CAMERA = "CAM_FRONT"
@@ -274,10 +275,9 @@ def frame_depth(nusc: Any, camera: Mapping[str, Any], lidar: Mapping[str, Any], 
     points = read_lidar_points(Path(nusc.dataroot) / lidar["filename"])
     K = np.asarray(nusc.get("calibrated_sensor", camera["calibrated_sensor_token"])["camera_intrinsic"], np.float64)
     depth, keep = project_to_image(apply_transform(camera_from_lidar(nusc, camera, lidar), points), K, hw)
-    global_from_lidar = compose_exact(record_pose(nusc.get("ego_pose", lidar["ego_pose_token"])),
-                                      record_pose(nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])))
-    motion = motion_labels(nusc, lidar, apply_transform(global_from_lidar, points))  # instances: the whole sweep
-    return FrameDepth(depth=depth, motion=None if motion is None else motion[keep])
+    global_points = devkit_global_points(points, sensor=nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"]),
+                                         ego=nusc.get("ego_pose", lidar["ego_pose_token"]))
+    return FrameDepth(depth=depth, motion=motion_labels(nusc, lidar, global_points, keep))  # the depth points only
 
 
 def _frame_meta(nusc: Any, frames: SceneFrames, t: int, scene: str, split: str,
