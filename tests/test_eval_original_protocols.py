@@ -192,3 +192,19 @@ def test_waymo_real_frame_by_hand(waymo_test: Path, waymo_mask_reference: np.nda
     assert f1[-1] < f1.max() and precision[0] == pytest.approx(64381 / (1280 * 1920 - 47110))
 
 
+
+
+def test_motion_mask_member_round_trips_and_is_checked() -> None:
+    from dynamo_depth.schema import SampleError, decode
+
+    sample = _world_sample("seq-a", 3, 7)
+    mask = (np.arange(8 * 12).reshape(8, 12) % 4).astype(np.uint8)
+    with_mask = TripletSample(**{**{f: getattr(sample, f) for f in ("key", "images", "K", "poses", "depth", "meta")},
+                                 "motion_mask": mask})
+    members = encode(with_mask)
+    assert "motion_mask.npy.zst" in members
+    np.testing.assert_array_equal(decode(members, key=sample.key).motion_mask, mask)
+    assert decode(encode(sample), key=sample.key).motion_mask is None
+    with pytest.raises(SampleError, match=r"motion_mask.npy.zst.*shape \(8, 11\), expected \(8, 12\)"):
+        TripletSample(**{**{f: getattr(sample, f) for f in ("key", "images", "K", "poses", "depth", "meta")},
+                         "motion_mask": mask[:, :11]})

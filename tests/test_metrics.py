@@ -249,6 +249,39 @@ def test_pooled_float32_counts_round_as_the_original():
     assert exact.tp[0] == 2**24 + 1
 
 
+def test_counts_and_pooling_equal_the_torch_formulation_of_the_facts():
+    """The facts' per-image counts (``pred > thrds`` broadcast over (T, H, W), valid = label != 3) and the float32
+    ``record += count`` of torch, on random maps with ties at the thresholds, many images, totals above 2^24."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    thresholds = motion_metrics.original_thresholds()
+    thrds = torch.from_numpy(thresholds).reshape(150, 1, 1)
+    record = {k: torch.zeros(150) for k in ("tp", "fp", "fn")}
+    ours = motion_metrics.PooledCounts(num_thresholds=150)
+    for _ in range(12):
+        scores = rng.choice(np.concatenate([thresholds, rng.uniform(0, 1, 50).astype(np.float32)]), (300, 400))
+        labels = rng.integers(0, 4, (300, 400)).astype(np.uint8)
+        scores[:, :3] = 0.0  # exactly the threshold 0: strict, not predicted there
+        pm = torch.from_numpy(scores)[None] > thrds
+        gm, vm = torch.from_numpy(labels == 1)[None], torch.from_numpy(labels != 3).int()[None]
+        tp = torch.logical_and(gm, pm).sum((1, 2))
+        record["tp"] += tp
+        record["fp"] += (pm * vm).sum((1, 2)) - tp
+        record["fn"] += gm.sum((1, 2)) - tp
+        ours.add(*motion_metrics.image_counts(scores=scores, labels=labels, thresholds=thresholds))
+    ours.add(np.full(150, 2**24 + 1), np.full(150, 2**24 + 3), np.full(150, 5))  # float32 rounding of the totals
+    for k, v in (("tp", 2**24 + 1), ("fp", 2**24 + 3), ("fn", 5)):
+        record[k] += torch.full((150,), v, dtype=torch.int64)
+        np.testing.assert_array_equal(getattr(ours, k), record[k].numpy())
+    precision = (record["tp"] / (record["tp"] + record["fp"] + 1e-10)).numpy()
+    recall = (record["tp"] / (record["tp"] + record["fn"] + 1e-10)).numpy()
+    f1 = 2 * (precision * recall) / (precision + recall + 1e-10)
+    got = motion_metrics.precision_recall_f1(ours)
+    for mine, theirs in zip(got, (precision, recall, f1), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
 def test_nuscenes_grid_mask_hand_example():
     """Cells of 5x5 pixels: (v/5, u/5) truncated; the last point of a cell wins; empty cells are 3."""
     points = np.array([[1.5, 2.0, 9.0], [4.9, 4.9, 9.0], [7.0, 3.0, 9.0], [12.0, 9.99, 9.0]], dtype=np.float32)
