@@ -208,3 +208,26 @@ def test_motion_mask_member_round_trips_and_is_checked() -> None:
     with pytest.raises(SampleError, match=r"motion_mask.npy.zst.*shape \(8, 11\), expected \(8, 12\)"):
         TripletSample(**{**{f: getattr(sample, f) for f in ("key", "images", "K", "poses", "depth", "meta")},
                          "motion_mask": mask[:, :11]})
+
+
+def test_waymo_real_frame_odometry_ground_truth_is_the_originals(waymo_test: Path, tmp_path: Path,  # noqa: F811
+                                                                 capsys) -> None:
+    """The original's GT is its odometry.txt (CameraImage.pose, vehicle axes), first line skipped: for the target
+    frame 1 of the real segment, lines 1 and 2 are the vehicle poses of frames 1 and 2, and the one local pose
+    inv(inv(G1) G2); with a single target there is no window of 4 positions (the original skips it too)."""
+    from tests.test_builder_waymo import ORIGINAL
+    from tests.test_eval_protocol import _samples
+
+    lines = np.loadtxt(ORIGINAL / "odometry.txt").reshape(-1, 4, 4)
+    target = next(s for s in _samples(waymo_test) if s.meta.frame_indices == (0, 1, 2))
+    protocol = eval_odometry.OdometryProtocol()
+    gt = np.stack([eval_odometry.gt_pose(target, 1, protocol), eval_odometry.gt_pose(target, 2, protocol)])
+    np.testing.assert_allclose(gt[:, :3, :3], lines[1:, :3, :3], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(gt[:, :3, 3], lines[1:, :3, 3], rtol=0, atol=1e-8)  # |t| ~ 5e4 m
+    from dynamo_depth.odometry_metrics import local_gt_poses
+
+    want = np.linalg.inv(np.linalg.inv(lines[1]) @ lines[2])
+    np.testing.assert_allclose(local_gt_poses(gt), want[None], rtol=0, atol=1e-8)
+    np.savez(tmp_path / "p.npz", **{s.key: np.eye(4) for s in _samples(waymo_test)})
+    assert eval_odometry.main(["--data", str(waymo_test), "--predictions", str(tmp_path / "p.npz")]) == 2
+    assert "no window of 4 consecutive non-edge targets" in capsys.readouterr().err
