@@ -72,6 +72,9 @@ class BuilderSpec:
             deterministic order. Raise ``ValueError`` naming the file and reason on bad input.
         add_arguments: adds the builder's own CLI options; options_from_args turns them into a
             JSON-able dict (everything that changes the output bytes).
+        prepare_unit: ``(raw_root, unit, options) -> Unit``, run in the driver right before the unit's
+            task is submitted: adds what the task needs to its params (nuScenes: the scene's own table
+            records, so that workers never load the whole tables). Default: the unit as listed.
     """
 
     name: str
@@ -82,6 +85,7 @@ class BuilderSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     options_from_args: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
     default_split: str = "train"
+    prepare_unit: Callable[[str, Unit, Mapping[str, Any]], Unit] = lambda raw_root, unit, options: unit
 
 
 @dataclass(frozen=True)
@@ -184,8 +188,11 @@ def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options:
         queue = list(units)
         while queue or pending:
             while queue and len(pending) < workers:
-                unit = queue.pop(0)
-                pending[task.remote(spec.name, raw_root, unit, dict(options), out_url, frames)] = unit
+                ready = _prepared(spec, raw_root, queue.pop(0), options)
+                if isinstance(ready, UnitOutcome):
+                    yield ready
+                    continue
+                pending[task.remote(spec.name, raw_root, ready, dict(options), out_url, frames)] = ready
             done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             if frames.qsize():
                 on_frames(sum(frames.get_nowait_batch(frames.qsize())))
@@ -198,6 +205,23 @@ def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options:
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _prepared(spec: BuilderSpec, raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Unit | UnitOutcome:
+    """``spec.prepare_unit`` in the driver; a unit it cannot prepare fails alone (its error as outcome)."""
+    try:
+        return spec.prepare_unit(raw_root, unit, options)
+    except Exception as exc:  # noqa: BLE001 - a bad unit is reported, the build goes on
+        return UnitOutcome(name=unit.name, error=_error_text(exc))
+
+
+def _run_units_here(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
+                    out_url: str, *, on_frames: Callable[[int], Any]) -> Iterator[UnitOutcome]:
+    """The units one after the other in this process (``workers=0``)."""
+    for unit in units:
+        ready = _prepared(spec, raw_root, unit, options)
+        yield ready if isinstance(ready, UnitOutcome) else run_unit(spec, raw_root, ready, options, out_url,
+                                                                    on_frames=on_frames)
 
 
 def _remote_unit(builder: str, raw_root: str, unit: Unit, options: dict[str, Any], out_url: str,
@@ -289,8 +313,8 @@ def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Map
                      position=1)
     samples = 0
     if workers == 0:
-        stream: Iterable[UnitOutcome] = (run_unit(spec, raw_root, u, options, out_url, on_frames=frame_bar.update)
-                                         for u in units)
+        stream: Iterable[UnitOutcome] = _run_units_here(spec, raw_root, units, options, out_url,
+                                                        on_frames=frame_bar.update)
     else:
         stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, address=address,
                                 on_frames=frame_bar.update, quiet=not show_progress)
