@@ -183,11 +183,12 @@ def _load_pack_state(state_url: str, plan: Mapping[str, Any], out_url: str,
         return {}
     done = {}
     for shard in shards:
-        if shard.name not in committed or committed[shard.name][0] != shard.bytes:
+        size, sha256 = committed.get(shard.name, (None, None))
+        if size != shard.bytes or not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
             continue
         url = storage.join(out_url, shard.name)
         if storage.exists(url) and storage.size(url) == shard.bytes:
-            done[shard.name] = shard.record(str(committed[shard.name][1]))
+            done[shard.name] = shard.record(sha256)
     return done
 
 
