@@ -12,7 +12,7 @@ Ours: ``builders.runner.build`` in-process (``--workers 0``, one core), then wit
 Ray start-up is timed apart from the build: ``ray.init`` first, then one warm-up task per worker
 (each imports the builder, cv2 and PIL and decodes one PNG, so every worker process exists and has
 its imports done), then the timed build. The Ray speedup printed is build(1 worker) / build(2 workers);
-the sequential pack step (driver only, Amdahl's serial part) is timed inside the build and printed.
+the pack step (one shard here: in-process in the driver) is timed inside the build and printed.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _warm_worker(raw: str) -> int:
 
 
 class PackTimer:
-    """Wraps ``builders.runner._pack`` to time the sequential pack step of each build."""
+    """Wraps ``builders.runner._pack`` to time the pack step of each build."""
 
     def __init__(self) -> None:
         self.inner, self.seconds = runner._pack, 0.0

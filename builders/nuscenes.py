@@ -1,7 +1,9 @@
 """nuScenes -> schema v1 triplet shards: ``python -m builders.nuscenes DATAROOT OUT [--split S] [--workers N]``.
 
-One unit (Ray task) per scene. The tables are read with nuscenes-devkit, loaded once per worker
-process (``_NUSCENES`` caches the ``NuScenes`` object by (dataroot, version)). What a sample holds,
+One unit (Ray task) per scene. The tables are read with nuscenes-devkit in the driver only, once
+(``_NUSCENES`` caches the ``NuScenes`` object by (dataroot, version)); each scene task gets its own
+scene's records as a small payload (``builders.nuscenes_tables``: a few MB per 20 s scene, whatever the
+size of the tables) and never loads the tables itself. What a sample holds,
 matching the original Dynamo-Depth preprocessing (``prepare_data/nuScenes.py``):
 
 - frames: every ``CAM_FRONT`` sample_data of the scene (keyframes and sweeps, ~12 Hz), in the order
@@ -54,6 +56,7 @@ import numpy as np
 from builders.cli import cli_main
 from builders.images import read_image_bgr as read_jpeg_bgr
 from builders.nuscenes_motion import devkit_global_points, motion_labels, record_pose
+from builders.nuscenes_tables import SceneTables, scene_payload
 from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.geometry import invert_se3, resize_intrinsics
 from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
@@ -308,8 +311,23 @@ def _image(nusc: Any, camera: Mapping[str, Any]) -> bytes:
     return resized_jpeg(bgr)
 
 
-def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterator[TripletSample | SkippedFrame]:
+def prepare_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Unit:
+    """The unit with its scene's own table records (``params["tables"]``), made in the driver."""
     nusc = load_nuscenes(dataroot=raw_root, version=options["version"])
+    payload = scene_payload(nusc, unit.params["scene_token"], channels=(CAMERA, LIDAR))
+    return Unit(name=unit.name, params={**unit.params, "tables": payload})
+
+
+def scene_tables(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> SceneTables:
+    """The scene's records: the unit's payload, or (a unit made without ``prepare_unit``) from the tables."""
+    payload = unit.params.get("tables")
+    if payload is None:
+        payload = prepare_unit(raw_root, unit, options).params["tables"]
+    return SceneTables.from_payload(payload)
+
+
+def build_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Iterator[TripletSample | SkippedFrame]:
+    nusc = scene_tables(raw_root, unit, options)
     scene = nusc.get("scene", unit.params["scene_token"])
     frames = scene_frames(nusc, scene)
     cameras = frames.cameras
@@ -354,7 +372,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 SPEC = BuilderSpec(name="nuscenes", dataset="nuscenes", version=VERSION, list_units=list_units,
                    build_unit=build_unit, add_arguments=add_arguments, options_from_args=options_from_args,
-                   default_split="train")
+                   default_split="train", prepare_unit=prepare_unit)
 
 
 def main(argv: list[str] | None = None) -> int:

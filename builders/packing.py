@@ -1,29 +1,40 @@
-"""The pack step of a build and its staging area: staged units streamed into the final shards.
+"""The pack step of a build and its staging area: staged units -> final shards, in parallel tasks.
 
-* ``STAGING`` / ``staging_name``: where units are staged (``OUT/_staging/<unit>-000000.tar`` + sidecar).
-* ``_pack``: stream the staged units, in order, into ``{dataset}-{split}-{index:06d}.tar``, resumable
-  through ``_staging/pack.json`` (``_load_pack_state``).
+* ``STAGING`` / ``staging_name`` / ``staged_tar``: where units are staged (``OUT/_staging/<unit>-000000.tar``
+  + sidecar ``<unit>.json``, which also lists the tar's sample spans: key, offset, length, sha256, edge).
+* ``plan_shards``: the final shard layout from the sidecars alone (no sample is read): samples in unit
+  order, a shard closed when the next sample would pass ``max_count`` samples or ``max_bytes`` bytes
+  (``ShardWriter``'s greedy rule, so the layout and the bytes are those of streaming every sample through
+  one ``ShardWriter``).
+* ``pack_shard``: write one planned shard from byte ranges of the staged tars (each sample's sha256 is
+  checked against its sidecar), atomically (``.tmp``, rename / upload). Shards are independent: the
+  runner packs them in parallel Ray tasks, each reading from and writing to storage (local or S3) itself,
+  so the output never passes through the driver.
+* ``_pack``: plan, skip the shards already committed in ``_staging/pack.json`` (a killed pack continues
+  where it stopped), pack the others with the given task runner, record each committed shard.
 * ``_layout_matches``, ``_remove_stale_shards``, ``_remove_staging``: shard layout check and clean-up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dynamo_depth import storage
 from dynamo_depth.manifest import UnitRecord
-from dynamo_depth.schema import is_edge_meta_json
-from dynamo_depth.shards import ShardRecord, ShardWriter, iter_shard
+from dynamo_depth.shards import BLOCK, SampleSpan, ShardRecord, shard_name, write_shard
 
 if TYPE_CHECKING:
     from builders.runner import BuilderSpec
 
 STAGING = "_staging"
 PACK_STATE = "pack.json"
+END_OF_ARCHIVE = 2 * BLOCK
 
 
 def staging_name(unit_name: str) -> str:
@@ -31,55 +42,154 @@ def staging_name(unit_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "-", unit_name)
 
 
-def _pack(spec: BuilderSpec, records: list[UnitRecord], out_url: str, *, split: str, digest: str,
-          max_count: int, max_bytes: int) -> list[ShardRecord]:
-    """Stream staged units, in order, into the final shards; resumable through ``pack.json``."""
-    staging = storage.join(out_url, STAGING)
-    state_url = storage.join(staging, PACK_STATE)
-    plan = {"digest": digest, "units": [r.name for r in records], "max_count": max_count, "max_bytes": max_bytes}
-    done = _load_pack_state(state_url, plan, out_url)
-    skip = sum(r.count for r in done)
+def staged_tar(out_url: str, unit_name: str) -> str:
+    """URL of a unit's staging tar."""
+    return storage.join(storage.join(out_url, STAGING), f"{staging_name(unit_name)}-000000.tar")
+
+
+@dataclass(frozen=True)
+class StagedUnit:
+    """A committed unit: its record and the spans of its samples in its staging tar (in order)."""
+
+    record: UnitRecord
+    spans: tuple[SampleSpan, ...]
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    """One final shard: its name and, in order, (staging tar URL, span of the sample in that tar)."""
+
+    name: str
+    pieces: tuple[tuple[str, SampleSpan], ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(span.length for _, span in self.pieces) + END_OF_ARCHIVE
+
+    def record(self, sha256: str) -> ShardRecord:
+        """The manifest record of this shard once written (``sha256``: of the whole shard)."""
+        spans, offset = [], 0
+        for _, span in self.pieces:
+            spans.append(SampleSpan(key=span.key, offset=offset, length=span.length, sha256=span.sha256,
+                                    edge=span.edge))
+            offset += span.length
+        return ShardRecord(name=self.name, bytes=self.bytes, sha256=sha256, count=len(spans),
+                           first_key=spans[0].key, last_key=spans[-1].key, samples=tuple(spans))
+
+
+def plan_shards(units: Sequence[tuple[str, Sequence[SampleSpan]]], *, prefix: str, max_count: int,
+                max_bytes: int) -> list[PlannedShard]:
+    """The shards ``ShardWriter(prefix=prefix, max_count=..., max_bytes=...)`` writes for these samples.
+
+    ``units``: (staging tar URL, its sample spans) in pack order. ``ValueError`` on a key seen twice.
+    """
+    shards: list[PlannedShard] = []
+    current: list[tuple[str, SampleSpan]] = []
+    size, keys = 0, set()
+    for source, spans in units:
+        for span in spans:
+            if span.key in keys:
+                raise ValueError(f"sample key {span.key!r} staged twice ({source})")
+            keys.add(span.key)
+            if current and (len(current) >= max_count or size + span.length + END_OF_ARCHIVE > max_bytes):
+                shards.append(PlannedShard(name=shard_name(prefix, len(shards)), pieces=tuple(current)))
+                current, size = [], 0
+            current.append((source, span))
+            size += span.length
+    if current:
+        shards.append(PlannedShard(name=shard_name(prefix, len(shards)), pieces=tuple(current)))
+    return shards
+
+
+def _runs(pieces: Sequence[tuple[str, SampleSpan]]) -> Iterator[tuple[str, list[SampleSpan]]]:
+    """Consecutive pieces from the same staging tar, contiguous in it: one open (one ranged read) each."""
+    run: list[SampleSpan] = []
+    source = None
+    for url, span in pieces:
+        if run and (url != source or span.offset != run[-1].offset + run[-1].length):
+            yield source, run  # type: ignore[misc]
+            run = []
+        source = url
+        run.append(span)
+    if run:
+        yield source, run  # type: ignore[misc]
+
+
+def _staged_samples(shard: PlannedShard) -> Iterator[tuple[str, bytes, bool]]:
+    for url, spans in _runs(shard.pieces):
+        with storage.open_read(url) as f:
+            f.seek(spans[0].offset)
+            for span in spans:
+                data = f.read(span.length)
+                if len(data) != span.length or hashlib.sha256(data).hexdigest() != span.sha256:
+                    raise ValueError(f"{url}: sample {span.key!r} at byte {span.offset} differs from its sidecar "
+                                     "(staging changed or truncated); remove the unit's sidecar to rebuild it")
+                yield span.key, data, span.edge
+
+
+def pack_shard(shard: PlannedShard, out_url: str) -> ShardRecord:
+    """Write one planned shard under ``out_url`` from the staging tars; its manifest record."""
+    record = write_shard(out_url, shard.name, _staged_samples(shard))
+    planned = shard.record(record.sha256)
+    if record != planned:  # internal invariant: the spans come from the same sidecars
+        raise ValueError(f"{shard.name}: written record differs from the plan")
+    return record
+
+
+PackRunner = Callable[[Sequence[PlannedShard]], Iterable[ShardRecord]]
+
+
+def pack_here(out_url: str) -> PackRunner:
+    """Pack shards one after the other in this process."""
+    return lambda shards: (pack_shard(shard, out_url) for shard in shards)
+
+
+def _pack(spec: BuilderSpec, staged: Sequence[StagedUnit], out_url: str, *, split: str, digest: str,
+          max_count: int, max_bytes: int, runner: PackRunner | None = None,
+          on_shard: Callable[[ShardRecord], Any] | None = None) -> list[ShardRecord]:
+    """Plan the shards, pack those ``pack.json`` does not hold (``runner``: in-process by default)."""
+    state_url = storage.join(storage.join(out_url, STAGING), PACK_STATE)
+    plan = {"digest": digest, "units": [s.record.name for s in staged], "max_count": max_count,
+            "max_bytes": max_bytes}
+    shards = plan_shards([(staged_tar(out_url, s.record.name), s.spans) for s in staged if s.record.samples],
+                         prefix=f"{spec.dataset}-{split}", max_count=max_count, max_bytes=max_bytes)
+    done = _load_pack_state(state_url, plan, out_url, shards)
 
     def commit(record: ShardRecord) -> None:
-        done.append(record)
-        state = {"plan": plan, "shards": [r.to_json() for r in done]}
-        storage.write_bytes_atomic(state_url, json.dumps(state, sort_keys=True).encode())
+        done[record.name] = record
+        entries = [{"name": r.name, "bytes": r.bytes, "sha256": r.sha256} for r in sorted(done.values(),
+                                                                                         key=lambda r: r.name)]
+        storage.write_bytes_atomic(state_url, json.dumps({"plan": plan, "shards": entries}, sort_keys=True).encode())
+        if on_shard is not None:
+            on_shard(record)
 
-    prefix = f"{spec.dataset}-{split}"
-    with ShardWriter(out_url, prefix=prefix, start_index=len(done), max_count=max_count,
-                     max_bytes=max_bytes, on_shard=commit) as writer:
-        for record in records:
-            if skip >= record.samples:
-                skip -= record.samples
-                continue
-            if record.samples == 0:
-                continue
-            part = storage.join(staging, f"{staging_name(record.name)}-000000.tar")
-            for key, members in iter_shard(part):
-                if skip:
-                    skip -= 1
-                    continue
-                writer.write(key, members, edge=is_edge_meta_json(members.get("meta.json", b"{}"), key=key))
-    return list(done)
+    todo = [shard for shard in shards if shard.name not in done]
+    for record in (runner or pack_here(out_url))(todo):
+        commit(record)
+    return [done[shard.name] for shard in shards]
 
 
-def _load_pack_state(state_url: str, plan: Mapping[str, Any], out_url: str) -> list[ShardRecord]:
+def _load_pack_state(state_url: str, plan: Mapping[str, Any], out_url: str,
+                     shards: Sequence[PlannedShard]) -> dict[str, ShardRecord]:
+    """Shards of ``pack.json`` for this plan that are still there, whole (name, size and planned bytes)."""
     if not storage.exists(state_url):
-        return []
+        return {}
     try:
         state = json.loads(storage.read_bytes(state_url))
         if state["plan"] != plan:
-            return []
-        records = [ShardRecord.from_json(s) for s in state["shards"]]
-    except (ValueError, KeyError):
-        return []
-    if any(span.sha256 is None for r in records for span in r.samples):
-        return []  # packed before per-sample digests (manifest version 1): repack, never mix versions
-    for r in records:  # every committed shard must still be there, whole
-        url = storage.join(out_url, r.name)
-        if not storage.exists(url) or storage.size(url) != r.bytes:
-            return []
-    return records
+            return {}
+        committed = {s["name"]: (s["bytes"], s["sha256"]) for s in state["shards"]}
+    except (ValueError, KeyError, TypeError):
+        return {}
+    done = {}
+    for shard in shards:
+        size, sha256 = committed.get(shard.name, (None, None))
+        if size != shard.bytes or not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+            continue
+        url = storage.join(out_url, shard.name)
+        if storage.exists(url) and storage.size(url) == shard.bytes:
+            done[shard.name] = shard.record(sha256)
+    return done
 
 
 def _remove_staging(out_url: str) -> None:

@@ -3,6 +3,7 @@
 * ``bind_address``: the ``--bind`` / ``$DYNAMO_DEPTH_BIND`` address Ray must keep to (loopback only).
 * ``worker_env``: the environment variables shipped to every Ray worker (``PYTHONPATH`` from a bare checkout).
 * ``_ray_init``: start a local Ray instance on 127.0.0.1, or join a cluster, optionally quiet.
+* ``ray_session``: Ray started on first use for one build (units and pack), shut down at its end.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 BIND_ENV = "DYNAMO_DEPTH_BIND"
@@ -123,3 +124,28 @@ def _ray_init(*, workers: int, address: str | None, quiet: bool) -> None:
             ray.init(address=address, _node_ip_address=LOOPBACK, **init)
         else:
             ray.init(num_cpus=workers, object_store_memory=100_000_000, _node_ip_address=LOOPBACK, **init)
+
+
+@contextlib.contextmanager
+def ray_session(*, workers: int, address: str | None, quiet: bool) -> Iterator[Callable[[], None]]:
+    """Yield ``ensure()``, which starts (or joins) Ray the first time it is called; shut down on exit.
+
+    Only a Ray started here is shut down (a caller's own ``ray.init`` is left alone), and Ray is never
+    started when nothing calls ``ensure`` (``--workers 0``, or nothing to build or pack in parallel).
+    """
+    started: list[bool] = []
+
+    def ensure() -> None:
+        import ray
+
+        if not ray.is_initialized():
+            _ray_init(workers=workers, address=address, quiet=quiet)
+            started.append(True)
+
+    try:
+        yield ensure
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()

@@ -5,13 +5,18 @@ steps, which is what makes it resumable and byte-reproducible whatever the numbe
 
 1. **Units** (parallel, Ray): each unit's samples go into its own staging tar
    ``OUT/_staging/<unit>-000000.tar``, then a sidecar ``OUT/_staging/<unit>.json`` is written
-   atomically. The sidecar is the unit's commit point: a rerun skips every unit that has one (for the
-   same builder version and options) and redoes only the others.
-2. **Pack** (driver, sequential): the staged units are streamed in sorted unit order into the final
-   shards ``{dataset}-{split}-{index:06d}.tar`` (rolled over by count and bytes). Each committed shard
-   is appended to ``_staging/pack.json``, so a killed pack continues where it stopped. Then
-   ``manifest.json`` is written (the build's commit point) and the staging area is removed (kept
-   when some unit failed, so that a rerun can repack without rebuilding the good units).
+   atomically (its record and the byte span, sha256 and edge flag of each staged sample). The sidecar
+   is the unit's commit point: a rerun skips every unit that has one (for the same builder version and
+   options) and redoes only the others. A builder's ``prepare_unit`` runs in the driver right before
+   a unit's task is submitted (nuScenes: the scene's own table records go with the task).
+2. **Pack** (parallel, Ray): the final shards ``{dataset}-{split}-{index:06d}.tar`` (rolled over by
+   count and bytes, samples in sorted unit order) are planned in the driver from the sidecars alone,
+   then each shard is written by its own task from byte ranges of the staging tars
+   (``builders.packing``): the bytes are those of streaming every sample through one writer, and no
+   sample passes through the driver. Each committed shard is recorded in ``_staging/pack.json``, so
+   a killed pack continues where it stopped. Then ``manifest.json`` is written (the build's commit
+   point) and the staging area is removed (kept when some unit failed, so that a rerun can repack
+   without rebuilding the good units). ``--workers 0`` does both steps in-process.
 
 A unit that raises is reported with its error text (which names the file and the reason), the
 others go on, and the exit code is 1.
@@ -27,17 +32,28 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from builders.packing import PACK_STATE as PACK_STATE  # re-exported
-from builders.packing import STAGING, _layout_matches, _pack, _remove_staging, _remove_stale_shards, staging_name
-from builders.ray_setup import BIND_ENV, LOOPBACK, _ray_init, bind_address, worker_env  # noqa: F401 - re-exported
+from builders.packing import (
+    STAGING,
+    PackRunner,
+    PlannedShard,
+    StagedUnit,
+    _layout_matches,
+    _pack,
+    _remove_staging,
+    _remove_stale_shards,
+    pack_shard,
+    staging_name,
+)
+from builders.ray_setup import BIND_ENV, LOOPBACK, _ray_init, bind_address, ray_session, worker_env  # noqa: F401
 from dynamo_depth import storage
 from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest, save_manifest
-from dynamo_depth.schema import TripletSample, encode
-from dynamo_depth.shards import ShardWriter
+from dynamo_depth.schema import TripletSample, encode, is_edge_meta_json
+from dynamo_depth.shards import SampleSpan, ShardRecord, ShardWriter
 
 DEFAULT_MAX_COUNT = 2000
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -72,6 +88,9 @@ class BuilderSpec:
             deterministic order. Raise ``ValueError`` naming the file and reason on bad input.
         add_arguments: adds the builder's own CLI options; options_from_args turns them into a
             JSON-able dict (everything that changes the output bytes).
+        prepare_unit: ``(raw_root, unit, options) -> Unit``, run in the driver right before the unit's
+            task is submitted: adds what the task needs to its params (nuScenes: the scene's own table
+            records, so that workers never load the whole tables). Default: the unit as listed.
     """
 
     name: str
@@ -82,6 +101,7 @@ class BuilderSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     options_from_args: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
     default_split: str = "train"
+    prepare_unit: Callable[[str, Unit, Mapping[str, Any]], Unit] = lambda raw_root, unit, options: unit
 
 
 @dataclass(frozen=True)
@@ -92,6 +112,7 @@ class UnitOutcome:
     record: UnitRecord | None = None
     error: str | None = None
     seconds: float = 0.0
+    spans: tuple[SampleSpan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,18 +154,20 @@ def run_unit(spec: BuilderSpec, raw_root: str, unit: Unit, options: Mapping[str,
                 skipped += 1
                 notes.append(f"frame {item.frame}: {item.reason}")
                 continue
-            writer.write(item.key, encode(item))
+            members = encode(item)
+            writer.write(item.key, members, edge=is_edge_meta_json(members.get("meta.json", b"{}"), key=item.key))
             samples += 1
-        writer.close()
+        spans = tuple(span for shard in writer.close() for span in shard.samples)
         if on_frames is not None and samples + skipped > reported:
             on_frames(samples + skipped - reported)
     except Exception as exc:  # noqa: BLE001 - a bad unit is reported, the build goes on
         writer.abort()
         return UnitOutcome(name=unit.name, error=_error_text(exc), seconds=time.perf_counter() - start)
     record = UnitRecord(name=unit.name, samples=samples, skipped=skipped, notes=tuple(notes))
-    sidecar = {"digest": options_digest(spec, options), "unit": record.to_json()}
+    sidecar = {"digest": options_digest(spec, options), "unit": record.to_json(),
+               "spans": [span.to_json() for span in spans]}
     storage.write_bytes_atomic(storage.join(staging, base + ".json"), json.dumps(sidecar, sort_keys=True).encode())
-    return UnitOutcome(name=unit.name, record=record, seconds=time.perf_counter() - start)
+    return UnitOutcome(name=unit.name, record=record, seconds=time.perf_counter() - start, spans=spans)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -152,8 +175,11 @@ def _error_text(exc: BaseException) -> str:
     return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
 
 
-def _staged_record(spec: BuilderSpec, unit: Unit, options: Mapping[str, Any], out_url: str) -> UnitRecord | None:
-    """The unit's record if it is already staged for this builder version and options."""
+def _staged_unit(spec: BuilderSpec, unit: Unit, options: Mapping[str, Any], out_url: str) -> StagedUnit | None:
+    """The unit's record and sample spans if it is already staged for this builder version and options.
+
+    A sidecar without spans (staged before the parallel pack) is not reused: the unit is rebuilt.
+    """
     path = storage.join(storage.join(out_url, STAGING), staging_name(unit.name) + ".json")
     if not storage.exists(path):
         return None
@@ -161,43 +187,90 @@ def _staged_record(spec: BuilderSpec, unit: Unit, options: Mapping[str, Any], ou
         sidecar = json.loads(storage.read_bytes(path))
         if sidecar["digest"] != options_digest(spec, options):
             return None
-        return UnitRecord.from_json(sidecar["unit"])
-    except (ValueError, KeyError):
+        record = UnitRecord.from_json(sidecar["unit"])
+        spans = tuple(SampleSpan.from_json(s) for s in sidecar["spans"])
+    except (ValueError, KeyError, TypeError):
         return None
+    return StagedUnit(record=record, spans=spans) if len(spans) == record.samples else None
 
 
 def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
-                   out_url: str, *, workers: int, address: str | None,
-                   on_frames: Callable[[int], Any], quiet: bool = False) -> Iterator[UnitOutcome]:
+                   out_url: str, *, workers: int, on_frames: Callable[[int], Any]) -> Iterator[UnitOutcome]:
+    """The units as Ray tasks, at most ``workers`` at a time (Ray is up: ``ray_session``)."""
     import ray
     from ray.util.queue import Queue
 
-    from builders.registry import get_builder  # noqa: F401 - the task resolves the spec by name
+    task = ray.remote(num_cpus=1, max_retries=0)(_remote_unit)
+    frames = Queue(actor_options={"num_cpus": 0})
+    pending = {}
+    queue = list(units)
+    while queue or pending:
+        while queue and len(pending) < workers:
+            ready = _prepared(spec, raw_root, queue.pop(0), options)
+            if isinstance(ready, UnitOutcome):
+                yield ready
+                continue
+            pending[task.remote(spec.name, raw_root, ready, dict(options), out_url, frames)] = ready
+        if not pending:
+            continue
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        if frames.qsize():
+            on_frames(sum(frames.get_nowait_batch(frames.qsize())))
+        for ref in done:
+            unit = pending.pop(ref)
+            try:
+                yield ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - a crashed worker fails its unit only
+                yield UnitOutcome(name=unit.name, error=f"worker failed: {_error_text(exc)}")
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        _ray_init(workers=workers, address=address, quiet=quiet)
-    try:
-        task = ray.remote(num_cpus=1, max_retries=0)(_remote_unit)
-        frames = Queue(actor_options={"num_cpus": 0})
-        pending = {}
-        queue = list(units)
+
+def _pack_runner_ray(out_url: str, *, workers: int, ensure_ray: Callable[[], None]) -> PackRunner:
+    """Pack shards as Ray tasks, at most ``workers`` at a time; each task reads and writes storage itself.
+
+    Every shard that completes is yielded (and so recorded in ``pack.json``) even when another failed;
+    then the first failure is raised as ``ValueError`` naming its shard.
+    """
+    def run(shards: Sequence[PlannedShard]) -> Iterator[ShardRecord]:
+        if len(shards) < 2:  # nothing to overlap: no Ray start-up for it
+            yield from (pack_shard(shard, out_url) for shard in shards)
+            return
+        import ray
+
+        ensure_ray()
+        task = ray.remote(num_cpus=1, max_retries=0)(pack_shard)
+        queue, pending, errors = list(shards), {}, []
         while queue or pending:
             while queue and len(pending) < workers:
-                unit = queue.pop(0)
-                pending[task.remote(spec.name, raw_root, unit, dict(options), out_url, frames)] = unit
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            if frames.qsize():
-                on_frames(sum(frames.get_nowait_batch(frames.qsize())))
+                shard = queue.pop(0)
+                pending[task.remote(shard, out_url)] = shard
+            done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                unit = pending.pop(ref)
+                shard = pending.pop(ref)
                 try:
                     yield ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a crashed worker fails its unit only
-                    yield UnitOutcome(name=unit.name, error=f"worker failed: {_error_text(exc)}")
-    finally:
-        if started_here:
-            ray.shutdown()
+                except Exception as exc:  # noqa: BLE001 - the others are kept; reported below
+                    errors.append(f"pack {shard.name}: {_error_text(getattr(exc, 'cause', None) or exc)}")
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    return run
+
+
+def _prepared(spec: BuilderSpec, raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Unit | UnitOutcome:
+    """``spec.prepare_unit`` in the driver; a unit it cannot prepare fails alone (its error as outcome)."""
+    try:
+        return spec.prepare_unit(raw_root, unit, options)
+    except Exception as exc:  # noqa: BLE001 - a bad unit is reported, the build goes on
+        return UnitOutcome(name=unit.name, error=_error_text(exc))
+
+
+def _run_units_here(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
+                    out_url: str, *, on_frames: Callable[[int], Any]) -> Iterator[UnitOutcome]:
+    """The units one after the other in this process (``workers=0``)."""
+    for unit in units:
+        ready = _prepared(spec, raw_root, unit, options)
+        yield ready if isinstance(ready, UnitOutcome) else run_unit(spec, raw_root, ready, options, out_url,
+                                                                    on_frames=on_frames)
 
 
 def _remote_unit(builder: str, raw_root: str, unit: Unit, options: dict[str, Any], out_url: str,
@@ -237,7 +310,8 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
           max_bytes: int = DEFAULT_MAX_BYTES, keep_staging: bool = False, show_progress: bool = True) -> BuildReport:
     """Build (or resume) ``raw_root`` into shards + ``manifest.json`` under ``out_url``.
 
-    ``workers`` bounds the number of concurrent Ray tasks (``0`` runs in-process, without Ray).
+    ``workers`` bounds the number of concurrent Ray tasks, for the units and then for the pack (``0`` runs
+    everything in-process, without Ray).
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0 (0 = in-process without Ray), got {workers}")
@@ -250,24 +324,27 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
     existing = _up_to_date(spec, out_url, options, split, units, max_count=max_count, max_bytes=max_bytes)
     if existing is not None:
         return BuildReport(manifest=existing, built=(), reused=tuple(u.name for u in units), up_to_date=True)
-    digest = options_digest(spec, options)
-    staged = {u.name: r for u in units if (r := _staged_record(spec, u, options, out_url)) is not None}
-    todo = [u for u in units if u.name not in staged]
-    outcomes = _run_units(spec, raw_root, todo, options, out_url, workers=workers, address=address,
-                          show_progress=show_progress)
-    failed = [FailedUnit(unit=o.name, error=o.error) for o in outcomes if o.error is not None]
-    staged.update({o.name: o.record for o in outcomes if o.record is not None})
-    records = [staged[u.name] for u in units if u.name in staged]
-    failed = sorted(failed, key=lambda f: f.unit)
-    if not records and storage.exists(find_manifest(out_url)):
-        previous = load_manifest(out_url)  # nothing new to pack: leave the earlier build untouched
-        return BuildReport(manifest=replace(previous, failed=tuple(failed)), built=(), reused=())
-    if storage.exists(find_manifest(out_url)):
-        storage.remove(find_manifest(out_url))  # the shards are about to change: no stale commit point
-    shards = _pack(spec, records, out_url, split=split, digest=digest, max_count=max_count, max_bytes=max_bytes)
+    with ray_session(workers=workers, address=address, quiet=not show_progress) as ensure_ray:
+        staged = {u.name: r for u in units if (r := _staged_unit(spec, u, options, out_url)) is not None}
+        todo = [u for u in units if u.name not in staged]
+        if todo and workers:
+            ensure_ray()
+        outcomes = _run_units(spec, raw_root, todo, options, out_url, workers=workers, show_progress=show_progress)
+        staged.update({o.name: StagedUnit(record=o.record, spans=o.spans) for o in outcomes if o.record is not None})
+        failed = tuple(sorted((FailedUnit(unit=o.name, error=o.error) for o in outcomes if o.error is not None),
+                              key=lambda f: f.unit))
+        ready = [staged[u.name] for u in units if u.name in staged]
+        if not ready and storage.exists(find_manifest(out_url)):
+            previous = load_manifest(out_url)  # nothing new to pack: leave the earlier build untouched
+            return BuildReport(manifest=replace(previous, failed=failed), built=(), reused=())
+        if storage.exists(find_manifest(out_url)):
+            storage.remove(find_manifest(out_url))  # the shards are about to change: no stale commit point
+        runner = _pack_runner_ray(out_url, workers=workers, ensure_ray=ensure_ray) if workers else None
+        shards = _pack_with_progress(spec, ready, out_url, split=split, max_count=max_count, max_bytes=max_bytes,
+                                     digest=options_digest(spec, options), runner=runner, show_progress=show_progress)
     manifest = Manifest(dataset=spec.dataset, split=split, builder=f"builders.{spec.name}",
                         builder_version=spec.version, options=dict(options), shards=tuple(shards),
-                        units=tuple(records), failed=tuple(failed))
+                        units=tuple(s.record for s in ready), failed=failed)
     _remove_stale_shards(out_url, spec.dataset, split, {s.name for s in shards})
     save_manifest(manifest, out_url)
     if not failed and not keep_staging:
@@ -276,8 +353,18 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
                        reused=tuple(sorted(set(staged) - {o.name for o in outcomes})))
 
 
+def _pack_with_progress(spec: BuilderSpec, staged: list[StagedUnit], out_url: str, *, split: str, digest: str,
+                        max_count: int, max_bytes: int, runner: PackRunner | None,
+                        show_progress: bool) -> list[ShardRecord]:
+    from tqdm import tqdm
+
+    with tqdm(unit="shard", desc="pack", disable=not show_progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        return _pack(spec, staged, out_url, split=split, digest=digest, max_count=max_count, max_bytes=max_bytes,
+                     runner=runner, on_shard=lambda record: bar.update(1))
+
+
 def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any], out_url: str,
-               *, workers: int, address: str | None, show_progress: bool) -> list[UnitOutcome]:
+               *, workers: int, show_progress: bool) -> list[UnitOutcome]:
     from tqdm import tqdm
 
     if not units:
@@ -289,11 +376,10 @@ def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Map
                      position=1)
     samples = 0
     if workers == 0:
-        stream: Iterable[UnitOutcome] = (run_unit(spec, raw_root, u, options, out_url, on_frames=frame_bar.update)
-                                         for u in units)
+        stream: Iterable[UnitOutcome] = _run_units_here(spec, raw_root, units, options, out_url,
+                                                        on_frames=frame_bar.update)
     else:
-        stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, address=address,
-                                on_frames=frame_bar.update, quiet=not show_progress)
+        stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, on_frames=frame_bar.update)
     for outcome in stream:
         outcomes.append(outcome)
         samples += outcome.record.samples if outcome.record else 0

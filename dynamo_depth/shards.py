@@ -28,7 +28,7 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -48,6 +48,7 @@ from dynamo_depth.tar_reader import (
 __all__ = [
     "BLOCK", "SampleSpan", "ShardRecord", "ShardWriter", "check_shard_name", "count_samples", "iter_shard",
     "parse_sample_bytes", "read_sample", "sha256_of", "shard_name", "span_sha256", "split_member_name",
+    "write_shard",
 ]
 
 _END_OF_ARCHIVE = bytes(2 * BLOCK)
@@ -254,6 +255,29 @@ class _OpenShard:
         self.file.close()
         if os.path.exists(self.tmp_path):
             os.unlink(self.tmp_path)
+
+
+def write_shard(out_url: str, name: str, samples: Iterable[tuple[str, bytes, bool]]) -> ShardRecord:
+    """Write ONE shard ``out_url/name`` from samples already in tar form: ``(key, span bytes, edge)``.
+
+    ``span bytes`` is a sample's tar fragment as ``ShardWriter`` writes it (header + padded data of each
+    member, sorted), e.g. ``shard[span.offset:span.offset + span.length]`` of another shard: the result is
+    byte-identical to writing the same samples with ``ShardWriter``. Atomic like ``ShardWriter`` (``.tmp``,
+    fsync, rename / upload); on an exception nothing is left under either name.
+    """
+    check_shard_name(name)
+    shard = _OpenShard(storage.join(os.fspath(out_url), name), name)
+    try:
+        for key, data, edge in samples:
+            if not data or len(data) % BLOCK:
+                raise ValueError(f"sample {key!r}: {len(data)} bytes is not a tar fragment (multiple of {BLOCK})")
+            shard.append(key, [data], edge=edge)
+        if not shard.spans:
+            raise ValueError(f"shard {name!r}: no samples")
+        return shard.commit()
+    except BaseException:
+        shard.abort()
+        raise
 
 
 class ShardWriter:

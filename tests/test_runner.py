@@ -118,3 +118,22 @@ def test_frame_progress_counts_every_frame_done(tmp_path: Path) -> None:
     outcome = run_unit(SPEC, "/raw", unit, {"units": 1}, str(tmp_path), on_frames=counts.append)
     assert outcome.record is not None and (outcome.record.samples, outcome.record.skipped) == (4, 1)
     assert sum(counts) == 5 and all(c > 0 for c in counts)
+
+
+def test_prepare_unit_runs_in_the_driver_and_a_failure_fails_its_unit_only(tmp_path: Path) -> None:
+    prepared: list[str] = []
+
+    def prepare(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Unit:
+        if unit.name == "drive1/image_02":
+            raise ValueError(f"{raw_root}/tables.json: no records for {unit.name}")
+        prepared.append(unit.name)
+        return Unit(name=unit.name, params={**unit.params, "first": unit.params["first"] + 100})
+
+    spec = BuilderSpec(name="toy", dataset="kitti", version="0", list_units=_units, build_unit=_build_unit,
+                       prepare_unit=prepare)
+    report = build(spec, "/raw", str(tmp_path), split="train", options={"units": 3}, workers=0, show_progress=False)
+    assert prepared == ["drive0/image_02", "drive2/image_02"]
+    assert [(f.unit, f.error) for f in report.manifest.failed] == [
+        ("drive1/image_02", "/raw/tables.json: no records for drive1/image_02")]
+    keys = [s.key for shard in report.manifest.shards for s in shard.samples]
+    assert keys == [make_sample(i).key for i in (*range(100, 104), *range(120, 124))]  # the prepared params

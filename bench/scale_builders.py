@@ -1,0 +1,359 @@
+"""How the builders grow with their data (#27): per-unit cost, nuScenes table cost, packing; baseline = an older commit.
+
+    PYTHONPATH=. .venv/bin/python bench/scale_builders.py [--baseline REV] [--only tables,units,pack]
+        [--scenes 2,600,6002] [--kitti-frames 100,400] [--nuscenes-frames 60,240] [--waymo-frames 10,20]
+        [--pack-mb 240] [--s3]
+
+Every build runs as its own process (``python -m builders.<name>``), and a thread of this script polls
+``/proc`` every 0.1 s for the peak RSS (``VmHWM``) of that process (the driver) and of each of its Ray
+worker processes (``ray::`` / ``default_worker.py``); CPU seconds are the children's (``RUSAGE_CHILDREN``).
+The baseline runs the same commands on ``git archive REV`` (default ``e01a5e2``: before #27's builder
+changes) in the same run.
+
+- ``tables``: nuScenes tables inflated (records only, ``dynamo_depth.synth.nuscenes_inflate``) to
+  ``--scenes`` scenes; the same 2 real scenes built each time (``--split-file`` of their frames, ``--workers 2``).
+- ``units``: one unit per build, in-process (``--workers 0``): a KITTI drive of ``--kitti-frames`` frames
+  (the real drive 0009's 10 frames repeated through symlinks, 1242x375 PNG + ~120k-point scans), a
+  synthetic nuScenes scene of ``--nuscenes-frames`` CAM_FRONT frames (1600x900 JPEG, LiDAR at 20 Hz) and
+  a synthetic Waymo segment of ``--waymo-frames`` frames (five 1920x1280 / 1920x886 camera JPEGs, TOP
+  64x2650 and four 200x600 range images per frame; the FRONT camera built).
+- ``pack``: the pack step alone over staged units of realistic sample size (~400 kB: three 640x192 JPEGs
+  and 20k depth points), ``--pack-mb`` MB in 100-sample shards: baseline ``_pack`` (one process streams
+  every sample) vs ours in-process and with 2 Ray tasks; locally and (``--s3``) on SeaweedFS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+KITTI_FIXTURE = REPO.parent / "shared" / "fixtures" / "kitti_raw" / "2011_09_26"
+KITTI_DRIVE = "2011_09_26_drive_0009_sync"
+MB = 2**20
+
+
+# ------------------------------------------------------------------------------------------ measuring
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return cmd.startswith("ray::") or "default_worker.py" in cmd
+
+
+class PeakRss(threading.Thread):
+    """Peak RSS (MB) of a process and of each Ray worker process among its descendants."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.driver_mb, self.workers_mb = pid, 0.0, {}
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.driver_mb = max(self.driver_mb, _status_kb(self.pid, "VmHWM") / 1024)
+            stack = _children(self.pid)
+            while stack:
+                pid = stack.pop()
+                stack += _children(pid)
+                if _is_worker(pid):
+                    self.workers_mb[pid] = max(self.workers_mb.get(pid, 0.0), _status_kb(pid, "VmHWM") / 1024)
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
+def measured(command: list[str], *, code: Path, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run ``command`` with ``PYTHONPATH=code``: wall s, CPU s, driver and largest worker peak RSS (MB)."""
+    full_env = {**os.environ, "PYTHONPATH": str(code), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
+                **(env or {})}
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=code, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    poller = PeakRss(proc.pid)
+    poller.start()
+    output = proc.communicate()[0].decode(errors="replace")
+    wall = time.perf_counter() - start
+    poller.stop()
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{output[-3000:]}")
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    workers = sorted(poller.workers_mb.values())
+    return {"wall_s": wall, "cpu_s": cpu, "driver_mb": poller.driver_mb, "worker_mb": workers[-1] if workers else 0.0,
+            "workers": len(workers), "output": output.strip().splitlines()[-1] if output.strip() else ""}
+
+
+def baseline_checkout(rev: str, into: Path) -> Path:
+    archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True, capture_output=True).stdout
+    into.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+# -------------------------------------------------------------------------------------- nuScenes tables
+def bench_tables(tmp: Path, base: Path, scene_counts: list[int]) -> None:
+    from dynamo_depth.synth.nuscenes import write_nuscenes
+    from dynamo_depth.synth.nuscenes_inflate import inflate_tables
+
+    version, frames = "v1.0-mini", 12
+    source = tmp / "nusc_source"
+    write_nuscenes(source, sequences=2, frames=frames, seed=0, version=version)
+    split_file = tmp / "two_scenes.txt"
+    split_file.write_text("".join(f"scenes/scene-000{s} {i}\n" for s in (1, 2) for i in range(1, frames - 1)))
+    print(_row("scenes in the tables", "sample_data", "table MB", "code", "wall s", "driver peak MB",
+               "largest worker peak MB", "payload kB / scene"))
+    print(_row(*["---"] * 8))
+    for scenes in scene_counts:
+        root = tmp / f"nusc_{scenes}"
+        shutil.copytree(source / version, root / version)
+        for folder in ("samples", "sweeps", "panoptic", "maps"):
+            (root / folder).symlink_to(source / folder)
+        counts = inflate_tables(root, version, copies=scenes // 2 - 1)
+        table_mb = sum(p.stat().st_size for p in (root / version).glob("*.json")) / MB
+        payload_kb = _payload_kb(root, version)
+        for label, code in (("baseline", base), ("ours", REPO)):
+            out = tmp / f"nusc_out_{scenes}_{label}"
+            m = measured([sys.executable, "-m", "builders.nuscenes", str(root), str(out), "--split", "all",
+                          "--split-file", str(split_file), "--workers", "2", "--quiet"], code=code)
+            print(_row(counts["scene"], counts["sample_data"], f"{table_mb:.0f}", label, f"{m['wall_s']:.1f}",
+                       f"{m['driver_mb']:.0f}", f"{m['worker_mb']:.0f}", f"{payload_kb:.0f}" if label == "ours" else
+                       "(whole tables)"), flush=True)
+            shutil.rmtree(out)
+        shutil.rmtree(root)
+
+
+def _payload_kb(root: Path, version: str) -> float:
+    import pickle
+
+    from builders import nuscenes as nb
+
+    options = {"split": "all", "version": version}
+    units = [u for u in nb.list_units(str(root), options) if u.name in ("scene-0001", "scene-0002")]
+    sizes = [len(pickle.dumps(nb.prepare_unit(str(root), u, options))) for u in units]
+    nb._NUSCENES.clear()
+    return max(sizes) / 1024
+
+
+# ------------------------------------------------------------------------------------------------ units
+def long_kitti_drive(root: Path, frames: int) -> Path:
+    """One drive of ``frames`` frames: drive 0009's 10 frames repeated (symlinks), timestamps every 0.1 s."""
+    source = KITTI_FIXTURE / KITTI_DRIVE
+    date = root / "2011_09_26"
+    drive = date / KITTI_DRIVE
+    for calib in KITTI_FIXTURE.glob("calib_*.txt"):
+        date.mkdir(parents=True, exist_ok=True)
+        (date / calib.name).symlink_to(calib)
+    start = datetime.datetime(2011, 9, 26, 13, 8, 24)
+    stamps = "".join(f"{start + datetime.timedelta(seconds=i / 10):%Y-%m-%d %H:%M:%S}.{(i % 10) * 100000000:09d}\n"
+                     for i in range(frames))
+    for sub, ext in (("image_02", "png"), ("image_03", "png"), ("velodyne_points", "bin"), ("oxts", "txt")):
+        (drive / sub / "data").mkdir(parents=True)
+        for i in range(frames):
+            (drive / sub / "data" / f"{i:010d}.{ext}").symlink_to(source / sub / "data" / f"{i % 10:010d}.{ext}")
+        (drive / sub / "timestamps.txt").write_text(stamps)
+    if (source / "oxts" / "dataformat.txt").exists():
+        (drive / "oxts" / "dataformat.txt").symlink_to(source / "oxts" / "dataformat.txt")
+    return root
+
+
+def bench_units(tmp: Path, kitti_frames: list[int], nuscenes_frames: list[int], waymo_frames: list[int]) -> None:
+    from dynamo_depth.synth.nuscenes import write_nuscenes
+    from dynamo_depth.synth.waymo import WaymoSynthOptions, write_waymo
+
+    print(_row("unit", "frames", "wall s", "CPU s", "CPU ms / frame", "peak RSS MB", "output MB"))
+    print(_row(*["---"] * 7))
+    for frames in kitti_frames:
+        raw = long_kitti_drive(tmp / f"kitti_{frames}", frames)
+        out = tmp / f"kitti_out_{frames}"
+        m = measured([sys.executable, "-m", "builders.kitti", str(raw), str(out), "--cameras", "image_02",
+                      "--workers", "0", "--quiet"], code=REPO)
+        _unit_row("KITTI drive x 1 camera (real frames)", frames, m, out)
+    for frames in nuscenes_frames:
+        raw = tmp / f"nusc_scene_{frames}"
+        write_nuscenes(raw, sequences=1, frames=frames, seed=0)
+        out = tmp / f"nusc_scene_out_{frames}"
+        m = measured([sys.executable, "-m", "builders.nuscenes", str(raw), str(out), "--split", "all",
+                      "--workers", "0", "--quiet"], code=REPO)
+        _unit_row("nuScenes scene, CAM_FRONT (synthetic)", frames, m, out)
+        shutil.rmtree(raw)
+    for frames in waymo_frames:
+        raw = tmp / f"waymo_{frames}"
+        write_waymo(raw, sequences=1, frames=frames, seed=0,
+                    options=WaymoSynthOptions(top_width=2650, short_range_hw=(200, 600)))
+        out = tmp / f"waymo_out_{frames}"
+        m = measured([sys.executable, "-m", "builders.waymo", str(raw), str(out), "--split", "val",
+                      "--workers", "0", "--quiet"], code=REPO)
+        _unit_row("Waymo segment, FRONT (synthetic, real-size record)", frames, m, out)
+        shutil.rmtree(raw)
+
+
+def _unit_row(name: str, frames: int, m: dict[str, float], out: Path) -> None:
+    size = sum(p.stat().st_size for p in out.glob("*.tar")) / MB
+    print(_row(name, frames, f"{m['wall_s']:.1f}", f"{m['cpu_s']:.1f}", f"{1000 * m['cpu_s'] / frames:.0f}",
+               f"{m['driver_mb']:.0f}", f"{size:.1f}"), flush=True)
+    shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------------------------------------- pack
+def bench_pack(tmp: Path, base: Path, total_mb: int, s3: bool) -> None:
+    print(_row("storage", "staged MB, samples", "shards", "pack", "wall s", "CPU s (all processes)", "driver peak MB",
+               "largest worker peak MB"))
+    print(_row(*["---"] * 8))
+    targets = [("local", str(tmp / "pack_out"), {})]
+    server = None
+    if s3:
+        from tests.s3server import BUCKET, SeaweedS3, weed_binary
+
+        server = SeaweedS3(tmp / "seaweed", binary=weed_binary() or "weed")
+        server.start()
+        targets.append(("S3 (SeaweedFS, 127.0.0.1)", f"s3://{BUCKET}/pack", server.env))
+    try:
+        for label, url, env in targets:
+            samples = (total_mb if label == "local" else max(total_mb // 2, 1)) * MB // (400 * 1024)
+            stage = measured([sys.executable, __file__, "--pack-child", "stage", url, str(samples)], code=REPO, env=env)
+            for variant, code in (("baseline (one process)", base), ("ours, in-process", REPO),
+                                  ("ours, 2 Ray tasks", REPO)):
+                m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--pack-child", variant,
+                              url, str(samples)], code=code, env=env)
+                print(_row(label, stage["output"], m["output"], variant, f"{m['wall_s']:.1f}", f"{m['cpu_s']:.1f}",
+                           f"{m['driver_mb']:.0f}", f"{m['worker_mb']:.0f}" if m["workers"] else "-"), flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _pack_spec():
+    import numpy as np
+
+    from builders.runner import BuilderSpec, Unit
+    from tests.samples import make_sample
+
+    def units(raw, options):
+        return [Unit(name=f"unit{u:03d}", params={"first": 1000 * u}) for u in range(options["units"])]
+
+    def build_unit(raw, unit, options):
+        for i in range(unit.params["first"], unit.params["first"] + options["per_unit"]):
+            sample = make_sample(i, n_points=20_000, width=640, height=192)
+            noise = np.random.default_rng(i).integers(0, 255, 40_000, dtype=np.uint8).tobytes()  # JPEG-sized
+            yield type(sample)(**{**sample.__dict__, "images": tuple(img + noise for img in sample.images)})
+
+    return BuilderSpec(name="packbench", dataset="kitti", version="0", list_units=units, build_unit=build_unit)
+
+
+def pack_child(variant: str, url: str, samples: int) -> None:
+    """One pack step (a child process of ``bench_pack``): ``stage`` the units, or pack them with ``variant``."""
+    from builders import packing
+    from builders.runner import options_digest, run_unit
+    from dynamo_depth import storage
+
+    spec, per_unit = _pack_spec(), 20
+    options = {"units": max(1, samples // per_unit), "per_unit": per_unit}
+    units = spec.list_units("", options)
+    if variant == "stage":
+        outcomes = [run_unit(spec, "", u, options, url) for u in units]
+        print(f"{sum(storage.size(packing.staged_tar(url, u.name)) for u in units) / MB:.0f}",
+              sum(o.record.samples for o in outcomes))
+        return
+    for name in storage.listdir(url):  # a fresh pack each time: no final shard, no pack.json
+        storage.remove(storage.join(url, name))
+    storage.remove(storage.join(storage.join(url, packing.STAGING), packing.PACK_STATE))
+    sidecars = [json.loads(storage.read_bytes(storage.join(storage.join(url, packing.STAGING),
+                                                             packing.staging_name(u.name) + ".json"))) for u in units]
+    kw = {"split": "train", "digest": options_digest(spec, options), "max_count": 100, "max_bytes": 2**40}
+    if variant.startswith("baseline"):
+        from dynamo_depth.manifest import UnitRecord
+
+        shards = packing._pack(spec, [UnitRecord.from_json(s["unit"]) for s in sidecars], url, **kw)
+    else:
+        from dynamo_depth.manifest import UnitRecord
+        from dynamo_depth.shards import SampleSpan
+
+        staged = [packing.StagedUnit(record=UnitRecord.from_json(s["unit"]),
+                                     spans=tuple(SampleSpan.from_json(x) for x in s["spans"])) for s in sidecars]
+        runner = None
+        if "Ray" in variant:
+            from builders.ray_setup import ray_session
+            from builders.runner import _pack_runner_ray
+
+            with ray_session(workers=2, address=None, quiet=True) as ensure:
+                start = time.perf_counter()
+                ensure()
+                started = time.perf_counter()
+                shards = packing._pack(spec, staged, url, runner=_pack_runner_ray(url, workers=2, ensure_ray=ensure),
+                                       **kw)
+                print(f"{len(shards)} (ray.init {started - start:.1f} s + pack {time.perf_counter() - started:.1f} s)")
+                return
+        else:
+            shards = packing._pack(spec, staged, url, runner=runner, **kw)
+    print(len(shards))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default="e01a5e2")
+    parser.add_argument("--only", default="tables,units,pack")
+    parser.add_argument("--scenes", default="2,600,6002")
+    parser.add_argument("--kitti-frames", default="100,400")
+    parser.add_argument("--nuscenes-frames", default="60,240")
+    parser.add_argument("--waymo-frames", default="10,20")
+    parser.add_argument("--pack-mb", type=int, default=240)
+    parser.add_argument("--s3", action="store_true")
+    parser.add_argument("--pack-child", nargs=3, metavar=("VARIANT", "URL", "SAMPLES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.pack_child:
+        return pack_child(args.pack_child[0], args.pack_child[1], int(args.pack_child[2]))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
+    try:
+        print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; uptime: "
+              f"{subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}", flush=True)
+        base = baseline_checkout(args.baseline, tmp / "baseline")
+        stages = args.only.split(",")
+        if "tables" in stages:
+            bench_tables(tmp, base, [int(n) for n in args.scenes.split(",")])
+        if "units" in stages:
+            bench_units(tmp, *([int(n) for n in text.split(",") if n] for text in
+                               (args.kitti_frames, args.nuscenes_frames, args.waymo_frames)))
+        if "pack" in stages:
+            bench_pack(tmp, base, args.pack_mb, args.s3)
+        print(f"done; uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
