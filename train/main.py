@@ -49,6 +49,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ from train.loop import (  # noqa: E402
     run_training,
 )
 from train.phases import total_steps  # noqa: E402
-from train.run_folder import RESUME_MODES, guard_run_dir, resume_mode  # noqa: E402
+from train.run_folder import RESUME_MODES, guard_run_dir, restart_count, resume_mode  # noqa: E402
 from train.stopping import EXIT_STOP_DEADLINE, EXIT_STOPPED, StopSignals  # noqa: E402
 
 RESUMABLE_CHANGES = frozenset({
@@ -154,7 +155,24 @@ def start_process_group(runtime: Runtime) -> None:
     if runtime.device.type == "cuda":
         torch.cuda.set_device(runtime.device)
     dist.init_process_group(backend="nccl" if runtime.device.type == "cuda" else "gloo",
-                            rank=runtime.rank, world_size=runtime.world_size)
+                            rank=runtime.rank, world_size=runtime.world_size, store=restart_store(runtime))
+
+
+def restart_store(runtime: Runtime, env: Any = os.environ) -> Any:
+    """On a torchrun restart (``TORCHELASTIC_RESTART_COUNT`` > 0) with the agent's store: that store under a
+    prefix of this attempt; else None (``init_process_group``'s env:// default).
+
+    torchrun's static rendezvous (``--master_addr`` / ``--master_port``) keeps one agent store for every attempt,
+    so restarted gloo / NCCL workers would read the dead workers' addresses left by the first attempt and
+    hang in ``init_process_group`` (torch 2.13); the c10d rendezvous makes a new store per attempt (the prefix
+    is then harmless).
+    """
+    attempt = restart_count(env)
+    if attempt == 0 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), runtime.world_size, is_master=False,
+                           timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"dynamo-depth/attempt-{attempt}", client)
 
 
 RUN_DIR_TOKEN = ".run_dir_token.json"
