@@ -265,7 +265,9 @@ def _checkpoint(*, config: RunConfig, runtime: Runtime, model: nn.Module, optimi
     state = Checkpoint(step=position.step, phase=phase, model=model.state_dict(), optimizer=optimizer.state_dict(),
                        scheduler=scheduler.state_dict(), loader=dict(position.loader or {}), rng=rng,
                        config=config_to_dict(config))
-    url = commit_checkpoint(state, config.train.run_dir)
+    phase_ends = {w.end for w in phase_windows(config)} if config.train.keep_phase_checkpoints else set()
+    url = commit_checkpoint(state, config.train.run_dir, keep=config.train.keep_checkpoints,
+                            protected_steps=phase_ends)
     if logger is not None and hasattr(logger, "sync"):
         logger.sync()
     return url
@@ -346,7 +348,8 @@ def _run_phase(*, window, config, runtime, model, stream, position, stop, resume
             logger.log_step(step=position.step, phase=window.name, result=result, batch=batch if show else None,
                             data_seconds=fetched - tick, step_seconds=done - tick)
         stopping = clock["stopper"] is not None and clock["stopper"].agree() and position.step < stop
-        if stopping or _should(config.train.checkpoint_every, position.step) or position.step == stop:
+        phase_end = config.train.keep_phase_checkpoints and position.step == window.end
+        if stopping or phase_end or _should(config.train.checkpoint_every, position.step) or position.step == stop:
             clock["checkpoint"] = _checkpoint(config=config, runtime=runtime, model=model, optimizer=optimizer,
                                               scheduler=scheduler, phase=window.name, position=position,
                                               logger=logger)

@@ -84,7 +84,7 @@ from train.stopping import EXIT_STOP_DEADLINE, EXIT_STOPPED, StopSignals  # noqa
 
 RESUMABLE_CHANGES = frozenset({
     "data.url", "data.num_workers", "data.cache_dir", "train.run_dir", "train.log_every", "train.image_every",
-    "train.checkpoint_every", "train.progress",
+    "train.checkpoint_every", "train.progress", "train.keep_checkpoints", "train.keep_phase_checkpoints",
 })
 """Config keys that may differ between a checkpoint and the run resuming it (they do not change the math)."""
 
