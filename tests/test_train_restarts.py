@@ -16,11 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from dynamo_depth import storage
+from tests import s3server
 from tests.test_train import _run, shards  # noqa: F401 - shards is a fixture
 from train.checkpoint import load_checkpoint, model_digest
 from train.loop import Runtime
-from train.run_folder import resume_mode
+from train.run_folder import move_outputs_aside, resume_mode
 from train.stopping import EXIT_STOP_DEADLINE, StopSignals
+
+s3_server, s3_env = s3server.s3_server, s3server.s3_env
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -88,6 +92,31 @@ def test_fresh_moves_the_earlier_run_aside_and_starts_at_step_0(shards: Path, tm
     final = load_checkpoint(run / "checkpoints" / "last.json")
     earlier = load_checkpoint(run / "superseded-1" / "checkpoints" / "step-000002.pt")
     assert final.step == 2 and model_digest(final.model) == model_digest(earlier.model)  # same seed, same math
+
+
+def test_fresh_moves_an_object_store_run_aside(s3_env) -> None:
+    """``--fresh``'s move on the S3 test server (SeaweedFS): every object, under the first free superseded-N/."""
+    import uuid
+
+    from tests.test_train_storage import _checkpoint, _listing
+    from train.checkpoint import commit_checkpoint
+
+    run_dir = f"s3://{s3server.BUCKET}/{uuid.uuid4().hex}/run"
+    for step in (1, 2):
+        commit_checkpoint(_checkpoint(step), run_dir)
+    for name, data in (("config.yaml", b"a: 1\n"), ("metrics.jsonl", b"{}\n"), ("tb/events.out.tfevents.1", b"tb")):
+        storage.write_bytes_atomic(storage.join(run_dir, name), data)
+    storage.write_bytes_atomic(storage.join(run_dir, "notes.txt"), b"mine")  # not the trainer's: stays
+    before = _listing(run_dir)
+    assert move_outputs_aside(run_dir) == f"{run_dir}/superseded-1"
+    after = _listing(run_dir)
+    assert after == {"notes.txt": b"mine", **{f"superseded-1/{k}": v for k, v in before.items() if k != "notes.txt"}}
+    commit_checkpoint(_checkpoint(1), run_dir)
+    assert move_outputs_aside(run_dir) == f"{run_dir}/superseded-2"  # the next free number
+    assert set(_listing(run_dir)) == set(after) | {"superseded-2/checkpoints/last.json",
+                                                   "superseded-2/checkpoints/step-000001.pt"}
+    fs, path = storage._remote(run_dir)
+    fs.rm(path, recursive=True)
 
 
 # ----------------------------------------------------------------------------- signals

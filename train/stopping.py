@@ -15,7 +15,7 @@ committed before the pointer). A second signal stops at once the default way (SI
 DataLoader workers signalled themselves (a scheduler signalling every process of the job) may die; the
 handler turns off torch's SIGCHLD check so their death cannot interrupt the checkpoint (no batch is fetched
 after the agreement). Under torchrun the agent forwards SIGTERM / SIGINT to its workers only (and kills them
-30 s later).
+``--shutdown-timeout`` seconds later, 30 by default).
 """
 
 from __future__ import annotations
