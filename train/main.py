@@ -111,6 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def add_restart_options(parser: argparse.ArgumentParser) -> None:
     """--resume [auto], --fresh and --stop-deadline (see ``train.run_folder`` and ``train.stopping``)."""
+    parser.epilog = (f"exit status: 0 done; 2 bad configuration or input (also: run_dir holds a checkpoint and "
+                     f"neither --resume nor --fresh was given); 3 non-finite loss; {EXIT_STOPPED} stopped by "
+                     f"SIGTERM / SIGINT after writing the checkpoint of the step reached; {EXIT_STOP_DEADLINE} "
+                     f"stopped by a signal, checkpoint not written within --stop-deadline")
     parser.add_argument("--resume", nargs="?", const="required", default=None, choices=RESUME_MODES,
                         help="continue from run_dir's last checkpoint (checkpoints/last.json); '--resume auto': "
                              "continue if there is one, else start at step 0 (for torchrun --max-restarts and "
