@@ -144,6 +144,10 @@ class TrainConfig:
     compile: run the forward through ``torch.compile`` (inductor; the first step of each phase compiles,
         seconds to minutes). Checkpoints still hold the plain model's keys.
     progress: a tqdm progress bar on rank 0.
+    keep_checkpoints: step checkpoints kept in ``run_dir/checkpoints`` (local or object storage): the last K,
+        the one ``last.json`` names among them; 0 keeps every one.
+    keep_phase_checkpoints: also write a checkpoint at the last step of every phase and keep those apart
+        (never deleted, not counted in ``keep_checkpoints``).
     """
 
     run_dir: str = "runs/default"
@@ -151,6 +155,8 @@ class TrainConfig:
     log_every: int = 50
     image_every: int = 1000
     checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    keep_phase_checkpoints: bool = False
     threads: int = 0
     deterministic: bool = False
     amp: str = "auto"
@@ -337,8 +343,8 @@ def _validate(config: RunConfig, source: str) -> RunConfig:
         fail("model.drop_path_rate", f"{config.model.drop_path_rate} must be >= 0 and < 1")
     if t.amp not in AMP_MODES:
         fail("train.amp", f"{t.amp!r} is not one of {list(AMP_MODES)}")
-    if min(t.log_every, t.image_every, t.checkpoint_every, t.threads) < 0:
-        fail("train", "log_every, image_every, checkpoint_every and threads must be >= 0")
+    if min(t.log_every, t.image_every, t.checkpoint_every, t.threads, t.keep_checkpoints) < 0:
+        fail("train", "log_every, image_every, checkpoint_every, threads and keep_checkpoints must be >= 0")
     if not 0 < config.loss.min_depth < config.loss.max_depth:
         fail("loss", f"need 0 < min_depth ({config.loss.min_depth}) < max_depth ({config.loss.max_depth})")
     return config

@@ -289,6 +289,32 @@ def remove(url: str) -> None:
         fs.invalidate_cache(path)
 
 
+def move(url: str, target: str) -> None:
+    """Move the file or folder ``url`` to ``target`` (same store); its parent folders are created.
+
+    Locally one rename. On an object store every object under ``url`` is copied to the same relative key
+    under ``target``, then the originals are deleted (a crash in between leaves both copies, never none).
+    """
+    if is_local(url) != is_local(target):
+        raise ValueError(f"cannot move {url} to {target}: not the same store")
+    if is_local(url):
+        destination = _local_path(target)
+        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+        os.replace(_local_path(url), destination)
+        _fsync_dir(os.path.dirname(os.path.abspath(destination)))
+        return
+    with _auth_errors(url):
+        fs, path = _remote(url)
+        _, destination = _remote(target)
+        fs.invalidate_cache()
+        names = [path] if fs.isfile(path) else sorted(fs.find(path))
+        for name in names:
+            fs.copy(name, destination + name[len(path):])
+        for name in names:
+            fs.rm_file(name)
+        fs.invalidate_cache()
+
+
 def write_atomic(url: str, write: Callable[[IO[bytes]], None]) -> None:
     """Stream a file to ``url`` atomically: ``write(f)`` fills a binary file (large outputs: checkpoints).
 

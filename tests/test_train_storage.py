@@ -191,8 +191,9 @@ def test_a_wrong_s3_secret_names_the_url_and_the_variables(shards: Path, s3_env,
     assert "AWS_ACCESS_KEY_ID" in err and "AWS_SECRET_ACCESS_KEY" in err and f"AWS_ENDPOINT_URL (now {s3_env.endpoint})" in err
     assert train_main.main([*base, "--set", f"data.url={shards}", "train.run_dir=s3://shards/runs/denied"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "s3://shards/runs/denied/config.yaml: the object store refused the credentials (" \
-        in err and "AWS_SECRET_ACCESS_KEY" in err, err
+    # the first access to the run folder: the check for an earlier run's checkpoint (train.run_folder)
+    assert err.count("\n") == 1 and "s3://shards/runs/denied/checkpoints/last.json: the object store refused the " \
+        "credentials (" in err and "AWS_SECRET_ACCESS_KEY" in err, err
 
 
 # ----------------------------------------------------------------------------- the shared run_dir check

@@ -19,7 +19,7 @@ config         the resolved ``RunConfig`` as a nested dict (``dynamo_depth.confi
 Layout in ``run_dir`` (a local folder or any fsspec URL such as ``s3://bucket/run``; see
 ``dynamo_depth.storage``)::
 
-    checkpoints/step-000010.pt   one file per checkpoint (the newest ``KEEP_CHECKPOINTS`` are kept)
+    checkpoints/step-000010.pt   one file per checkpoint (the newest ``train.keep_checkpoints`` are kept)
     checkpoints/last.json        the pointer: {"format": POINTER_FORMAT, "checkpoint": "step-000010.pt", "step": 10}
 
 ``commit_checkpoint`` writes the step file first (atomically: tmp + fsync + rename locally, one PUT on an
@@ -35,7 +35,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +55,8 @@ POINTER_FORMAT = "dynamo-depth-checkpoint-pointer"
 LEGACY_LAST = "last.pt"
 """An earlier layout's single checkpoint file (``checkpoints/last.pt``): still resumed when no pointer exists."""
 KEEP_CHECKPOINTS = 2
-"""Step files kept in ``run_dir/checkpoints`` (the pointed one and the one before it)."""
+"""Step files kept in ``run_dir/checkpoints`` by default (``train.keep_checkpoints``: the pointed one and the
+one before it)."""
 _STEP_FILE = re.compile(r"^step-(\d{6,})\.pt$")
 
 
@@ -139,16 +140,38 @@ def latest_checkpoint(run_dir: str) -> tuple[str, int | None] | None:
     return (legacy, None) if storage.exists(legacy) else None
 
 
-def commit_checkpoint(checkpoint: Checkpoint, run_dir: str, *, keep: int = KEEP_CHECKPOINTS) -> str:
-    """Write ``checkpoints/step-N.pt``, then the pointer to it, then drop older step files; returns its URL."""
+def commit_checkpoint(checkpoint: Checkpoint, run_dir: str, *, keep: int = KEEP_CHECKPOINTS,
+                      protected_steps: Collection[int] = ()) -> str:
+    """Write ``checkpoints/step-N.pt``, then the pointer to it, then ``prune_checkpoints``; returns its URL."""
     name = step_file_name(checkpoint.step)
     url = save_checkpoint(checkpoint, storage.join(checkpoint_dir(run_dir), name))
     write_pointer(run_dir, name=name, step=checkpoint.step)
-    older = sorted((int(m.group(1)), n) for n in storage.listdir(checkpoint_dir(run_dir))
-                   if (m := _STEP_FILE.match(n)) and int(m.group(1)) < checkpoint.step)
-    for _, stale in older[:max(0, len(older) - (keep - 1))]:
-        storage.remove(storage.join(checkpoint_dir(run_dir), stale))
+    prune_checkpoints(run_dir, keep=keep, protected_steps=protected_steps)
     return url
+
+
+def prune_checkpoints(run_dir: str, *, keep: int, protected_steps: Collection[int] = ()) -> list[str]:
+    """Delete the step files older than the last ``keep`` ones (0 keeps all); returns the names deleted.
+
+    The file ``last.json`` names counts as one of the ``keep`` and is never deleted, nor is any file of a
+    step in ``protected_steps`` (phase-end checkpoints, ``train.keep_phase_checkpoints``; not counted), nor a
+    file of a later step than the pointer's. Rank 0 calls it after a commit; a resumed run's ranks have all
+    read their checkpoint before (``train.main.resume_checkpoint`` ends with a barrier), so no rank is
+    still reading a file deleted here.
+    """
+    if keep < 0:
+        raise ValueError(f"keep={keep}: must be >= 0 (0 keeps every checkpoint)")
+    if keep == 0:
+        return []
+    pointed, pointed_step = read_pointer(pointer_url(run_dir))
+    protected = {int(step) for step in protected_steps}
+    older = sorted((int(m.group(1)), n) for n in storage.listdir(checkpoint_dir(run_dir))
+                   if (m := _STEP_FILE.match(n)) and int(m.group(1)) < pointed_step
+                   and n != storage.basename(pointed) and int(m.group(1)) not in protected)
+    stale = [n for _, n in older[:max(0, len(older) - (keep - 1))]]
+    for name in stale:
+        storage.remove(storage.join(checkpoint_dir(run_dir), name))
+    return stale
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

@@ -79,6 +79,8 @@ class RunSummary:
     checkpoint: str | None
     parameter_digest: str
     """sha256 of the parameters (not buffers: BatchNorm statistics are rank-local between DDP forwards)."""
+    stopped_by: str | None = None
+    """The signal (``SIGTERM`` / ``SIGINT``) that stopped the run before its target step, after ``checkpoint``."""
 
 
 # ----------------------------------------------------------------------------- model and optimiser
@@ -263,7 +265,9 @@ def _checkpoint(*, config: RunConfig, runtime: Runtime, model: nn.Module, optimi
     state = Checkpoint(step=position.step, phase=phase, model=model.state_dict(), optimizer=optimizer.state_dict(),
                        scheduler=scheduler.state_dict(), loader=dict(position.loader or {}), rng=rng,
                        config=config_to_dict(config))
-    url = commit_checkpoint(state, config.train.run_dir)
+    phase_ends = {w.end for w in phase_windows(config)} if config.train.keep_phase_checkpoints else set()
+    url = commit_checkpoint(state, config.train.run_dir, keep=config.train.keep_checkpoints,
+                            protected_steps=phase_ends)
     if logger is not None and hasattr(logger, "sync"):
         logger.sync()
     return url
@@ -275,10 +279,12 @@ def _should(every: int, step: int) -> bool:
 
 def run_training(*, config: RunConfig, runtime: Runtime, max_steps: int | None = None,
                  resume: Checkpoint | None = None, logger: Any = None, init: InitSources = InitSources(),
-                 ) -> RunSummary:
+                 stopper: Any = None) -> RunSummary:
     """Train from step 0 (or ``resume``) to ``max_steps`` (absolute, capped by the schedule).
 
     ``init`` (ignored when resuming: the checkpoint holds the weights): the initial weights' sources.
+    ``stopper`` (``train.stopping.StopSignals``): asked after every step (a collective) whether a rank got
+    SIGTERM / SIGINT; if so, the step's checkpoint is written and the run returns (``stopped_by``).
     """
     model = build_model(config, runtime, init=InitSources() if resume is not None else init)
     position = _Position(step=0, loader=None)
@@ -290,15 +296,18 @@ def run_training(*, config: RunConfig, runtime: Runtime, max_steps: int | None =
         _seed_runtime(config.train.seed + runtime.rank)
     stop = min(total_steps(config), max_steps if max_steps is not None else total_steps(config))
     stream = batch_stream(config, runtime, start=position.loader)
-    clock = {"data": 0.0, "step": 0.0, "steps": 0, "terms": {}, "checkpoint": None}
+    clock = {"data": 0.0, "step": 0.0, "steps": 0, "terms": {}, "checkpoint": None, "stopped_by": None,
+             "stopper": stopper}
     for window in phase_windows(config):
         if position.step >= min(window.end, stop):
             continue
         position = _run_phase(window=window, config=config, runtime=runtime, model=model, stream=stream,
                               position=position, stop=stop, resume=resume, clock=clock, logger=logger)
+        if clock["stopped_by"] is not None:
+            break
     return RunSummary(step=position.step, steps_run=clock["steps"], data_seconds=clock["data"],
                       step_seconds=clock["step"], last_terms=clock["terms"], checkpoint=clock["checkpoint"],
-                      parameter_digest=model_digest(dict(model.named_parameters())))
+                      parameter_digest=model_digest(dict(model.named_parameters())), stopped_by=clock["stopped_by"])
 
 
 def _seed_runtime(seed: int) -> None:
@@ -338,10 +347,16 @@ def _run_phase(*, window, config, runtime, model, stream, position, stop, resume
         if logger is not None:
             logger.log_step(step=position.step, phase=window.name, result=result, batch=batch if show else None,
                             data_seconds=fetched - tick, step_seconds=done - tick)
-        if _should(config.train.checkpoint_every, position.step) or position.step == stop:
+        stopping = clock["stopper"] is not None and clock["stopper"].agree() and position.step < stop
+        phase_end = config.train.keep_phase_checkpoints and position.step == window.end
+        if stopping or phase_end or _should(config.train.checkpoint_every, position.step) or position.step == stop:
             clock["checkpoint"] = _checkpoint(config=config, runtime=runtime, model=model, optimizer=optimizer,
                                               scheduler=scheduler, phase=window.name, position=position,
                                               logger=logger)
+        if stopping:
+            clock["stopper"].checkpoint_written()
+            clock["stopped_by"] = clock["stopper"].received
+            return position
     return position
 
 

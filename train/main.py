@@ -16,16 +16,27 @@ Options:
   --config FILE         YAML preset (configs/*.yaml)
   --set KEY=VALUE ...   dotted overrides (``optim.lr=2e-4 data.url=s3://bucket/shards``)
   --max-steps N         stop after global step N (absolute; a resumed run counts the steps before it)
-  --resume              continue exactly from run_dir's last checkpoint (``checkpoints/last.json``; every
-                        rank prints the file and step); --resume-from FILE: another checkpoint file or pointer
+  --resume [auto]       continue exactly from run_dir's last checkpoint (``checkpoints/last.json``; every
+                        rank prints the file and step); ``auto``: resume if there is one, else start at step 0
+                        (for ``torchrun --max-restarts`` and schedulers that rerun the same command);
+                        --resume-from FILE: another checkpoint file or pointer
+  --fresh               start at step 0 in a run_dir holding a checkpoint: its files move to
+                        ``run_dir/superseded-N/`` first, nothing is deleted (``train.run_folder``). Without
+                        --resume / --fresh a run_dir holding a checkpoint is refused (exit 2)
+  --stop-deadline S     after SIGTERM / SIGINT, at most S seconds to finish the step and checkpoint
   --init-from D         initial weights: a trainer checkpoint or an original module folder (fine-tuning)
   --init-weights F      ImageNet weights of the depth encoder (torchvision resnet18 or Lite-Mono's file)
   --init-resnet-weights F  torchvision resnet18 weights for the pose / motion encoders (litemono runs)
   --digest-dir DIR      every rank writes ``DIR/params_rank{r}.sha256`` of its final parameters (tests)
 
+SIGTERM / SIGINT (``train.stopping``): every rank finishes the current step, the ranks agree on it, the
+checkpoint of that step is written and the run exits 75; a second signal stops at once.
+
 Exit status: 0 done (also: a resumed checkpoint already at the target step; nothing is written), 2 bad
 configuration or input (one line naming it: a corrupt sample, a refused S3 credential, a run_dir not shared by
-every node), 3 non-finite loss (the last good checkpoint is kept).
+every node, a run_dir holding a checkpoint without --resume / --fresh), 3 non-finite loss (the last good
+checkpoint is kept), 75 stopped by SIGTERM / SIGINT after writing the checkpoint of the step reached, 76 stopped
+by a signal but the checkpoint was not written within --stop-deadline (the previous one stays the last).
 """
 
 from __future__ import annotations
@@ -34,10 +45,9 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import socket
 import sys
-import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +60,14 @@ import torch.distributed as dist  # noqa: E402
 from dynamo_depth import storage  # noqa: E402
 from dynamo_depth.config import RunConfig, config_differences, config_from_dict, dump_config, load_config  # noqa: E402
 from dynamo_depth.storage import StorageAuthError  # noqa: E402
-from train.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint, pointer_url  # noqa: E402
+from train.checkpoint import (  # noqa: E402
+    Checkpoint,
+    CheckpointError,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    pointer_url,
+)
 from train.cpu_memory import reuse_freed_memory  # noqa: E402
 from train.loop import (  # noqa: E402
     InitSources,
@@ -60,10 +77,13 @@ from train.loop import (  # noqa: E402
     run_training,
 )
 from train.phases import total_steps  # noqa: E402
+from train.rank_zero_log import RankZeroLogger  # noqa: E402
+from train.run_folder import RESUME_MODES, guard_run_dir, restart_count, resume_mode  # noqa: E402
+from train.stopping import EXIT_STOP_DEADLINE, EXIT_STOPPED, StopSignals  # noqa: E402
 
 RESUMABLE_CHANGES = frozenset({
     "data.url", "data.num_workers", "data.cache_dir", "train.run_dir", "train.log_every", "train.image_every",
-    "train.checkpoint_every", "train.progress",
+    "train.checkpoint_every", "train.progress", "train.keep_checkpoints", "train.keep_phase_checkpoints",
 })
 """Config keys that may differ between a checkpoint and the run resuming it (they do not change the math)."""
 
@@ -74,8 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this global step")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from run_dir's last checkpoint (checkpoints/last.json)")
+    add_restart_options(parser)
     parser.add_argument("--resume-from", default=None,
                         help="continue from this checkpoint file (or last.json pointer; local path or URL)")
     parser.add_argument("--init-from", default=None, metavar="DIR_OR_CKPT",
@@ -88,6 +107,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torchvision's resnet18 file for the pose and motion encoders of a litemono run")
     parser.add_argument("--digest-dir", default=None, help="write each rank's parameter sha256 here")
     return parser.parse_args(argv)
+
+
+def add_restart_options(parser: argparse.ArgumentParser) -> None:
+    """--resume [auto], --fresh and --stop-deadline (see ``train.run_folder`` and ``train.stopping``)."""
+    parser.epilog = (f"exit status: 0 done; 2 bad configuration or input (also: run_dir holds a checkpoint and "
+                     f"neither --resume nor --fresh was given); 3 non-finite loss; {EXIT_STOPPED} stopped by "
+                     f"SIGTERM / SIGINT after writing the checkpoint of the step reached; {EXIT_STOP_DEADLINE} "
+                     f"stopped by a signal, checkpoint not written within --stop-deadline")
+    parser.add_argument("--resume", nargs="?", const="required", default=None, choices=RESUME_MODES,
+                        help="continue from run_dir's last checkpoint (checkpoints/last.json); '--resume auto': "
+                             "continue if there is one, else start at step 0 (for torchrun --max-restarts and "
+                             "schedulers that rerun the same command)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start at step 0 in a run_dir that holds a checkpoint: its files move to "
+                             "run_dir/superseded-N/ first (nothing is deleted; under a torchrun restart it acts "
+                             "as --resume auto)")
+    parser.add_argument("--stop-deadline", type=float, default=None, metavar="SECONDS",
+                        help="after SIGTERM / SIGINT, at most this long to finish the step and write the "
+                             f"checkpoint; past it the process exits with status {EXIT_STOP_DEADLINE} and the "
+                             "previous checkpoint stays the last (default: no bound)")
+
+
+def check_restart_options(parser_args: argparse.Namespace) -> None:
+    """ValueError for --fresh together with --resume / --resume-from, or a deadline <= 0."""
+    if parser_args.fresh and (parser_args.resume or parser_args.resume_from):
+        raise ValueError("--fresh starts again from step 0; it cannot be combined with --resume / --resume-from")
+    if parser_args.stop_deadline is not None and not parser_args.stop_deadline > 0:
+        raise ValueError(f"--stop-deadline {parser_args.stop_deadline}: must be > 0 seconds")
 
 
 def runtime_from_env(env: Any = os.environ) -> Runtime:
@@ -111,7 +158,24 @@ def start_process_group(runtime: Runtime) -> None:
     if runtime.device.type == "cuda":
         torch.cuda.set_device(runtime.device)
     dist.init_process_group(backend="nccl" if runtime.device.type == "cuda" else "gloo",
-                            rank=runtime.rank, world_size=runtime.world_size)
+                            rank=runtime.rank, world_size=runtime.world_size, store=restart_store(runtime))
+
+
+def restart_store(runtime: Runtime, env: Any = os.environ) -> Any:
+    """On a torchrun restart (``TORCHELASTIC_RESTART_COUNT`` > 0) with the agent's store: that store under a
+    prefix of this attempt; else None (``init_process_group``'s env:// default).
+
+    torchrun's static rendezvous (``--master_addr`` / ``--master_port``) keeps one agent store for every attempt,
+    so restarted gloo / NCCL workers would read the dead workers' addresses left by the first attempt and
+    hang in ``init_process_group`` (torch 2.13); the c10d rendezvous makes a new store per attempt (the prefix
+    is then harmless).
+    """
+    attempt = restart_count(env)
+    if attempt == 0 or env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    client = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), runtime.world_size, is_master=False,
+                           timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"dynamo-depth/attempt-{attempt}", client)
 
 
 RUN_DIR_TOKEN = ".run_dir_token.json"
@@ -168,7 +232,8 @@ def resume_checkpoint(args: argparse.Namespace, config: RunConfig,
     Rank 0 resolves ``run_dir/checkpoints/last.json`` and broadcasts the file's URL, so every rank loads the
     same file even if a pointer changed meanwhile; every rank prints which file and step it resumes from.
     """
-    if not args.resume and args.resume_from is None:
+    mode = resume_mode(args)
+    if mode is None and args.resume_from is None:
         return None
     runtime = runtime if runtime is not None else Runtime()
     path = args.resume_from
@@ -177,11 +242,18 @@ def resume_checkpoint(args: argparse.Namespace, config: RunConfig,
         box = [found[0] if found else None]
         if runtime.distributed:
             dist.broadcast_object_list(box, src=0)
+        if box[0] is None and mode == "auto":
+            if runtime.is_main:
+                print(f"train: --resume auto: no checkpoint in {checkpoint_dir(config.train.run_dir)}; "
+                      f"starting at step 0", flush=True)
+            return None
         if box[0] is None:
             raise CheckpointError(f"checkpoint {pointer_url(config.train.run_dir)}: no such file (nothing to resume "
                                   f"in train.run_dir {config.train.run_dir!r})")
         path = box[0]
     checkpoint = load_checkpoint(path)
+    if runtime.distributed:
+        dist.barrier()  # every rank has read the file: rank 0 may now prune old checkpoints (keep_checkpoints)
     saved = config_from_dict(checkpoint.config, source=f"checkpoint {path} config")
     changed = [k for k in config_differences(saved, config) if k not in RESUMABLE_CHANGES]
     if changed:
@@ -189,76 +261,6 @@ def resume_checkpoint(args: argparse.Namespace, config: RunConfig,
                          f"(only {sorted(RESUMABLE_CHANGES)} may change)")
     print(f"train: rank {runtime.rank}: resuming from {path} at step {checkpoint.step}", flush=True)
     return checkpoint, str(path)
-
-
-class RankZeroLogger:
-    """TensorBoard scalars/images, ``metrics.jsonl`` and a tqdm bar; built on rank 0 only.
-
-    TensorBoard writes into ``run_dir/tb`` for a local run_dir; for a URL, into a local temporary folder that
-    ``sync`` (each checkpoint) and ``close`` upload to ``run_dir/tb/``. ``metrics.jsonl`` keeps the rows of
-    an earlier run up to the resumed step and is rewritten whole (atomically) by ``sync`` and ``close``.
-    """
-
-    def __init__(self, *, config: RunConfig, start: int, stop: int) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
-
-        self.config = config
-        run_dir = config.train.run_dir
-        self.tb_url = storage.join(run_dir, "tb")
-        self.metrics_url = storage.join(run_dir, "metrics.jsonl")
-        self.local_tb = storage._local_path(self.tb_url) if storage.is_local(run_dir) else None
-        self._tmp = None if self.local_tb else tempfile.mkdtemp(prefix="dynamo-tb-")
-        self.writer = SummaryWriter(log_dir=self.local_tb or self._tmp)
-        self.rows = self._earlier_rows(start)
-        self.bar = tqdm(total=stop, initial=start, unit="step", disable=not config.train.progress, dynamic_ncols=True)
-
-    def _earlier_rows(self, start: int) -> list[str]:
-        """The metrics lines of the steps before ``start`` (a resumed run replays the later ones)."""
-        if start == 0 or not storage.exists(self.metrics_url):
-            return []
-        lines = storage.read_bytes(self.metrics_url).decode("utf-8").splitlines()
-        return [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= start]
-
-    def log_step(self, *, step: int, phase: str, result: Any, batch: Any, data_seconds: float,
-                 step_seconds: float) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix(phase=phase, loss=f"{result.terms['total']:.4f}")
-        if self.config.train.log_every and step % self.config.train.log_every == 0:
-            scalars = {f"loss/{name}": value for name, value in result.terms.items()}
-            scalars.update({"optim/lr": result.lr, "optim/grad_norm": result.grad_norm,
-                            "speed/step_seconds": step_seconds,
-                            "speed/data_fraction": data_seconds / max(step_seconds, 1e-9)})
-            for name, value in scalars.items():
-                self.writer.add_scalar(name, value, step)
-            self.rows.append(json.dumps({"step": step, "phase": phase, **scalars}, allow_nan=True))
-        if batch is not None and result.outputs is not None:
-            self._images(step, batch, result.outputs)
-
-    def _images(self, step: int, batch: Any, outputs: Any) -> None:
-        self.writer.add_image("input/cur", batch.losses.color[0][0].float().cpu(), step)
-        disparity = outputs.disp[0][0].float().cpu()
-        self.writer.add_image("output/disparity", disparity / disparity.max().clamp(min=1e-6), step)
-        if 0 in outputs.motion_logits:
-            self.writer.add_image("output/motion_mask", outputs.motion_mask(0)[0].float().cpu(), step)
-
-    def sync(self) -> None:
-        """Write ``metrics.jsonl``; flush TensorBoard and upload its files (URL run_dirs) to ``run_dir/tb/``."""
-        storage.write_bytes_atomic(self.metrics_url, "".join(row + "\n" for row in self.rows).encode())
-        self.writer.flush()
-        if self._tmp is not None:
-            for name in sorted(os.listdir(self._tmp)):
-                if os.path.isfile(os.path.join(self._tmp, name)):
-                    storage.put_file(os.path.join(self._tmp, name), storage.join(self.tb_url, name))
-
-    def close(self) -> None:
-        self.bar.close()
-        try:
-            self.writer.close()
-            self.sync()
-        finally:
-            if self._tmp is not None:
-                shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 def configure_torch(config: RunConfig, runtime: Runtime) -> None:
@@ -301,6 +303,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> int:
         raise ValueError(f"{args.config}: data.url is empty; pass --set data.url=SHARDS")
     configure_torch(config, runtime)
     check_shared_run_dir(config.train.run_dir, runtime)
+    guard_run_dir(args, config.train.run_dir, rank=runtime.rank, distributed=runtime.distributed)
     resumed = resume_checkpoint(args, config, runtime)
     resume = resumed[0] if resumed else None
     stop, target = _target(args, config)
@@ -314,16 +317,27 @@ def train(args: argparse.Namespace, runtime: Runtime) -> int:
         storage.write_bytes_atomic(storage.join(config.train.run_dir, "config.yaml"), dump_config(config).encode())
         logger = RankZeroLogger(config=config, start=resume.step if resume else 0, stop=stop)
     try:
-        with deterministic_mode(config.train.deterministic):
+        with deterministic_mode(config.train.deterministic), \
+                StopSignals(runtime=runtime, deadline_s=args.stop_deadline) as stopper:
             summary = run_training(config=config, runtime=runtime, max_steps=args.max_steps, resume=resume,
                                    logger=logger, init=InitSources(imagenet=args.init_weights,
                                                                    imagenet_resnet=args.init_resnet_weights,
-                                                                   checkpoint=args.init_from))
+                                                                   checkpoint=args.init_from), stopper=stopper)
     finally:
         if logger is not None:
             logger.close()
     if args.digest_dir:
         _write_digest(args.digest_dir, runtime, summary.parameter_digest)
+    return _report_end(summary, runtime)
+
+
+def _report_end(summary: Any, runtime: Runtime) -> int:
+    """Print how the run ended (rank 0); 0 when done, ``EXIT_STOPPED`` when a signal stopped it."""
+    if summary.stopped_by is not None:
+        if runtime.is_main:
+            print(f"train: stopped by {summary.stopped_by} at step {summary.step}: checkpoint {summary.checkpoint}; "
+                  f"the same command with --resume auto continues from it (exit status {EXIT_STOPPED})", flush=True)
+        return EXIT_STOPPED
     if runtime.is_main:
         print(f"done: step {summary.step}, checkpoint {summary.checkpoint}, "
               f"loss {summary.last_terms.get('total', float('nan')):.5f}", flush=True)
@@ -333,6 +347,7 @@ def train(args: argparse.Namespace, runtime: Runtime) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_restart_options(args)
         runtime = runtime_from_env()
         start_process_group(runtime)
     except ValueError as exc:

@@ -144,6 +144,8 @@ class DynamoDepthModel(nn.Module):
         """
         for name in self.channels_last_modules():
             getattr(self, name).to(memory_format=torch.channels_last)
+        for decoder in (self.motion_dec, self.motion_mask):
+            decoder.contiguous_folded_weights()  # read as matrices only: their gradients' strides (DDP)
         return self
 
     def predict_disparity(self, image: torch.Tensor) -> dict[int, torch.Tensor]:

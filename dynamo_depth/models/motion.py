@@ -74,6 +74,19 @@ class MotionDecoder(nn.Module):
         """features = [raw 9-channel input, encoder features 0..4]; ego (B, 6, 1, 1) (see ``ego_motion``)."""
         return decode_together([self], features, ego)[0]
 
+    def contiguous_folded_weights(self) -> None:
+        """Give the 1x1 ``refine_motion_redu*`` weights contiguous strides (in place; the same values).
+
+        They never run as a convolution: ``level_kernels`` reads them as (O, 2C) matrices, so their gradient
+        comes from indexing, with contiguous strides. An (O, 2C, 1, 1) weight holds the same memory channels_last
+        or not, but its strides differ, and DDP copies (and warns "Grad strides do not match bucket view
+        strides") every gradient whose strides differ from its parameter's. Same math: the (O, 2C) views the fold
+        reads have the same strides in both layouts.
+        """
+        for level in range(LEVELS):
+            weight = getattr(self, f"refine_motion_redu{level}").weight
+            weight.data = weight.data.clone(memory_format=torch.contiguous_format)
+
     def level_kernels(self, level: int) -> _LevelKernels:
         """Level ``level``'s (0 = coarsest) three convolutions folded into ``_LevelKernels``."""
         convs = getattr(self, f"refine_motion_conv{level}")
