@@ -40,6 +40,8 @@ __all__ = [
     "canonical_json",
     "find_manifest",
     "load_manifest",
+    "parse_manifest",
+    "read_manifest_bytes",
     "save_manifest",
 ]
 
@@ -233,10 +235,19 @@ def find_manifest(url: str) -> str:
 def load_manifest(url: str) -> Manifest:
     """Load and check the manifest at ``url`` (a folder or a ``.../manifest.json``, local or remote)."""
     path = find_manifest(url)
+    return parse_manifest(read_manifest_bytes(path), path)
+
+
+def read_manifest_bytes(path: str) -> bytes:
+    """The bytes of the manifest file at ``path`` (``FileNotFoundError`` naming it when absent)."""
     try:
-        raw = storage.read_bytes(path)
+        return storage.read_bytes(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"manifest {path}: not found") from None
+
+
+def parse_manifest(raw: bytes, path: str) -> Manifest:
+    """Parse and check manifest bytes read from ``path`` (``ValueError`` naming ``path`` on any problem)."""
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -59,7 +59,7 @@ from dynamo_depth.data.pipeline import (
     read_samples,
 )
 from dynamo_depth.data.plan import EpochPlan, make_plan
-from dynamo_depth.data.sources import RetryPolicy, SampleIntegrityError, ShardIntegrityError, ShardStore, load_index
+from dynamo_depth.data.sources import RetryPolicy, SampleIntegrityError, ShardIntegrityError, ShardStore, open_index
 
 __all__ = [
     "AugmentParams", "EpochPlan", "LoaderState", "RetryPolicy", "SampleIntegrityError", "ShardCache",
@@ -113,8 +113,8 @@ def _resume_position(resume_from: LoaderState | Mapping[str, Any] | None, plan: 
 def _build(url: str, *, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
            cache_dir: str | os.PathLike[str] | None, cache_bytes: int, retry: RetryPolicy, include_edges: bool,
            ) -> tuple[EpochPlan, ShardStore]:
-    base, entries = load_index(url)
-    plan = make_plan(entries, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
+    base, index = open_index(url)  # file-backed: pickled into DataLoader workers as its path
+    plan = make_plan(index, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
                      shuffle_buffer=shuffle_buffer, include_edges=include_edges)
     cache = ShardCache(cache_dir, max_bytes=cache_bytes) if cache_dir is not None else None
     return plan, ShardStore(base, retry=retry, cache=cache)
