@@ -25,13 +25,22 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from dynamo_depth import manifest as manifest_mod
 from dynamo_depth import storage
-from dynamo_depth.data.index import FORMAT, SampleIndex, encode_index, manifest_arrays, open_index_file, write_index_file
+from dynamo_depth.data.index import (
+    FORMAT,
+    SampleIndex,
+    encode_index,
+    index_arrays,
+    manifest_arrays,
+    open_index_file,
+    write_index_file,
+)
+from dynamo_depth.data.integrity import ShardEntry
 
 __all__ = ["CACHE_FILES", "index_dir", "open_index", "sidecar_url", "sidecar_bytes"]
 
@@ -128,13 +137,27 @@ def _from_sidecar(manifest_url: str, sha: str, cached: Path) -> SampleIndex | No
     return index
 
 
+def _manifest_sha256(manifest_url: str) -> str:
+    """sha256 hex of the manifest's bytes, read in 1 MiB pieces (never the whole file in memory)."""
+    digest = hashlib.sha256()
+    try:
+        with storage.open_read(manifest_url) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"manifest {manifest_url}: not found") from None
+    return digest.hexdigest()
+
+
 def _manifest_index(url: str, manifest_url: str) -> SampleIndex:
-    raw = manifest_mod.read_manifest_bytes(manifest_url)
-    sha = hashlib.sha256(raw).hexdigest()
+    sha = _manifest_sha256(manifest_url)
     cached = index_dir() / f"{sha}.f{FORMAT}.idx"
     with _locked(cached):
         index = _from_sidecar(manifest_url, sha, cached) or _usable(cached, sha)
         if index is None:
+            raw = manifest_mod.read_manifest_bytes(manifest_url)
+            if hashlib.sha256(raw).hexdigest() != sha:
+                raise ValueError(f"manifest {manifest_url}: changed while it was being read; retry")
             manifest = manifest_mod.parse_manifest(raw, manifest_url)
             write_index_file(cached, checked_index(manifest_arrays(manifest), manifest_sha256=sha, source=url))
             index = open_index_file(cached, check_body=True)
@@ -144,7 +167,7 @@ def _manifest_index(url: str, manifest_url: str) -> SampleIndex:
     return index
 
 
-def open_index(url: str, *, scan: object = None) -> tuple[str, SampleIndex]:
+def open_index(url: str, *, scan: Callable[[str], Sequence[ShardEntry]]) -> tuple[str, SampleIndex]:
     """(base URL of the shards, file-backed ``SampleIndex``) for a manifest URL or a shard folder.
 
     ``scan``: a callable ``url -> tuple[ShardEntry, ...]`` used for folders without a manifest."""
@@ -152,9 +175,7 @@ def open_index(url: str, *, scan: object = None) -> tuple[str, SampleIndex]:
     if url.endswith(".json") or storage.exists(storage.join(url, manifest_mod.MANIFEST_NAME)):
         manifest_url = manifest_mod.find_manifest(url)
         return storage.dirname(manifest_url), _manifest_index(url, manifest_url)
-    from dynamo_depth.data.index import index_arrays
-
-    data = checked_index(index_arrays(scan(url)), manifest_sha256=None, source=url)  # type: ignore[operator]
+    data = checked_index(index_arrays(scan(url)), manifest_sha256=None, source=url)
     path = index_dir() / f"scan-{hashlib.sha256(data).hexdigest()}.f{FORMAT}.idx"
     with _locked(path):
         if not path.exists():
