@@ -140,3 +140,33 @@ def test_an_index_is_used_only_for_the_manifest_it_was_made_from(tmp_path: Path,
     broken[-100] ^= 1  # a cache file altered on disk: rebuilt from the manifest
     Path(index.path).write_bytes(bytes(broken))
     assert open_index(str(path))[1].entries() == reference_plan.reference_entries(load_manifest(str(path)))
+
+
+def test_the_column_parse_gives_the_strict_parse_arrays_and_errors(tmp_path: Path) -> None:
+    from dynamo_depth.data.index import manifest_arrays
+    from dynamo_depth.data.index_parse import manifest_index_arrays
+
+    text = manifest_text(650, per_shard=200, edge_every=9)
+    fast = manifest_index_arrays(text.encode(), "m.json")
+    strict = manifest_arrays(parse_manifest(text.encode(), "m.json"))
+    assert encode_index(fast, manifest_sha256=None) == encode_index(strict, manifest_sha256=None)
+    first_sha = text.split('"sha256": "')[1][:64]  # sample 0's digest
+    bad = {  # each breaks one rule of Manifest.from_json
+        "overlap": text.replace('"offset": 1024000,', '"offset": 1023488,', 1),
+        "uppercase sha256": text.replace(first_sha, first_sha.upper(), 1),
+        "mixed versions": text.replace(f',\n     "sha256": "{first_sha}"', "", 1),
+        "edge false": text.replace('"edge": true', '"edge": false', 1),
+        "count": text.replace('"count": 200', '"count": 199', 1),
+        "repeated shard": text.replace("waymo-train-000001.tar", "waymo-train-000000.tar", 1),
+        "unaligned": text.replace('"length": 1024000', '"length": 1024001', 1),
+        "not json": text[:-3],
+    }
+    for name, broken in bad.items():
+        assert broken != text, name
+        path = tmp_path / f"{name.replace(' ', '-')}.json"
+        path.write_text(broken)
+        with pytest.raises(ValueError) as strict_error:
+            load_manifest(str(path))
+        with pytest.raises(ValueError) as loader_error:
+            open_index(str(path))
+        assert str(loader_error.value) == str(strict_error.value), name

@@ -63,7 +63,7 @@ ARRAYS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
 
 
 def _blob(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    encoded = [s.encode("utf-8") for s in strings]
+    encoded = list(map(str.encode, strings))
     offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
     return offsets, np.frombuffer(b"".join(encoded), dtype=np.uint8)

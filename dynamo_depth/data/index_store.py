@@ -8,8 +8,8 @@ manifest), then maps, in this order of preference:
    names this manifest's sha256 (a stale sidecar is ignored);
 2. the node's index cache, ``$DYNAMO_DEPTH_INDEX_DIR`` (default ``<tmp>/dynamo-depth-index-<uid>``):
    ``<manifest sha256>.f<FORMAT>.idx``;
-3. else it parses and checks the manifest as ``load_manifest`` does (same errors), checks its keys are
-   unique, and writes the index into the node cache (atomically, under a file lock, so the ranks of a
+3. else it parses and checks the manifest as ``load_manifest`` does (same errors; column by column,
+   ``index_parse``), checks its keys are unique, and writes the index into the node cache (atomically, under a file lock, so the ranks of a
    node starting together parse it once).
 
 Every index file is hashed once by the process that resolves it (its body sha256); DataLoader
@@ -36,10 +36,10 @@ from dynamo_depth.data.index import (
     SampleIndex,
     encode_index,
     index_arrays,
-    manifest_arrays,
     open_index_file,
     write_index_file,
 )
+from dynamo_depth.data.index_parse import manifest_index_arrays
 from dynamo_depth.data.integrity import ShardEntry
 
 __all__ = ["CACHE_FILES", "index_dir", "open_index", "sidecar_url", "sidecar_bytes"]
@@ -82,8 +82,7 @@ def checked_index(arrays: dict, *, manifest_sha256: str | None, source: str) -> 
 def sidecar_bytes(manifest_url: str) -> bytes:
     """The sidecar index of the manifest at ``manifest_url`` (what ``python -m dynamo_depth index`` writes)."""
     raw = manifest_mod.read_manifest_bytes(manifest_url)
-    manifest = manifest_mod.parse_manifest(raw, manifest_url)
-    return checked_index(manifest_arrays(manifest), manifest_sha256=hashlib.sha256(raw).hexdigest(),
+    return checked_index(manifest_index_arrays(raw, manifest_url), manifest_sha256=hashlib.sha256(raw).hexdigest(),
                          source=manifest_url)
 
 
@@ -158,8 +157,8 @@ def _manifest_index(url: str, manifest_url: str) -> SampleIndex:
             raw = manifest_mod.read_manifest_bytes(manifest_url)
             if hashlib.sha256(raw).hexdigest() != sha:
                 raise ValueError(f"manifest {manifest_url}: changed while it was being read; retry")
-            manifest = manifest_mod.parse_manifest(raw, manifest_url)
-            write_index_file(cached, checked_index(manifest_arrays(manifest), manifest_sha256=sha, source=url))
+            arrays = manifest_index_arrays(raw, manifest_url)
+            write_index_file(cached, checked_index(arrays, manifest_sha256=sha, source=url))
             index = open_index_file(cached, check_body=True)
     if index.path == str(cached):
         os.utime(cached)  # most recently used
