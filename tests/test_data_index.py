@@ -170,3 +170,36 @@ def test_the_column_parse_gives_the_strict_parse_arrays_and_errors(tmp_path: Pat
         with pytest.raises(ValueError) as loader_error:
             open_index(str(path))
         assert str(loader_error.value) == str(strict_error.value), name
+
+
+def test_sidecar_index_is_written_beside_the_manifest_used_verified_and_ignored_when_stale(
+        tmp_path: Path, index_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from dynamo_depth import index_cli, verify
+    from dynamo_depth.manifest import save_manifest
+    from tests.test_data_local import write_dataset
+
+    folder = tmp_path / "shards"
+    samples = write_dataset(folder, n=6, per_shard=4)
+    assert index_cli.main([str(folder)]) == 0
+    side = folder / "manifest.index"
+    first = side.read_bytes()
+    assert index_cli.main([str(folder / "manifest.json")]) == 0 and side.read_bytes() == first
+    assert index_cli.main([str(folder), "--check"]) == 0
+    base, index = open_index(str(folder))
+    assert index.path == str(side) and not list(index_cache.glob("*.idx"))  # mapped in place, no parse
+    assert sorted(k for e in index.entries() for k in e.keys) == sorted(samples)
+    assert verify.verify_shards(str(folder)) == []
+    altered = bytearray(first)
+    altered[-200] ^= 1
+    side.write_bytes(bytes(altered))
+    assert [p.kind for p in verify.verify_shards(str(folder))] == ["index"]
+    assert open_index(str(folder))[1].path != str(side)  # an altered sidecar is not used
+    manifest = load_manifest(str(folder))
+    save_manifest(manifest.with_shards(tuple(replace(s, samples=tuple(replace(sp, sha256=None) for sp in s.samples))
+                                             for s in manifest.shards)), str(folder))
+    side.write_bytes(first)  # the sidecar of the previous manifest: stale
+    assert verify.verify_shards(str(folder)) == [] and index_cli.main([str(folder), "--check"]) == 1
+    assert all(e.digests is None for e in load_index(str(folder))[1])
+    capsys.readouterr()
