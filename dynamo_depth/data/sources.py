@@ -1,7 +1,8 @@
 """Where shard bytes come from: the shard index, local / S3 / fsspec streams, retries, hashing, cache.
 
-* ``load_index(url)``: the shards of a dataset from ``.../manifest.json`` or a shard folder
-  (its ``manifest.json``, or, without one, a scan of its ``*.tar`` files).
+* ``open_index(url)`` / ``load_index(url)``: the shards of a dataset from ``.../manifest.json`` or a
+  shard folder (its ``manifest.json``, or, without one, a scan of its ``*.tar`` files), as a file-backed
+  ``SampleIndex`` (``dynamo_depth.data.index``, resolved by ``index_store``) / its ``ShardEntry`` views.
 * ``ShardStore.samples(entry, wanted=)``: stream one shard front to back, yielding ``(key, members)``.
   With per-sample digests (manifest version 2) each sample's span bytes are hashed and checked
   BEFORE the sample is parsed and yielded (``SampleIntegrityError`` naming key, shard and byte
