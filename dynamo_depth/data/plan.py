@@ -102,7 +102,9 @@ class EpochPlan:
 
     Only the index (a file-backed ``SampleIndex`` pickles as its path) and the order's parameters are
     stored, so the plan pickled into a DataLoader worker holds tens of bytes whatever the number of
-    samples; the arrays below are derived on first use in each process.
+    samples; the arrays below are derived on first use in each process. A worker derives only its
+    rank's share: ``positions`` draws only the windows asked for, ``source_facts`` maps source indices
+    to (shard, ordinal) by binary search over per-shard counts (the full arrays are built only if read).
 
     Attributes:
         index: the ``SampleIndex`` of the dataset (manifest order).
@@ -139,24 +141,38 @@ class EpochPlan:
         return tuple(self.index.entry(int(i)) for i in self.shard_order)
 
     @cached_property
-    def _sources(self) -> tuple[np.ndarray, np.ndarray]:
+    def _kept(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(first sample of each entry of ``shards``, (S + 1,) kept samples before each, and the (N + 1,)
+        running count of kept samples in manifest order, None when every sample is kept)."""
         start = self.index.arrays["shard_start"]
-        first, counts = start[self.shard_order], np.diff(start)[self.shard_order]
-        shard = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
-        ordinal = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         keep = self.index.keep_mask(include_edges=self.include_edges)
-        if keep is not None:
-            kept = keep[first[shard] + ordinal]
-            shard, ordinal = shard[kept], ordinal[kept]
-        return shard, ordinal
+        running = None if keep is None else np.concatenate([np.zeros(1, np.int64), np.cumsum(keep, dtype=np.int64)])
+        counts = np.diff(start if running is None else running[start])[self.shard_order]
+        before = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=before[1:])
+        return start[:-1][self.shard_order], before, running
+
+    def source_facts(self, sources: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index into ``shards``, ordinal in that shard) of each source index in ``sources``."""
+        first, before, running = self._kept
+        shard = np.searchsorted(before, sources, side="right") - 1
+        kept = sources - before[shard]  # the how-manieth kept sample of its shard
+        if running is None:
+            return shard, kept
+        sample = np.searchsorted(running, running[first[shard]] + kept + 1, side="left") - 1
+        return shard, sample - first[shard]
+
+    @cached_property
+    def _all_facts(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.source_facts(np.arange(self.num_samples, dtype=np.int64))
 
     @property
     def shard_of_source(self) -> np.ndarray:
-        return self._sources[0]
+        return self._all_facts[0]
 
     @property
     def ordinal_of_source(self) -> np.ndarray:
-        return self._sources[1]
+        return self._all_facts[1]
 
     def positions(self, lo: int, hi: int) -> np.ndarray:
         """``source_of_position[lo:hi]``, computed for those positions only."""
@@ -175,40 +191,41 @@ class EpochPlan:
         return self.positions(first, first + self.rank_length)
 
     def key_of_source(self, source: int) -> str:
-        shard = self.shards[int(self.shard_of_source[source])]
-        return shard.keys[int(self.ordinal_of_source[source])]
+        shard, ordinal = self.source_facts(np.array([source], dtype=np.int64))
+        return self.shards[int(shard[0])].keys[int(ordinal[0])]
+
+    def _keys(self, sources: np.ndarray) -> list[str]:
+        shards, ordinals = self.source_facts(sources)
+        return [self.shards[h].keys[o] for h, o in zip(shards.tolist(), ordinals.tolist(), strict=True)]
 
     def global_keys(self) -> list[str]:
         """All keys in global order (all ranks, then the dropped remainder)."""
-        return [self.key_of_source(int(s)) for s in self.source_of_position]
+        return self._keys(self.source_of_position)
 
     def rank_keys(self, rank: int | None = None) -> list[str]:
         """Keys of ``rank``'s stream (default: this plan's rank), in yield order."""
         r = self.rank if rank is None else rank
         first = r * self.rank_length
-        sources = self._rank_sources if r == self.rank else self.positions(first, first + self.rank_length)
-        return [self.key_of_source(int(s)) for s in sources]
+        return self._keys(self._rank_sources if r == self.rank else self.positions(first, first + self.rank_length))
 
     @property
     def dropped_keys(self) -> list[str]:
         """Keys no rank yields this epoch (the last ``N % world_size`` positions of the global order)."""
-        tail = self.positions(self.world_size * self.rank_length, self.num_samples)
-        return [self.key_of_source(int(s)) for s in tail]
+        return self._keys(self.positions(self.world_size * self.rank_length, self.num_samples))
 
     def wanted(self, *, start: int, block: int, worker: int, num_workers: int) -> list[WantedSample]:
         """The samples ``worker`` yields, in yield order, for a stream resumed at position ``start``."""
         positions = worker_positions(self.rank_length, start=start, block=block, worker=worker,
                                      num_workers=num_workers)
         sources = self._rank_sources[np.asarray(positions, dtype=np.int64)]
-        shards, ordinals = self.shard_of_source[sources], self.ordinal_of_source[sources]
+        shards, ordinals = self.source_facts(sources)
         return [WantedSample(s, h, o) for s, h, o in zip(sources.tolist(), shards.tolist(), ordinals.tolist(),
                                                            strict=True)]
 
     def owned_shards(self, *, start: int, block: int, worker: int, num_workers: int) -> frozenset[int]:
         """Shard indices (into ``shards``) owned by ``worker`` (rule 5), for a stream resumed at ``start``."""
         worker_positions(0, start=0, block=block, worker=worker, num_workers=num_workers)  # checks the split
-        sources = self._rank_sources[start:]
-        shards, first_index = np.unique(self.shard_of_source[sources], return_index=True)
+        shards, first_index = np.unique(self.source_facts(self._rank_sources[start:])[0], return_index=True)
         owners = (first_index // block) % num_workers
         return frozenset(int(s) for s in shards[owners == worker])
 
