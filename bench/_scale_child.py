@@ -128,9 +128,11 @@ def steady(args: dict[str, Any]) -> dict[str, Any]:
             count += len(batch["keys"])
             for process in getattr(iterator, "_workers", []):
                 try:
-                    peaks[process.pid] = _worker_status(process.pid)
+                    found = _worker_status(process.pid)
                 except FileNotFoundError:
-                    pass
+                    continue
+                if "VmHWM" in found:  # not an exited worker
+                    peaks[process.pid] = found
         rates.append(count / (time.perf_counter() - start))
     return {"samples_per_s": rates, "worker_peak_mib": sorted(p["VmHWM"] for p in peaks.values()),
             "worker_anon_mib": sorted(p["RssAnon"] for p in peaks.values())}

@@ -17,10 +17,12 @@ behind them, so start-up is measured without reading a shard):
 - ``payload``: bytes pickled into each DataLoader worker (its dataset, collate and init functions);
 - a DataLoader worker's start (``worker``): the forkserver's imports, unpickling the payload,
   planning worker 0 of ``--workers`` and looking up its samples' keys, spans and digests: seconds,
-  peak-RSS growth, private (anon) growth and mapped file pages (shared by the node's processes).
+  peak-RSS growth, private (anon) growth and file pages (RssFile: mapped file pages, shared by the
+  node's processes; ours reads the index with ``pread`` and maps none).
 
 Then ``verify`` of a real shard set of ``--verify-samples`` tiny samples, and the steady state:
-samples/s of three ``make_loader`` epochs (the first starts the forkserver) (``--workers 2``, augment on) over ``--steady-samples``
+samples/s of three ``make_loader`` epochs (the first starts the forkserver), ours and the baseline
+interleaved twice, (``--workers 2``, augment on) over ``--steady-samples``
 real 640x192 triplets (``bench/loader.py``'s data), and the peak RSS of its DataLoader workers.
 """
 
@@ -115,9 +117,11 @@ def _steady_row(root: Path, baseline: Path | None, a: argparse.Namespace) -> dic
 
     shards, _ = build(root / "steady", samples=a.steady_samples, width=640, height=192)
     args = {"url": str(shards), "block": 8, "workers": 2, "passes": 3}
-    row = {"ours": _child("steady", args, tree=REPO, index_dir=root / "idx-s")}
-    if baseline is not None:
-        row["baseline"] = _child("steady", args, tree=baseline, index_dir=root / "idx-s")
+    trees = {"ours": REPO, **({"baseline": baseline} if baseline is not None else {})}
+    row: dict[str, Any] = {name: [] for name in trees}
+    for _ in range(2):  # interleaved: ours, baseline, ours, baseline
+        for name, tree in trees.items():
+            row[name].append(_child("steady", args, tree=tree, index_dir=root / "idx-s"))
     return row
 
 
@@ -130,7 +134,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
     head = ("| samples | manifest MB | save_manifest s | index s | start-up s: baseline / cold / cache / sidecar "
             "| start-up peak-RSS growth MiB: baseline / cold / cache / sidecar | worker payload bytes: baseline / ours "
-            "| worker start s: baseline / ours | worker peak-RSS growth MiB: baseline / ours (anon + mapped file) |")
+            "| worker start s: baseline / ours | worker peak-RSS growth MiB: baseline / ours (anon + file) |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         runs = ("baseline", "ours_cold", "ours_cache", "ours_sidecar")
@@ -165,7 +169,7 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; uptime: {os.popen('uptime').read().strip()}")
     with tempfile.TemporaryDirectory(prefix="scale-loader-") as tmp:
         root = Path(tmp)
-        baseline_tree = _export(a.baseline_commit, root) if a.baseline_sizes else None
+        baseline_tree = _export(a.baseline_commit, root) if a.baseline_sizes or a.steady_samples else None
         rows = []
         for n in a.sizes:
             rows.append(_size_rows(n, root=root, baseline=baseline_tree if n in a.baseline_sizes else None, a=a))

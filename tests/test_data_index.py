@@ -57,7 +57,7 @@ def test_index_file_holds_exactly_the_entries(tmp_path: Path) -> None:
     assert [e.digests is None for e in got] == [False, True, True] and got[0].digests[1] == "fe" * 32
     assert [e.edges for e in got] == [(False, True), None, None]
     assert got[2].keys[-1] == "ké4" and got[0].spans[1] == (1024, 1536) and got[2].keys.index("ké4") == 1
-    assert len(pickle.dumps(index)) < 300  # a mapped index pickles as its path and digest
+    assert len(pickle.dumps(index)) < 300  # a file-backed index pickles as its path and digest
     altered = bytearray(data)
     altered[-70] ^= 1
     (tmp_path / "y.idx").write_bytes(bytes(altered))
@@ -116,7 +116,7 @@ def _keys_in_a_fresh_process(payload: bytes) -> list[str]:
         dataset.plan.rank_keys()[:50] + [dataset.plan.index.path]
 
 
-def test_a_worker_process_maps_the_same_index_and_plans_the_same_samples(tmp_path: Path) -> None:
+def test_a_worker_process_opens_the_same_index_and_plans_the_same_samples(tmp_path: Path) -> None:
     path = write_manifest(tmp_path / "m", 3_000, edge_every=11)
     dataset = make_dataset(str(path), rank=1, world_size=2, seed=4, epoch=1, decode=False, block=2)
     expected = _keys_in_a_fresh_process(pickle.dumps(dataset))
@@ -188,7 +188,7 @@ def test_sidecar_index_is_written_beside_the_manifest_used_verified_and_ignored_
     assert index_cli.main([str(folder / "manifest.json")]) == 0 and side.read_bytes() == first
     assert index_cli.main([str(folder), "--check"]) == 0
     base, index = open_index(str(folder))
-    assert index.path == str(side) and not list(index_cache.glob("*.idx"))  # mapped in place, no parse
+    assert index.path == str(side) and not list(index_cache.glob("*.idx"))  # read in place, no parse
     assert sorted(k for e in index.entries() for k in e.keys) == sorted(samples)
     assert verify.verify_shards(str(folder)) == []
     altered = bytearray(first)

@@ -12,11 +12,13 @@ File format (``FORMAT``; little-endian, deterministic bytes for the same input):
 
 The header names the format, the sha256 of the manifest bytes it was derived from (None for a
 scanned folder), every array's dtype / shape / offset, and the sha256 of everything after it (the
-body). Arrays are read with ``np.frombuffer`` on a read-only ``mmap``: a process maps the file once
-(``open_index_file``) and its pages are shared by every process of the node that maps it.
+body). A process opens the file once (``open_index_file``): the per-shard arrays and the edge flags are
+read whole (S and N bytes), the per-sample columns (keys, spans, digests) stay in the file and are read
+row by row (``FileArray``, ``os.pread``), so a process holds only the rows it uses and the file's pages
+stay in the node's page cache, shared.
 
 A ``SampleIndex`` backed by a file pickles as its path and body sha256 (tens of bytes, whatever the
-number of samples); unpickled in a DataLoader worker, it maps the same file again.
+number of samples); unpickled in a DataLoader worker, it opens the same file again.
 ``ShardEntry`` objects built from an index (``SampleIndex.entry``) hold lazy sequence views
 (``IndexColumn``) of its arrays instead of tuples.
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from dynamo_depth.data.integrity import ShardEntry
 from dynamo_depth.manifest import Manifest
 
 __all__ = ["ARRAYS", "FORMAT", "MAGIC", "IndexColumn", "SampleIndex", "encode_index", "index_arrays",
-           "manifest_arrays", "open_index_file", "write_index_file"]
+           "FileArray", "manifest_arrays", "open_index_file", "write_index_file"]
 
 FORMAT = 1
 MAGIC = b"DDIDX\x00\x00\x01"
@@ -74,7 +75,7 @@ def _digest_array(hexes: Sequence[str]) -> np.ndarray:
 
 
 def index_arrays(entries: Sequence[ShardEntry]) -> dict[str, np.ndarray]:
-    """The index arrays (``ARRAYS``) of ``entries``: what ``SampleIndex`` maps, in memory."""
+    """The index arrays (``ARRAYS``) of ``entries``: what ``SampleIndex`` holds, in memory."""
     counts = np.array([len(e.keys) for e in entries], dtype=np.int64)
     start = np.zeros(len(entries) + 1, dtype=np.int64)
     np.cumsum(counts, out=start[1:])
@@ -158,17 +159,57 @@ def _parse_header(buffer: Any, source: str) -> tuple[dict[str, Any], int]:
     return header, 16 + size + _pad(16 + size)
 
 
-def _arrays_of(buffer: Any, header: dict[str, Any], body: int, source: str) -> dict[str, np.ndarray]:
-    out = {}
+PER_SAMPLE = ("key_offsets", "key_blob", "span_offset", "span_length", "sample_sha256")  # read on demand
+
+
+class FileArray:
+    """A read-only array stored in a file, read element by element (``os.pread``) when indexed.
+
+    Indexing with an integer gives the element (a row for 2-D arrays), with a ``start:stop`` slice a
+    numpy array; nothing is mapped, so a process holds only what it asked for (a mapping would fault
+    in 64 KB around every touched page: nearly the whole file for a worker's samples)."""
+
+    def __init__(self, fd: int, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.fd, self.offset, self.dtype, self.shape = fd, offset, dtype, shape
+        self.row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        data = os.pread(self.fd, (stop - start) * self.row, self.offset + start * self.row)
+        if len(data) != (stop - start) * self.row:
+            raise ValueError(f"index file (fd {self.fd}): truncated at row {start}")
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self.shape[0])
+            if step != 1:
+                raise ValueError("FileArray slices take no step")
+            return self._read(start, max(start, stop))
+        j = int(i) + self.shape[0] if int(i) < 0 else int(i)
+        if not 0 <= j < self.shape[0]:
+            raise IndexError(f"row {i} out of range for {self.shape[0]} rows")
+        return self._read(j, j + 1)[0]
+
+
+def _arrays_of(fd: int, header: dict[str, Any], body: int, source: str) -> dict[str, Any]:
+    """The arrays of the open index file ``fd``: the per-sample ones as ``FileArray``, the others (per
+    shard, and the (N,) edge flags the plan needs whole) read into memory."""
+    out: dict[str, Any] = {}
     expected = {name: (dtype, tail) for name, dtype, tail in ARRAYS}
     for name, dtype, shape, offset in header["arrays"]:
         if name not in expected or expected[name] != (dtype, tuple(shape[1:])):
             raise ValueError(f"index {source}: unexpected array {name} {dtype} {shape}")
-        count = int(np.prod(shape)) if shape else 1
-        nbytes = count * np.dtype(dtype).itemsize
-        if body + offset + nbytes > len(buffer):
+        if name in PER_SAMPLE:
+            out[name] = FileArray(fd, body + offset, np.dtype(dtype), tuple(shape))
+            continue
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        chunk = os.pread(fd, nbytes, body + offset)
+        if len(chunk) != nbytes:
             raise ValueError(f"index {source}: truncated (array {name})")
-        out[name] = np.frombuffer(buffer, dtype=np.dtype(dtype), count=count, offset=body + offset).reshape(shape)
+        out[name] = np.frombuffer(chunk, dtype=np.dtype(dtype)).reshape(shape)
     if set(out) != set(expected):
         raise ValueError(f"index {source}: missing arrays {sorted(set(expected) - set(out))}")
     return out
@@ -176,7 +217,7 @@ def _arrays_of(buffer: Any, header: dict[str, Any], body: int, source: str) -> d
 
 @dataclass(frozen=True, eq=False)
 class SampleIndex:
-    """The index arrays (``ARRAYS``) and, when mapped from a file, its path and body sha256."""
+    """The index arrays (``ARRAYS``) and, when read from a file, its path and body sha256."""
 
     arrays: dict[str, np.ndarray]
     path: str | None = None
@@ -207,8 +248,8 @@ class SampleIndex:
 
     def key(self, sample: int) -> str:
         """Key of global sample ``sample`` (manifest order)."""
-        offsets = self.arrays["key_offsets"]
-        return self.arrays["key_blob"][offsets[sample]:offsets[sample + 1]].tobytes().decode("utf-8")
+        lo, hi = self.arrays["key_offsets"][sample:sample + 2].tolist()
+        return self.arrays["key_blob"][lo:hi].tobytes().decode("utf-8")
 
     def keep_mask(self, *, include_edges: bool) -> np.ndarray | None:
         """(N,) bool: samples not flagged as edge samples; None when every sample is kept."""
@@ -276,12 +317,12 @@ class IndexColumn(Sequence):  # type: ignore[type-arg]
         return f"IndexColumn({self.kind}, samples [{self.lo}, {self.hi}))"
 
 
-_OPEN: dict[str, tuple[tuple[int, int, int], SampleIndex]] = {}  # path -> (file identity, index) mapped here
+_OPEN: dict[str, tuple[tuple[int, int, int], SampleIndex]] = {}  # path -> (file identity, index) opened here
 
 
 def open_index_file(path: str | os.PathLike[str], body_sha256: str | None = None, *,
                     check_body: bool = False) -> SampleIndex:
-    """Map the index file ``path`` read-only (once per process, path and file).
+    """Open the index file ``path`` read-only (once per process, path and file).
 
     ``body_sha256``: the digest its header must name (a replaced file is refused); ``check_body``:
     also hash the body and compare (done once by the process that resolves the index)."""
@@ -292,12 +333,17 @@ def open_index_file(path: str | os.PathLike[str], body_sha256: str | None = None
     if known is not None and known[0] == identity:
         index = known[1]
     else:
-        with open(key, "rb") as f:
-            buffer: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if stat.st_size else b""
-        header, body = _parse_header(buffer, key)
-        index = SampleIndex(_arrays_of(buffer, header, body, key), key, header["body_sha256"], header["manifest_sha256"])
-        if check_body and _file_sha256(key, body) != header["body_sha256"]:
-            raise ValueError(f"index {key}: body sha256 differs from its header: the file was altered")
+        fd = os.open(key, os.O_RDONLY)  # kept open for the process: its FileArrays read through it
+        try:
+            head = os.pread(fd, 1 << 20, 0)
+            header, body = _parse_header(head, key)
+            index = SampleIndex(_arrays_of(fd, header, body, key), key, header["body_sha256"],
+                                header["manifest_sha256"])
+            if check_body and _file_sha256(key, body) != header["body_sha256"]:
+                raise ValueError(f"index {key}: body sha256 differs from its header: the file was altered")
+        except BaseException:
+            os.close(fd)
+            raise
         _OPEN[key] = (identity, index)
     if body_sha256 is not None and index.body_sha256 != body_sha256:
         raise ValueError(f"index {key}: body sha256 {index.body_sha256}, expected {body_sha256} (the file was replaced)")

@@ -1,7 +1,7 @@
 """Where a process gets its ``SampleIndex``: the manifest's sidecar, the node's index cache, or a parse.
 
 ``open_index(url)`` reads the manifest's bytes once and hashes them (sha256: ~0.05 s for a 70 MB
-manifest), then maps, in this order of preference:
+manifest), then opens (``index.open_index_file``), in this order of preference:
 
 1. the sidecar beside the manifest (``manifest.index`` for ``manifest.json``; written by
    ``python -m dynamo_depth index``; copied into the node cache first when remote) if its header
@@ -13,7 +13,7 @@ manifest), then maps, in this order of preference:
    node starting together parse it once).
 
 Every index file is hashed once by the process that resolves it (its body sha256); DataLoader
-workers map the same file by path (``SampleIndex`` pickles as its path and body digest). A folder
+workers open the same file by path (``SampleIndex`` pickles as its path and body digest). A folder
 without a manifest is scanned as before and its index written into the cache under the sha256 of
 its bytes. The cache keeps the ``CACHE_FILES`` most recently used index files.
 """

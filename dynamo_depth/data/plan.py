@@ -111,6 +111,7 @@ class EpochPlan:
         rank, world_size, seed, epoch, rank_length: the rank's stream is global positions
             ``[rank * rank_length, (rank + 1) * rank_length)``.
         shuffle, shuffle_buffer, include_edges: the order's options (``make_plan``).
+        num_samples: N, the samples in the plan (edge samples left out unless ``include_edges``).
         shards: the shard entries in read order (already permuted).
         shard_of_source, ordinal_of_source: (N,) int64 shard index (into ``shards``) and ordinal per source index.
         source_of_position: (N,) int64 global position -> source index.
