@@ -62,6 +62,7 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
     split = {"start": 0, "block": args["block"], "worker": 0, "num_workers": args["workers"]}
     wanted = plan.wanted(**split)
     owned = plan.owned_shards(**split)
+    planned = time.perf_counter()
     for w in wanted:
         entry = plan.shards[w.shard]
         entry.keys[w.ordinal], entry.spans[w.ordinal]
@@ -69,7 +70,8 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
             entry.digests[w.ordinal]
     seconds = time.perf_counter() - start
     after = status()
-    return {"seconds": seconds, "rss_before_mib": before["VmRSS"], "peak_delta_mib": after["VmHWM"] - before["VmRSS"],
+    return {"seconds": seconds, "plan_seconds": planned - start, "lookup_us": 1e6 * (start + seconds - planned) / len(wanted),
+            "rss_before_mib": before["VmRSS"], "peak_delta_mib": after["VmHWM"] - before["VmRSS"],
             "anon_delta_mib": after["RssAnon"] - before["RssAnon"], "file_mib": after["RssFile"] - before["RssFile"],
             "wanted": len(wanted), "owned": len(owned)}
 

@@ -16,13 +16,13 @@ behind them, so start-up is measured without reading a shard):
   ``cache`` (the node cache holds the index: every later process on the node), ``sidecar``;
 - ``payload``: bytes pickled into each DataLoader worker (its dataset, collate and init functions);
 - a DataLoader worker's start (``worker``): the forkserver's imports, unpickling the payload,
-  planning worker 0 of ``--workers`` and looking up its samples' keys, spans and digests: seconds,
-  peak-RSS growth, private (anon) growth and file pages (RssFile: mapped file pages, shared by the
+  planning worker 0 of ``--workers`` (seconds), then looking up its samples' keys, spans and digests
+  as its reads will (microseconds per sample); peak-RSS growth over both, private (anon) growth and file pages (RssFile: mapped file pages, shared by the
   node's processes; ours reads the index with ``pread`` and maps none).
 
 Then ``verify`` of a real shard set of ``--verify-samples`` tiny samples, and the steady state:
 samples/s of three ``make_loader`` epochs (the first starts the forkserver), ours and the baseline
-interleaved twice, (``--workers 2``, augment on) over ``--steady-samples``
+interleaved three times, (``--workers 2``, augment on) over ``--steady-samples``
 real 640x192 triplets (``bench/loader.py``'s data), and the peak RSS of its DataLoader workers.
 """
 
@@ -119,7 +119,7 @@ def _steady_row(root: Path, baseline: Path | None, a: argparse.Namespace) -> dic
     args = {"url": str(shards), "block": 8, "workers": 2, "passes": 3}
     trees = {"ours": REPO, **({"baseline": baseline} if baseline is not None else {})}
     row: dict[str, Any] = {name: [] for name in trees}
-    for _ in range(2):  # interleaved: ours, baseline, ours, baseline
+    for _ in range(3):  # interleaved: ours, baseline, ours, baseline, ...
         for name, tree in trees.items():
             row[name].append(_child("steady", args, tree=tree, index_dir=root / "idx-s"))
     return row
@@ -134,8 +134,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
     head = ("| samples | manifest MB | save_manifest s | index s | start-up s: baseline / cold / cache / sidecar "
             "| start-up peak-RSS growth MiB: baseline / cold / cache / sidecar | worker payload bytes: baseline / ours "
-            "| worker start s: baseline / ours | worker peak-RSS growth MiB: baseline / ours (anon + file) |")
-    lines = [head, "|" + "---|" * 9]
+            "| worker start s (unpickle + plan): baseline / ours | lookup µs per sample (key, span, digest): baseline / ours "
+            "| worker peak-RSS growth MiB: baseline / ours (anon + file) |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         runs = ("baseline", "ours_cold", "ours_cache", "ours_sidecar")
         lines.append(" | ".join([
@@ -143,7 +144,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
             " / ".join(cell(r, k, "seconds") for k in runs),
             " / ".join(cell(r, k, "peak_delta_mib", fmt="{:.0f}") for k in runs),
             f"{cell(r, 'baseline', 'payload_bytes', fmt='{:,}')} / {cell(r, 'ours_cache', 'payload_bytes', fmt='{:,}')}",
-            f"{cell(r, 'baseline', 'worker', 'seconds')} / {cell(r, 'ours_cache', 'worker', 'seconds')}",
+            f"{cell(r, 'baseline', 'worker', 'plan_seconds')} / {cell(r, 'ours_cache', 'worker', 'plan_seconds')}",
+            f"{cell(r, 'baseline', 'worker', 'lookup_us', fmt='{:.1f}')} / "
+            f"{cell(r, 'ours_cache', 'worker', 'lookup_us', fmt='{:.1f}')}",
             f"{cell(r, 'baseline', 'worker', 'peak_delta_mib', fmt='{:.0f}')} / "
             f"{cell(r, 'ours_cache', 'worker', 'peak_delta_mib', fmt='{:.0f}')} "
             f"({cell(r, 'ours_cache', 'worker', 'anon_delta_mib', fmt='{:.0f}')} + "
