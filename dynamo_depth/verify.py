@@ -8,7 +8,10 @@ in the folder are reported, one line each, then a one-line summary. In an altere
 whose span bytes differ from its recorded sha256 is reported too, by key and byte offset (``SAMPLE``
 lines): the digests come from the expected manifest (version 2), or, when that is a version-1
 reference, from the manifest beside the shards if it lists the same spans. With ``--reference`` the
-sample counts of the manifest beside the shards are compared with the reference too.
+sample counts of the manifest beside the shards are compared with the reference too. A sidecar index
+beside the manifest (``python -m dynamo_depth index``) that names the manifest's sha256 but differs from
+the index derived from it is reported (``INDEX``); a stale one (another manifest's) is ignored, as the
+loader ignores it.
 Exit status: 0 all match, 1 any difference, 2 the manifest cannot be read or arguments are wrong.
 """
 
@@ -24,7 +27,7 @@ from dynamo_depth.shards import ShardRecord, count_samples, sha256_of, span_sha2
 
 __all__ = ["Problem", "verify_shards", "main"]
 
-PROBLEM_KINDS = ("missing", "extra", "truncated", "altered", "sample", "count")
+PROBLEM_KINDS = ("missing", "extra", "truncated", "altered", "sample", "count", "index")
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,30 @@ def _verify(shards_url: str, *, reference: str | None) -> tuple[Manifest, list[P
             problems.append(Problem("extra", name, f"in {folder} but not in the manifest"))
     if reference is not None and beside is not None:
         problems.extend(_compare_counts(beside, expected))
+    if beside is not None:
+        problems.extend(_check_sidecar(manifest_url))
     return expected, problems
+
+
+def _check_sidecar(manifest_url: str) -> list[Problem]:
+    """An ``index`` problem when the sidecar names this manifest but is not the index derived from it."""
+    import hashlib
+
+    from dynamo_depth.data.index import _parse_header
+    from dynamo_depth.data.index_store import sidecar_bytes, sidecar_url
+
+    side = sidecar_url(manifest_url)
+    if not storage.exists(side):
+        return []
+    data = storage.read_bytes(side)
+    try:
+        claimed = _parse_header(data, side)[0].get("manifest_sha256")
+    except ValueError as exc:
+        return [Problem("index", storage.basename(side), f"unreadable: {exc}")]
+    if claimed != hashlib.sha256(storage.read_bytes(manifest_url)).hexdigest() or data == sidecar_bytes(manifest_url):
+        return []
+    return [Problem("index", storage.basename(side), "names this manifest's sha256 but differs from the index "
+                    "derived from it; rewrite it with `python -m dynamo_depth index`")]
 
 
 def _parser() -> argparse.ArgumentParser:

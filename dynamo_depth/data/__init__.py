@@ -29,6 +29,12 @@ at the byte offset. With ``cache_dir`` (remote data) owners keep verified copies
 ``cache_bytes``) and the other workers range-read from a copy once it exists. Nothing read is ever
 unpickled.
 
+Index (``dynamo_depth.data.index``): the manifest's samples as a few numpy arrays in one file, read
+row by row where per sample (the manifest's sidecar ``manifest.index``, else a node-local cache keyed by the manifest's
+sha256, written by the first process of the node that parses the manifest). The dataset pickled into each
+DataLoader worker holds the index file's path and the plan's parameters only (a few KB whatever the
+number of samples); each worker opens the same file and derives its own blocks.
+
 Decoding (``make_loader``): ``decode.decode_batch`` decodes, augments and collates a batch in one
 pass per image (uint8 mirror, table lookups, writes straight into the batch arrays); its batches
 equal the per-sample stages ``decode_samples`` -> ``augment_samples`` -> ``batch_samples`` that
@@ -59,7 +65,7 @@ from dynamo_depth.data.pipeline import (
     read_samples,
 )
 from dynamo_depth.data.plan import EpochPlan, make_plan
-from dynamo_depth.data.sources import RetryPolicy, SampleIntegrityError, ShardIntegrityError, ShardStore, load_index
+from dynamo_depth.data.sources import RetryPolicy, SampleIntegrityError, ShardIntegrityError, ShardStore, open_index
 
 __all__ = [
     "AugmentParams", "EpochPlan", "LoaderState", "RetryPolicy", "SampleIntegrityError", "ShardCache",
@@ -113,8 +119,8 @@ def _resume_position(resume_from: LoaderState | Mapping[str, Any] | None, plan: 
 def _build(url: str, *, rank: int, world_size: int, seed: int, epoch: int, shuffle: bool, shuffle_buffer: int,
            cache_dir: str | os.PathLike[str] | None, cache_bytes: int, retry: RetryPolicy, include_edges: bool,
            ) -> tuple[EpochPlan, ShardStore]:
-    base, entries = load_index(url)
-    plan = make_plan(entries, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
+    base, index = open_index(url)  # file-backed: pickled into DataLoader workers as its path
+    plan = make_plan(index, rank=rank, world_size=world_size, seed=seed, epoch=epoch, shuffle=shuffle,
                      shuffle_buffer=shuffle_buffer, include_edges=include_edges)
     cache = ShardCache(cache_dir, max_bytes=cache_bytes) if cache_dir is not None else None
     return plan, ShardStore(base, retry=retry, cache=cache)

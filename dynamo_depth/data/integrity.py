@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Generator, Iterator
+from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,10 +49,10 @@ class ShardEntry:
     name: str
     bytes: int
     sha256: str | None
-    keys: tuple[str, ...]
-    spans: tuple[tuple[int, int], ...] | None = None
-    digests: tuple[str, ...] | None = None
-    edges: tuple[bool, ...] | None = None
+    keys: Sequence[str]
+    spans: Sequence[tuple[int, int]] | None = None
+    digests: Sequence[str] | None = None
+    edges: Sequence[bool] | None = None
 
 
 def sample_from_span(entry: ShardEntry, ordinal: int, data: bytes | memoryview, *, base_url: str) -> dict[str, bytes]:

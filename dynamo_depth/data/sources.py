@@ -1,7 +1,8 @@
 """Where shard bytes come from: the shard index, local / S3 / fsspec streams, retries, hashing, cache.
 
-* ``load_index(url)``: the shards of a dataset from ``.../manifest.json`` or a shard folder
-  (its ``manifest.json``, or, without one, a scan of its ``*.tar`` files).
+* ``open_index(url)`` / ``load_index(url)``: the shards of a dataset from ``.../manifest.json`` or a
+  shard folder (its ``manifest.json``, or, without one, a scan of its ``*.tar`` files), as a file-backed
+  ``SampleIndex`` (``dynamo_depth.data.index``, resolved by ``index_store``) / its ``ShardEntry`` views.
 * ``ShardStore.samples(entry, wanted=)``: stream one shard front to back, yielding ``(key, members)``.
   With per-sample digests (manifest version 2) each sample's span bytes are hashed and checked
   BEFORE the sample is parsed and yielded (``SampleIntegrityError`` naming key, shard and byte
@@ -29,10 +30,11 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from dynamo_depth import manifest as manifest_mod
 from dynamo_depth import shards as shards_mod
 from dynamo_depth import storage
+from dynamo_depth.data import index_store
 from dynamo_depth.data.cache import ShardCache
+from dynamo_depth.data.index import SampleIndex
 from dynamo_depth.data.integrity import (
     SampleIntegrityError,
     ShardEntry,
@@ -51,37 +53,25 @@ from dynamo_depth.data.reader import (
 from dynamo_depth.schema import is_edge_meta_json
 
 __all__ = ["RetryPolicy", "SampleIntegrityError", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index",
-           "sample_from_span"]
+           "open_index", "sample_from_span"]
 
 _LOG = logging.getLogger(__name__)
 
 
 def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
-    """(base URL of the shards, shard entries) for a manifest URL or a shard folder (local or remote)."""
-    url = os.fspath(url).rstrip("/")
-    if url.endswith(".json") or storage.exists(storage.join(url, manifest_mod.MANIFEST_NAME)):
-        manifest_url = manifest_mod.find_manifest(url)
-        manifest = manifest_mod.load_manifest(manifest_url)
-        entries = tuple(ShardEntry(s.name, s.bytes, s.sha256, tuple(sp.key for sp in s.samples),
-                                   tuple((sp.offset, sp.length) for sp in s.samples), _digests(s),
-                                   tuple(sp.edge for sp in s.samples) if any(sp.edge for sp in s.samples) else None)
-                        for s in manifest.shards)
-        base = storage.dirname(manifest_url)
-    else:
-        base, entries = url, _scan_folder(url)
-    if not entries:
-        raise ValueError(f"dataset {url}: no shards found")
-    keys = [k for e in entries for k in e.keys]
-    if len(set(keys)) != len(keys):
-        repeated = sorted({k for k in keys if keys.count(k) > 1})[:5]
-        raise ValueError(f"dataset {url}: sample keys appear more than once: {repeated}")
-    return base, entries
+    """(base URL of the shards, shard entries) for a manifest URL or a shard folder (local or remote).
+
+    The entries' keys / spans / digests / edges are views of the file-backed ``SampleIndex`` of
+    ``open_index`` (``dynamo_depth.data.index_store``), not tuples."""
+    base, index = open_index(url)
+    return base, index.entries()
 
 
-def _digests(record: shards_mod.ShardRecord) -> tuple[str, ...] | None:
-    """The per-sample sha256 of a manifest shard record, or None when it has none (version 1)."""
-    digests = tuple(span.sha256 for span in record.samples)
-    return None if any(d is None for d in digests) else digests  # type: ignore[return-value]
+def open_index(url: str) -> tuple[str, SampleIndex]:
+    """(base URL of the shards, file-backed ``SampleIndex``) for a manifest URL or a shard folder:
+    the manifest's sidecar, the node's index cache, or a parse of the manifest (``index_store``); a
+    folder without a manifest is scanned (its ``*.tar`` files read, no hash to check)."""
+    return index_store.open_index(url, scan=_scan_folder)
 
 
 def _scan_folder(url: str) -> tuple[ShardEntry, ...]:
