@@ -72,6 +72,7 @@ class BuilderSpec:
             deterministic order. Raise ``ValueError`` naming the file and reason on bad input.
         add_arguments: adds the builder's own CLI options; options_from_args turns them into a
             JSON-able dict (everything that changes the output bytes).
+        schema_version: the sample schema version its samples carry (the manifest's ``schema_version``).
     """
 
     name: str
@@ -82,6 +83,7 @@ class BuilderSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     options_from_args: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
     default_split: str = "train"
+    schema_version: int = 1
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,7 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
     shards = _pack(spec, records, out_url, split=split, digest=digest, max_count=max_count, max_bytes=max_bytes)
     manifest = Manifest(dataset=spec.dataset, split=split, builder=f"builders.{spec.name}",
                         builder_version=spec.version, options=dict(options), shards=tuple(shards),
-                        units=tuple(records), failed=tuple(failed))
+                        units=tuple(records), failed=tuple(failed), schema_version=spec.schema_version)
     _remove_stale_shards(out_url, spec.dataset, split, {s.name for s in shards})
     save_manifest(manifest, out_url)
     if not failed and not keep_staging:

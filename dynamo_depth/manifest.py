@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamo_depth import storage
-from dynamo_depth.schema import SCHEMA_VERSION
+from dynamo_depth.schema import READABLE_VERSIONS
 from dynamo_depth.shards import ShardRecord
 
 __all__ = [
@@ -104,7 +104,7 @@ class Manifest:
     shards: tuple[ShardRecord, ...] = ()
     units: tuple[UnitRecord, ...] = ()
     failed: tuple[FailedUnit, ...] = ()
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1  # the highest sample schema version among its samples (v1 unless a v2 builder)
     manifest_version: int | None = None  # None: 2 when the samples carry sha256 digests, 1 when none does
 
     def __post_init__(self) -> None:
@@ -150,8 +150,8 @@ class Manifest:
         if obj["manifest_version"] not in MANIFEST_VERSIONS or isinstance(obj["manifest_version"], bool):
             raise ValueError(f"manifest_version {obj['manifest_version']!r}; this reader knows "
                              f"{' and '.join(map(str, MANIFEST_VERSIONS))}")
-        if obj["schema_version"] != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {obj['schema_version']!r}; this reader knows {SCHEMA_VERSION}")
+        if obj["schema_version"] not in READABLE_VERSIONS or isinstance(obj["schema_version"], bool):
+            raise ValueError(f"schema_version {obj['schema_version']!r}; this reader knows {READABLE_VERSIONS}")
         for key in ("dataset", "split", "builder", "builder_version"):
             if not isinstance(obj[key], str):
                 raise ValueError(f"{key} {obj[key]!r} must be a string")

@@ -1,4 +1,4 @@
-"""Schema v1 of a training sample: one target frame t with its neighbours t-1 and t+1.
+"""Schema v1 / v2 of a training sample: one target frame t with its neighbours t-1 and t+1.
 
 A sample is stored as WebDataset members under the key ``{sequence}_{camera}_{frame:06d}``:
 
@@ -9,8 +9,8 @@ prev.jpg       frame t-1, JPEG, already resized to the dataset's training size
 cur.jpg        frame t
 next.jpg       frame t+1
 K.npy          (3, 3) float64 pinhole intrinsics in pixels of the stored images
-poses.npy      (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes)
-depth.npy.zst  zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres
+poses.npy      (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes); optional in v2
+depth.npy.zst  zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres; optional in v2
 motion.npy.zst optional zstd .npy, (N,) uint8 per depth point (see ``MotionLabel``)
 orig.png       optional: the target frame's raw PNG file, byte for byte (KITTI test-split builds), so
                evaluation can feed the network the raw image resized bicubic as the original does
@@ -21,6 +21,13 @@ Edge samples: a build from a split file (``--split-file``) makes a sample of eve
 frame without a previous / next frame uses ITSELF as that neighbour (the original's rule), and
 ``meta.json`` ``extra["edge"]`` lists the substituted neighbours (``["prev"]``, ``["next"]`` or both;
 see ``edge_neighbours``). The loader leaves such samples out of training unless asked.
+
+Versions: schema v2 (``SCHEMA_VERSION``) makes ``depth.npy.zst`` and ``poses.npy`` optional, for samples
+from a camera alone (``builders.video``: no LiDAR, no odometry); nothing else changed. A sample carries
+the LOWEST version whose rules it meets (``required_version``): a sample with depth and poses is a v1
+sample, byte for byte as before, so every v1 shard, manifest and reader keeps working, and a v1 reader
+refuses a v2 sample by its ``schema_version`` instead of by a missing member. Readers accept both
+(``READABLE_VERSIONS``). The member names keep their case (``K.npy``).
 
 Nothing here ever unpickles: every ``np.load`` uses ``allow_pickle=False``.
 """
@@ -39,18 +46,23 @@ from typing import Any
 import numpy as np
 import zstandard
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest sample schema this code reads and writes (v2: depth and poses optional)."""
+READABLE_VERSIONS = (1, 2)
 ZSTD_LEVEL = 3
 
 IMAGE_MEMBERS = ("prev.jpg", "cur.jpg", "next.jpg")
 REQUIRED_MEMBERS = (*IMAGE_MEMBERS, "K.npy", "poses.npy", "depth.npy.zst", "meta.json")
+"""Members of every v1 sample."""
+V2_OPTIONAL_MEMBERS = ("poses.npy", "depth.npy.zst")
+"""Required in v1, optional in v2."""
 OPTIONAL_MEMBERS = ("motion.npy.zst", "orig.png")
 EDGE_KEY = "edge"
 """``meta.json`` ``extra`` key listing neighbours replaced by the target frame (``EDGE_NEIGHBOURS``)."""
 EDGE_NEIGHBOURS = ("prev", "next")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_MEMBERS = (*REQUIRED_MEMBERS, *OPTIONAL_MEMBERS)
-DATASETS = ("kitti", "nuscenes", "waymo")
+DATASETS = ("kitti", "nuscenes", "waymo", "video")
 _KEY_RE = re.compile(r"^[A-Za-z0-9\-]+(?:_[A-Za-z0-9\-]+)*_\d{6,}$")
 
 
@@ -109,7 +121,7 @@ class SampleMeta:
     builder_version: str
     distortion: tuple[float, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1  # the lowest version the sample meets (``required_version``)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -188,9 +200,10 @@ class TripletSample:
         key: ``{sequence}_{camera}_{frame:06d}`` (no dots).
         images: JPEG bytes of frames (t-1, t, t+1) at the training size.
         K: (3, 3) float64 intrinsics in pixels of the stored (resized) images.
-        poses: (3, 4, 4) float64 world_from_camera for t-1, t, t+1; metres, OpenCV camera axes.
+        poses: (3, 4, 4) float64 world_from_camera for t-1, t, t+1; metres, OpenCV camera axes; None
+            when the source has no poses (schema v2).
         depth: (N, 3) float32 [u, v, z]; u (column), v (row) in pixels of the ORIGINAL image,
-            z the camera z-depth in metres of LiDAR points of frame t.
+            z the camera z-depth in metres of LiDAR points of frame t; None without LiDAR (schema v2).
         meta: ``SampleMeta``.
         motion: optional (N,) uint8 ``MotionLabel`` per depth point.
         original_image: optional raw PNG bytes of the target frame (``orig.png``).
@@ -199,14 +212,19 @@ class TripletSample:
     key: str
     images: tuple[bytes, bytes, bytes]
     K: np.ndarray
-    poses: np.ndarray
-    depth: np.ndarray
+    poses: np.ndarray | None
+    depth: np.ndarray | None
     meta: SampleMeta
     motion: np.ndarray | None = None
     original_image: bytes | None = None
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+def required_version(sample: TripletSample) -> int:
+    """The lowest schema version whose rules ``sample`` meets: 1 with depth and poses, else 2."""
+    return 1 if sample.depth is not None and sample.poses is not None else 2
 
 
 def validate(sample: TripletSample) -> None:
@@ -222,19 +240,26 @@ def validate(sample: TripletSample) -> None:
     if sample.original_image is not None and not bytes(sample.original_image[:8]) == _PNG_MAGIC:
         raise SampleError(key, "orig.png", "not PNG data (missing PNG signature)")
     _check_array(key, "K.npy", sample.K, np.float64, (3, 3))
-    _check_array(key, "poses.npy", sample.poses, np.float64, (3, 4, 4))
-    _check_array(key, "depth.npy.zst", sample.depth, np.float32, (None, 3))
+    if sample.poses is not None:
+        _check_array(key, "poses.npy", sample.poses, np.float64, (3, 4, 4))
+    if sample.depth is not None:
+        _check_array(key, "depth.npy.zst", sample.depth, np.float32, (None, 3))
     if sample.motion is not None:
+        if sample.depth is None:
+            raise SampleError(key, "motion.npy.zst", "motion labels need depth points (depth.npy.zst)")
         _check_array(key, "motion.npy.zst", sample.motion, np.uint8, (sample.depth.shape[0],))
     for member, arr in (("K.npy", sample.K), ("poses.npy", sample.poses), ("depth.npy.zst", sample.depth)):
-        if not np.isfinite(arr).all():
+        if arr is not None and not np.isfinite(arr).all():
             raise SampleError(key, member, "holds NaN or infinite values")
     meta = sample.meta
-    if meta.schema_version != SCHEMA_VERSION:
-        raise SampleError(key, "meta.json", f"schema_version {meta.schema_version}, this reader knows {SCHEMA_VERSION}")
+    if meta.schema_version not in READABLE_VERSIONS:
+        raise SampleError(key, "meta.json", f"schema_version {meta.schema_version}, this reader knows {READABLE_VERSIONS}")
+    if meta.schema_version != required_version(sample):
+        raise SampleError(key, "meta.json", f"schema_version {meta.schema_version}, but the sample needs "
+                          f"{required_version(sample)} (v1: with depth.npy.zst and poses.npy; v2: without either)")
     if meta.dataset not in DATASETS:
         raise SampleError(key, "meta.json", f"dataset {meta.dataset!r}; allowed: {DATASETS}")
-    if not np.allclose(sample.poses[:, 3], [0.0, 0.0, 0.0, 1.0]):
+    if sample.poses is not None and not np.allclose(sample.poses[:, 3], [0.0, 0.0, 0.0, 1.0]):
         raise SampleError(key, "poses.npy", "last row of each pose must be [0, 0, 0, 1]")
 
 
@@ -273,8 +298,10 @@ def encode(sample: TripletSample) -> dict[str, bytes]:
     validate(sample)
     members = {name: bytes(data) for name, data in zip(IMAGE_MEMBERS, sample.images, strict=False)}
     members["K.npy"] = npy_bytes(sample.K)
-    members["poses.npy"] = npy_bytes(sample.poses)
-    members["depth.npy.zst"] = zstd_npy_bytes(sample.depth)
+    if sample.poses is not None:
+        members["poses.npy"] = npy_bytes(sample.poses)
+    if sample.depth is not None:
+        members["depth.npy.zst"] = zstd_npy_bytes(sample.depth)
     if sample.motion is not None:
         members["motion.npy.zst"] = zstd_npy_bytes(sample.motion)
     if sample.original_image is not None:
@@ -293,15 +320,19 @@ def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSampl
     """
     key = str(key if key is not None else members.get("__key__", "?"))
     names = {n for n in members if not n.startswith("__")}
+    if "meta.json" not in names:
+        raise SampleError(key, "meta.json", "missing member")
+    meta = _decode_member(key, "meta.json", members, lambda b: SampleMeta.from_json(json.loads(b)))
+    if meta.schema_version not in READABLE_VERSIONS:
+        raise SampleError(key, "meta.json", f"unknown schema_version {meta.schema_version} (this reader knows "
+                          f"{READABLE_VERSIONS})")
+    optional = V2_OPTIONAL_MEMBERS if meta.schema_version >= 2 else ()
     for name in REQUIRED_MEMBERS:
-        if name not in names:
+        if name not in names and name not in optional:
             raise SampleError(key, name, "missing member")
     unknown = sorted(names - set(ALL_MEMBERS))
     if unknown:
-        raise SampleError(key, unknown[0], f"unknown member; schema v{SCHEMA_VERSION} allows {ALL_MEMBERS}")
-    meta = _decode_member(key, "meta.json", members, lambda b: SampleMeta.from_json(json.loads(b)))
-    if meta.schema_version != SCHEMA_VERSION:
-        raise SampleError(key, "meta.json", f"unknown schema_version {meta.schema_version} (this reader knows {SCHEMA_VERSION})")
+        raise SampleError(key, unknown[0], f"unknown member; schema v{meta.schema_version} allows {ALL_MEMBERS}")
     motion = None
     if "motion.npy.zst" in names:
         motion = _decode_member(key, "motion.npy.zst", members, load_zstd_npy)
@@ -309,8 +340,8 @@ def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSampl
         key=key,
         images=tuple(bytes(members[n]) for n in IMAGE_MEMBERS),  # type: ignore[arg-type]
         K=_decode_member(key, "K.npy", members, load_npy),
-        poses=_decode_member(key, "poses.npy", members, load_npy),
-        depth=_decode_member(key, "depth.npy.zst", members, load_zstd_npy),
+        poses=_decode_member(key, "poses.npy", members, load_npy) if "poses.npy" in names else None,
+        depth=_decode_member(key, "depth.npy.zst", members, load_zstd_npy) if "depth.npy.zst" in names else None,
         meta=meta,
         motion=motion,
         original_image=bytes(members["orig.png"]) if "orig.png" in names else None,

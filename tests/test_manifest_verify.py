@@ -251,7 +251,10 @@ def test_verify_on_s3(tmp_path: Path, s3_bucket: str, capsys: pytest.CaptureFixt
 def test_manifest_of_another_schema_version_is_rejected(tmp_path: Path) -> None:
     manifest = Manifest(dataset="kitti", split="train", builder="test", builder_version="0")
     obj = json.loads(canonical_json(manifest))
-    obj["schema_version"] = 2
+    obj["schema_version"] = 3
     (tmp_path / "manifest.json").write_text(json.dumps(obj))
-    with pytest.raises(ValueError, match=r"manifest.json: schema_version 2; this reader knows 1"):
+    with pytest.raises(ValueError, match=r"manifest.json: schema_version 3; this reader knows \(1, 2\)"):
         load_manifest(str(tmp_path))
+    obj["schema_version"] = 2  # a build of samples without depth / poses (builders.video)
+    (tmp_path / "manifest.json").write_text(json.dumps(obj))
+    assert load_manifest(str(tmp_path)).schema_version == 2

@@ -87,7 +87,8 @@ CASES = {
     "not zstd at all": ("motion.npy.zst", lambda m: b"\x00" * 32),
     "pickled object array": ("K.npy", lambda m: _pickled_object_npy()),
     "pickled object array in zstd": ("depth.npy.zst", lambda m: zstandard.compress(_pickled_object_npy())),
-    "unknown schema version": ("meta.json", lambda m: _meta_with_version(m, 2)),
+    "unknown schema version": ("meta.json", lambda m: _meta_with_version(m, 3)),
+    "v2 stamp on a v1 sample": ("meta.json", lambda m: _meta_with_version(m, 2)),
     "meta not json": ("meta.json", lambda m: b"{not json"),
     "not a jpeg": ("next.jpg", lambda m: b"\x89PNG\r\n\x1a\n" + b"\x00" * 16),
 }
@@ -176,3 +177,29 @@ def test_original_png_member_and_edge_flag_round_trip() -> None:
         dataclasses.replace(sample, original_image=b"not a png")
     with pytest.raises(ValueError, match="allowed"):
         edge_neighbours(dataclasses.replace(sample.meta, extra={"edge": ["left"]}))
+
+
+def test_v2_sample_without_depth_and_poses_round_trips_and_v1_rules_hold() -> None:
+    """Schema v2: no depth.npy.zst / poses.npy; the version is the lowest one the sample meets."""
+    import dataclasses
+
+    from dynamo_depth.schema import required_version
+
+    sample = make_sample(6, with_motion=False)
+    assert required_version(sample) == 1 and sample.meta.schema_version == 1
+    meta = dataclasses.replace(sample.meta, dataset="video", schema_version=2)
+    bare = dataclasses.replace(sample, depth=None, poses=None, meta=meta)
+    members = encode(bare)
+    assert set(members) == {"prev.jpg", "cur.jpg", "next.jpg", "K.npy", "meta.json"}
+    back = decode(members, key=sample.key)
+    assert back.depth is None and back.poses is None and back.meta.schema_version == 2
+    assert encode(back) == members
+    with pytest.raises(SampleError, match="needs 2"):  # a v1 stamp on a sample without depth
+        dataclasses.replace(bare, meta=dataclasses.replace(meta, schema_version=1))
+    v1 = encode(sample)  # a v1 sample missing depth.npy.zst is still an error
+    del v1["depth.npy.zst"]
+    with pytest.raises(SampleError, match="missing member") as info:
+        decode(v1, key=sample.key)
+    assert info.value.member == "depth.npy.zst"
+    with pytest.raises(SampleError, match="motion labels need depth"):
+        dataclasses.replace(bare, motion=np.zeros(0, np.uint8))
