@@ -26,6 +26,12 @@ A sample: key ``{sequence}_cam_{source frame index:06d}``; JPEG quality 90 frame
 ``frame_indices`` = source frame indices (decode order), ``timestamps_us`` = frame times (nearest
 microsecond), ``extra.gap_us`` = the gaps to the neighbours, ``extra.ts`` = the loader's time scales of
 them (gap in whole ms / 100, ``dynamo_depth.data.collate.frame_time_scales``).
+
+Reproducibility: the bytes depend on the pinned PyAV (FFmpeg's decoders are bit-exact), OpenCV and Pillow;
+the undistortion maps are element-wise float64 with ``math.atan`` and quantised to 1/32 pixel. Unlike the
+KITTI / Waymo / nuScenes builders, this one is not run under several CPU kernels by
+``tests/test_cross_kernel.py``. A phone video's rotation metadata is not applied: frames are used as stored,
+so calibrate the camera in that orientation.
 """
 
 from __future__ import annotations

@@ -95,7 +95,8 @@ def predict_video(*, loaded: Any, path: Path, out: Path, every: int, max_frames:
     loaded.model.to(device).eval()
     depth_writer = VideoWriter(out / f"{path.stem}_depth.mp4", rate=rate)
     motion_writer = VideoWriter(out / f"{path.stem}_motion.mp4", rate=rate) if motion else None
-    bar = tqdm(desc=f"predict {path.name}", unit="frame", disable=not progress, total=max_frames)
+    bar = tqdm(desc=f"predict {path.name}", unit="frame", disable=not progress,
+               total=_expected_frames(path, every=every, max_frames=max_frames))
     chunk: list[np.ndarray] = []
     window: list[np.ndarray] = []
     written = 0
@@ -118,6 +119,16 @@ def predict_video(*, loaded: Any, path: Path, out: Path, every: int, max_frames:
     if written == 0:
         raise ValueError(f"{path}: no frame decoded")
     return written
+
+
+def _expected_frames(path: Path, *, every: int, max_frames: int | None) -> int | None:
+    """The number of frames the progress bar expects (the container's frame count, when it states one)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stated = container.streams.video[0].frames if container.streams.video else 0
+    kept = -(-stated // every) if stated else None
+    return min(x for x in (kept, max_frames) if x is not None) if (kept or max_frames) else None
 
 
 def _flush(loaded: Any, chunk: list[np.ndarray], writer: VideoWriter, device: str, bar: Any) -> int:

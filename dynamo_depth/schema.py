@@ -27,7 +27,8 @@ from a camera alone (``builders.video``: no LiDAR, no odometry); nothing else ch
 the LOWEST version whose rules it meets (``required_version``): a sample with depth and poses is a v1
 sample, byte for byte as before, so every v1 shard, manifest and reader keeps working, and a v1 reader
 refuses a v2 sample by its ``schema_version`` instead of by a missing member. Readers accept both
-(``READABLE_VERSIONS``). The member names keep their case (``K.npy``).
+(``READABLE_VERSIONS``). The member names keep their case (``K.npy``); ``decode`` also reads ``k.npy``, the name
+``webdataset.WebDataset`` gives ``K.npy`` (it lower-cases extensions).
 
 Nothing here ever unpickles: every ``np.load`` uses ``allow_pickle=False``.
 """
@@ -319,6 +320,8 @@ def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSampl
     member, a corrupt array, a wrong shape or dtype, or an unknown schema version.
     """
     key = str(key if key is not None else members.get("__key__", "?"))
+    if "k.npy" in members and "K.npy" not in members:  # webdataset.WebDataset lower-cases extensions
+        members = {("K.npy" if name == "k.npy" else name): data for name, data in members.items()}
     names = {n for n in members if not n.startswith("__")}
     if "meta.json" not in names:
         raise SampleError(key, "meta.json", "missing member")

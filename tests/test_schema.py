@@ -203,3 +203,18 @@ def test_v2_sample_without_depth_and_poses_round_trips_and_v1_rules_hold() -> No
     assert info.value.member == "depth.npy.zst"
     with pytest.raises(SampleError, match="motion labels need depth"):
         dataclasses.replace(bare, motion=np.zeros(0, np.uint8))
+
+
+def test_lower_cased_member_names_of_webdataset_read_the_same(tmp_path) -> None:
+    """webdataset.WebDataset hands our ``K.npy`` over as ``k.npy``; decode reads it as K."""
+    import webdataset as wds
+
+    from dynamo_depth.shards import ShardWriter
+
+    sample = make_sample(7)
+    with ShardWriter(str(tmp_path), prefix="x", max_count=10, max_bytes=2**30) as writer:
+        writer.write(sample.key, encode(sample))
+    (item,) = list(wds.WebDataset(str(tmp_path / "x-000000.tar"), shardshuffle=False))
+    assert "k.npy" in item and "K.npy" not in item
+    members = {k: v for k, v in item.items() if k not in ("__url__", "__local_path__")}
+    _assert_same_sample(sample, decode(members))
