@@ -184,6 +184,10 @@ def test_static_frames_are_dropped_and_counted(tmp_path: Path) -> None:
     samples = samples_of(tmp_path / "out")
     assert [s.meta.frame_indices for s in samples.values()] == [(0, 1, 4), (1, 4, 5)]
     assert samples["parked_cam_000004"].meta.extra["gap_us"] == [300_000, 100_000]
+    from dynamo_depth.show import main as show  # a sample without depth / poses draws too
+
+    assert show([str(tmp_path / "out"), "--out", str(tmp_path / "sample.png")]) == 0
+    assert (tmp_path / "sample.png").stat().st_size > 10_000
 
 
 @needs_shared
