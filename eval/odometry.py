@@ -49,6 +49,9 @@ def evaluate_odometry(
     """ATE report over all runs of consecutive frames in ``data_url``."""
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for sample in iter_samples(data_url, max_samples=max_samples):
+        if sample.poses is None:
+            raise ValueError(f"--data {data_url!r}: sample {sample.key!r} has no poses (schema v2, e.g. built by "
+                             "builders.video from a camera alone): eval.odometry needs ground-truth poses")
         relative = predict(sample)
         groups[(sample.meta.sequence, sample.meta.camera)].append(
             (sample.meta.frame_indices[1], sample.poses, relative, sample.key))

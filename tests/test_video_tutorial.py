@@ -97,6 +97,9 @@ def test_eval_depth_refuses_shards_without_depth(tutorial: Path) -> None:
                  tutorial)
     assert result.returncode == 2
     assert "has no LiDAR depth" in result.stderr and "eval.depth needs ground-truth depth" in result.stderr
+    odometry = run([sys.executable, "-m", "eval.odometry", "--checkpoint", "runs/my_drive", "--data",
+                    "shards/my_drive"], tutorial)
+    assert odometry.returncode == 2 and "eval.odometry needs ground-truth poses" in odometry.stderr
 
 
 def test_motion_overlay_by_hand() -> None:
