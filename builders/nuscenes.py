@@ -1,4 +1,4 @@
-"""nuScenes -> schema v1 triplet shards: ``python -m builders.nuscenes DATAROOT OUT [--split S] [--workers N]``.
+"""nuScenes -> schema v2 triplet shards: ``python -m builders.nuscenes DATAROOT OUT [--split S] [--workers N]``.
 
 One unit (Ray task) per scene. The tables are read with nuscenes-devkit, loaded once per worker
 process (``_NUSCENES`` caches the ``NuScenes`` object by (dataroot, version)). What a sample holds,
@@ -57,7 +57,7 @@ from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.geometry import invert_se3, resize_intrinsics
 from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.2.0"  # 1.2.0: motion from the nuScenes-panoptic labels as the original; 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
+VERSION = "1.3.0"  # 1.3.0: schema v2 (k.npy); 1.2.0: motion from the nuScenes-panoptic labels as the original; 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
 TRAIN_HW = (288, 512)
 JPEG_QUALITY = 95
 CAMERA = "CAM_FRONT"

@@ -36,7 +36,7 @@ from builders.packing import STAGING, _layout_matches, _pack, _remove_staging, _
 from builders.ray_setup import BIND_ENV, LOOPBACK, _ray_init, bind_address, worker_env  # noqa: F401 - re-exported
 from dynamo_depth import storage
 from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest, save_manifest
-from dynamo_depth.schema import TripletSample, encode
+from dynamo_depth.schema import SCHEMA_VERSION, TripletSample, encode
 from dynamo_depth.shards import ShardWriter
 
 DEFAULT_MAX_COUNT = 2000
@@ -83,7 +83,7 @@ class BuilderSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
     options_from_args: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
     default_split: str = "train"
-    schema_version: int = 1
+    schema_version: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ The camera (``dynamo_depth.cameras``): a per-sequence file wins over ``--camera`
 or ``<video stem>.cameras.txt`` beside a video, ``camera.yaml`` or ``cameras.txt`` inside a sequence folder.
 No camera is an error with the hint to calibrate; nothing is guessed. Frames are undistorted to a pinhole,
 cropped and resized to ``--size`` (default 640x192) by the rule of ``dynamo_depth.rectify``; each sample's
-``K.npy`` is the output pinhole, ``meta.json`` keeps the source camera (``original_K``, ``distortion``,
+``k.npy`` is the output pinhole, ``meta.json`` keeps the source camera (``original_K``, ``distortion``,
 ``extra.camera_model``, ``extra.view_K``, ``extra.box_xywh``).
 
 Frames (``dynamo_depth.video_io``): a video's frame times are its stream's timestamps; an image sequence's
@@ -175,7 +175,7 @@ def _sample(unit: Unit, source: Path, root: Path, camera: Camera, rectifier: Rec
         frame_indices=tuple(f.index for f in frames), timestamps_us=stamps,  # type: ignore[arg-type]
         original_size=(camera.height, camera.width), original_K=matrix_tuple(camera.K()),
         ego_from_camera=matrix_tuple(np.eye(4)), builder="builders.video", builder_version=VERSION,
-        distortion=camera.distortion or None, extra=extra, schema_version=2,
+        distortion=camera.distortion or None, extra=extra,
     )
     return TripletSample(key=make_key(unit.name, CAMERA_NAME, frames[1].index),
                          images=tuple(jpeg for _, jpeg in window),  # type: ignore[arg-type]
@@ -240,7 +240,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 SPEC = BuilderSpec(name="video", dataset="video", version=VERSION, list_units=list_units, build_unit=build_unit,
-                   add_arguments=add_arguments, options_from_args=options_from_args, schema_version=2)
+                   add_arguments=add_arguments, options_from_args=options_from_args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Layout (docs/ARCHITECTURE.md)::
 
-    {"manifest_version": 2, "schema_version": 1, "dataset": "kitti", "split": "train",
+    {"manifest_version": 2, "schema_version": 2, "dataset": "kitti", "split": "train",
      "builder": "builders.kitti", "builder_version": "1.0.0", "options": {...},
      "shards": [ShardRecord.to_json(), ...],
      "units": [{"name": ..., "samples": 8, "skipped": 2, "notes": []}],
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamo_depth import storage
-from dynamo_depth.schema import READABLE_VERSIONS
+from dynamo_depth.schema import READABLE_VERSIONS, SCHEMA_VERSION
 from dynamo_depth.shards import ShardRecord
 
 __all__ = [
@@ -104,7 +104,7 @@ class Manifest:
     shards: tuple[ShardRecord, ...] = ()
     units: tuple[UnitRecord, ...] = ()
     failed: tuple[FailedUnit, ...] = ()
-    schema_version: int = 1  # the highest sample schema version among its samples (v1 unless a v2 builder)
+    schema_version: int = SCHEMA_VERSION  # the schema version of its samples
     manifest_version: int | None = None  # None: 2 when the samples carry sha256 digests, 1 when none does
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Schema v1 / v2 of a training sample: one target frame t with its neighbours t-1 and t+1.
+"""Schema v2 of a training sample (v1 still read): one target frame t with its neighbours t-1 and t+1.
 
 A sample is stored as WebDataset members under the key ``{sequence}_{camera}_{frame:06d}``:
 
@@ -8,7 +8,7 @@ member         content
 prev.jpg       frame t-1, JPEG, already resized to the dataset's training size
 cur.jpg        frame t
 next.jpg       frame t+1
-K.npy          (3, 3) float64 pinhole intrinsics in pixels of the stored images
+k.npy          (3, 3) float64 pinhole intrinsics in pixels of the stored images (``K.npy`` in v1)
 poses.npy      (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes); optional in v2
 depth.npy.zst  zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres; optional in v2
 motion.npy.zst optional zstd .npy, (N,) uint8 per depth point (see ``MotionLabel``)
@@ -22,13 +22,13 @@ frame without a previous / next frame uses ITSELF as that neighbour (the origina
 ``meta.json`` ``extra["edge"]`` lists the substituted neighbours (``["prev"]``, ``["next"]`` or both;
 see ``edge_neighbours``). The loader leaves such samples out of training unless asked.
 
-Versions: schema v2 (``SCHEMA_VERSION``) makes ``depth.npy.zst`` and ``poses.npy`` optional, for samples
-from a camera alone (``builders.video``: no LiDAR, no odometry); nothing else changed. A sample carries
-the LOWEST version whose rules it meets (``required_version``): a sample with depth and poses is a v1
-sample, byte for byte as before, so every v1 shard, manifest and reader keeps working, and a v1 reader
-refuses a v2 sample by its ``schema_version`` instead of by a missing member. Readers accept both
-(``READABLE_VERSIONS``). The member names keep their case (``K.npy``); ``decode`` also reads ``k.npy``, the name
-``webdataset.WebDataset`` gives ``K.npy`` (it lower-cases extensions).
+Versions (``meta.json`` ``schema_version``): v2 (``SCHEMA_VERSION``, what every builder writes) differs from
+v1 in two ways: every member name is lower case (``K.npy`` became ``k.npy``: ``webdataset.WebDataset``
+lower-cases extensions, so v1's ``K.npy`` reached its users as ``k.npy`` anyway), and ``depth.npy.zst`` and
+``poses.npy`` are optional, for samples from a camera alone (``builders.video``: no LiDAR, no odometry).
+v1 shards keep reading (``READABLE_VERSIONS``): their ``K.npy`` (or ``k.npy`` through WebDataset) is the
+intrinsics, and depth and poses stay required; ``encode`` writes a v1 sample back under its v1 names, byte
+for byte. A v1 reader refuses a v2 sample by its ``schema_version``.
 
 Nothing here ever unpickles: every ``np.load`` uses ``allow_pickle=False``.
 """
@@ -48,21 +48,24 @@ import numpy as np
 import zstandard
 
 SCHEMA_VERSION = 2
-"""The newest sample schema this code reads and writes (v2: depth and poses optional)."""
+"""The sample schema written (v2: lower-case member names, depth and poses optional)."""
 READABLE_VERSIONS = (1, 2)
+K_MEMBER = {1: "K.npy", 2: "k.npy"}
+"""The intrinsics member's name per schema version."""
 ZSTD_LEVEL = 3
 
 IMAGE_MEMBERS = ("prev.jpg", "cur.jpg", "next.jpg")
-REQUIRED_MEMBERS = (*IMAGE_MEMBERS, "K.npy", "poses.npy", "depth.npy.zst", "meta.json")
-"""Members of every v1 sample."""
-V2_OPTIONAL_MEMBERS = ("poses.npy", "depth.npy.zst")
-"""Required in v1, optional in v2."""
+REQUIRED_MEMBERS = (*IMAGE_MEMBERS, "k.npy", "meta.json")
+"""Members of every v2 sample."""
+DEPTH_AND_POSES = ("poses.npy", "depth.npy.zst")
+"""Optional in v2, required in v1."""
 OPTIONAL_MEMBERS = ("motion.npy.zst", "orig.png")
 EDGE_KEY = "edge"
 """``meta.json`` ``extra`` key listing neighbours replaced by the target frame (``EDGE_NEIGHBOURS``)."""
 EDGE_NEIGHBOURS = ("prev", "next")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALL_MEMBERS = (*REQUIRED_MEMBERS, *OPTIONAL_MEMBERS)
+ALL_MEMBERS = (*REQUIRED_MEMBERS, *DEPTH_AND_POSES, *OPTIONAL_MEMBERS)
+V1_MEMBERS = (*IMAGE_MEMBERS, "K.npy", *DEPTH_AND_POSES, "meta.json", *OPTIONAL_MEMBERS)
 DATASETS = ("kitti", "nuscenes", "waymo", "video")
 _KEY_RE = re.compile(r"^[A-Za-z0-9\-]+(?:_[A-Za-z0-9\-]+)*_\d{6,}$")
 
@@ -122,7 +125,7 @@ class SampleMeta:
     builder_version: str
     distortion: tuple[float, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
-    schema_version: int = 1  # the lowest version the sample meets (``required_version``)
+    schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -223,11 +226,6 @@ class TripletSample:
         validate(self)
 
 
-def required_version(sample: TripletSample) -> int:
-    """The lowest schema version whose rules ``sample`` meets: 1 with depth and poses, else 2."""
-    return 1 if sample.depth is not None and sample.poses is not None else 2
-
-
 def validate(sample: TripletSample) -> None:
     """Raise ``SampleError`` naming key and member on any schema violation."""
     key = sample.key
@@ -240,7 +238,10 @@ def validate(sample: TripletSample) -> None:
             raise SampleError(key, name, "not JPEG data (missing SOI marker)")
     if sample.original_image is not None and not bytes(sample.original_image[:8]) == _PNG_MAGIC:
         raise SampleError(key, "orig.png", "not PNG data (missing PNG signature)")
-    _check_array(key, "K.npy", sample.K, np.float64, (3, 3))
+    version = sample.meta.schema_version
+    if version not in READABLE_VERSIONS:
+        raise SampleError(key, "meta.json", f"schema_version {version}, this reader knows {READABLE_VERSIONS}")
+    _check_array(key, K_MEMBER[version], sample.K, np.float64, (3, 3))
     if sample.poses is not None:
         _check_array(key, "poses.npy", sample.poses, np.float64, (3, 4, 4))
     if sample.depth is not None:
@@ -249,15 +250,13 @@ def validate(sample: TripletSample) -> None:
         if sample.depth is None:
             raise SampleError(key, "motion.npy.zst", "motion labels need depth points (depth.npy.zst)")
         _check_array(key, "motion.npy.zst", sample.motion, np.uint8, (sample.depth.shape[0],))
-    for member, arr in (("K.npy", sample.K), ("poses.npy", sample.poses), ("depth.npy.zst", sample.depth)):
+    for member, arr in ((K_MEMBER[version], sample.K), ("poses.npy", sample.poses), ("depth.npy.zst", sample.depth)):
         if arr is not None and not np.isfinite(arr).all():
             raise SampleError(key, member, "holds NaN or infinite values")
     meta = sample.meta
-    if meta.schema_version not in READABLE_VERSIONS:
-        raise SampleError(key, "meta.json", f"schema_version {meta.schema_version}, this reader knows {READABLE_VERSIONS}")
-    if meta.schema_version != required_version(sample):
-        raise SampleError(key, "meta.json", f"schema_version {meta.schema_version}, but the sample needs "
-                          f"{required_version(sample)} (v1: with depth.npy.zst and poses.npy; v2: without either)")
+    if version == 1 and (sample.depth is None or sample.poses is None):
+        raise SampleError(key, "meta.json", "schema_version 1 needs depth.npy.zst and poses.npy (v2 makes them "
+                          "optional)")
     if meta.dataset not in DATASETS:
         raise SampleError(key, "meta.json", f"dataset {meta.dataset!r}; allowed: {DATASETS}")
     if sample.poses is not None and not np.allclose(sample.poses[:, 3], [0.0, 0.0, 0.0, 1.0]):
@@ -298,7 +297,7 @@ def encode(sample: TripletSample) -> dict[str, bytes]:
     """Member name -> bytes for one sample (deterministic: same sample, same bytes)."""
     validate(sample)
     members = {name: bytes(data) for name, data in zip(IMAGE_MEMBERS, sample.images, strict=False)}
-    members["K.npy"] = npy_bytes(sample.K)
+    members[K_MEMBER[sample.meta.schema_version]] = npy_bytes(sample.K)
     if sample.poses is not None:
         members["poses.npy"] = npy_bytes(sample.poses)
     if sample.depth is not None:
@@ -320,8 +319,6 @@ def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSampl
     member, a corrupt array, a wrong shape or dtype, or an unknown schema version.
     """
     key = str(key if key is not None else members.get("__key__", "?"))
-    if "k.npy" in members and "K.npy" not in members:  # webdataset.WebDataset lower-cases extensions
-        members = {("K.npy" if name == "k.npy" else name): data for name, data in members.items()}
     names = {n for n in members if not n.startswith("__")}
     if "meta.json" not in names:
         raise SampleError(key, "meta.json", "missing member")
@@ -329,20 +326,26 @@ def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSampl
     if meta.schema_version not in READABLE_VERSIONS:
         raise SampleError(key, "meta.json", f"unknown schema_version {meta.schema_version} (this reader knows "
                           f"{READABLE_VERSIONS})")
-    optional = V2_OPTIONAL_MEMBERS if meta.schema_version >= 2 else ()
-    for name in REQUIRED_MEMBERS:
-        if name not in names and name not in optional:
+    if meta.schema_version == 1:
+        if "k.npy" in members and "K.npy" not in members:  # a v1 shard read through webdataset.WebDataset
+            members = {("K.npy" if name == "k.npy" else name): data for name, data in members.items()}
+            names = {n for n in members if not n.startswith("__")}
+        required, allowed = (*IMAGE_MEMBERS, "K.npy", *DEPTH_AND_POSES, "meta.json"), V1_MEMBERS
+    else:
+        required, allowed = REQUIRED_MEMBERS, ALL_MEMBERS
+    for name in required:
+        if name not in names:
             raise SampleError(key, name, "missing member")
-    unknown = sorted(names - set(ALL_MEMBERS))
+    unknown = sorted(names - set(allowed))
     if unknown:
-        raise SampleError(key, unknown[0], f"unknown member; schema v{meta.schema_version} allows {ALL_MEMBERS}")
+        raise SampleError(key, unknown[0], f"unknown member; schema v{meta.schema_version} allows {allowed}")
     motion = None
     if "motion.npy.zst" in names:
         motion = _decode_member(key, "motion.npy.zst", members, load_zstd_npy)
     return TripletSample(
         key=key,
         images=tuple(bytes(members[n]) for n in IMAGE_MEMBERS),  # type: ignore[arg-type]
-        K=_decode_member(key, "K.npy", members, load_npy),
+        K=_decode_member(key, K_MEMBER[meta.schema_version], members, load_npy),
         poses=_decode_member(key, "poses.npy", members, load_npy) if "poses.npy" in names else None,
         depth=_decode_member(key, "depth.npy.zst", members, load_zstd_npy) if "depth.npy.zst" in names else None,
         meta=meta,
