@@ -237,3 +237,25 @@ def test_v1_shard_read_through_webdataset_decodes(tmp_path) -> None:
     assert "k.npy" in item and "K.npy" not in item
     members = {k: v for k, v in item.items() if k not in ("__url__", "__local_path__")}
     _assert_same_sample(old, decode(members))
+
+
+def test_a_v1_shard_set_trains_through_the_loader_next_to_v2(tmp_path) -> None:
+    """Shards written before schema v2 (K.npy, manifest schema_version 1) load and batch as before."""
+    from dynamo_depth.data import make_loader
+    from dynamo_depth.manifest import Manifest, save_manifest
+    from dynamo_depth.shards import ShardWriter
+
+    for version in (1, 2):
+        samples = [make_sample(i) for i in range(4)]
+        if version == 1:
+            samples = [_v1(s) for s in samples]
+        root = tmp_path / f"v{version}"
+        with ShardWriter(str(root), prefix="kitti-train", max_count=2) as writer:
+            for sample in samples:
+                writer.write(sample.key, encode(sample))
+        save_manifest(Manifest(dataset="kitti", split="train", builder="tests", builder_version="0",
+                               shards=tuple(writer.close()), schema_version=version), str(root))
+        (batch,) = list(make_loader(str(root), batch_size=4, num_workers=0, shuffle=False, scales=1))
+        assert sorted(batch["keys"]) == sorted(s.key for s in samples)
+        np.testing.assert_array_equal(batch["K"][:, 0, :3, :3].numpy(), np.stack([s.K for s in samples]))
+        assert batch["has_depth"].all() and batch["has_poses"].all()
