@@ -24,7 +24,7 @@ from builders.runner import (
 def make_parser(spec: BuilderSpec) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=f"python -m builders.{spec.name}",
-        description=f"Build {spec.dataset} triplet shards (schema v1) + manifest.json from the raw dataset.",
+        description=f"Build {spec.dataset} triplet shards (schema v{spec.schema_version}) + manifest.json from the raw data.",
     )
     parser.add_argument("raw_root", metavar="RAW", help="root of the raw dataset (local path)")
     parser.add_argument("out_url", metavar="OUT", help="output folder or s3://bucket/prefix (one per split)")

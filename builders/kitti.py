@@ -1,4 +1,4 @@
-"""KITTI raw -> schema v1 triplet shards: ``python -m builders.kitti RAW OUT [--workers N]``.
+"""KITTI raw -> schema v2 triplet shards: ``python -m builders.kitti RAW OUT [--workers N]``.
 
 One unit per (drive, camera). What a sample holds, matching the original Dynamo-Depth / monodepth2
 preprocessing:
@@ -41,7 +41,7 @@ from dynamo_depth.formats import kitti as kf
 from dynamo_depth.geometry import compose, invert_se3, resize_intrinsics
 from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.1.0"  # 1.1.0: --split-file builds every listed frame (edge frames flagged), test split keeps orig.png; 1.0.1: element-wise transforms
+VERSION = "1.2.0"  # 1.2.0: schema v2 (k.npy); 1.1.0: --split-file builds every listed frame (edge frames flagged), test split keeps orig.png; 1.0.1: element-wise transforms
 TRAIN_HW = (192, 640)
 JPEG_QUALITY = 90
 SIDES = {"l": "image_02", "r": "image_03"}

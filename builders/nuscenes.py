@@ -1,4 +1,4 @@
-"""nuScenes -> schema v1 triplet shards: ``python -m builders.nuscenes DATAROOT OUT [--split S] [--workers N]``.
+"""nuScenes -> schema v2 triplet shards: ``python -m builders.nuscenes DATAROOT OUT [--split S] [--workers N]``.
 
 One unit (Ray task) per scene. The tables are read with nuscenes-devkit in the driver only, once
 (``_NUSCENES`` caches the ``NuScenes`` object by (dataroot, version)); each scene task gets its own
@@ -61,7 +61,7 @@ from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.geometry import invert_se3, resize_intrinsics
 from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.3.0"  # 1.3.0: motion labels with the original's strict box test on the devkit's float32 global points, instances among the depth points; 1.2.0: motion from the nuScenes-panoptic labels as the original; 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
+VERSION = "1.3.0"  # 1.3.0: schema v2 (k.npy); motion labels with the original's strict box test on the devkit's float32 global points, instances among the depth points; 1.2.0: motion from the nuScenes-panoptic labels as the original; 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
 TRAIN_HW = (288, 512)
 JPEG_QUALITY = 95
 CAMERA = "CAM_FRONT"

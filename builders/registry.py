@@ -10,6 +10,7 @@ _BUILDERS: dict[str, str] = {
     "kitti": "builders.kitti",
     "nuscenes": "builders.nuscenes",
     "waymo": "builders.waymo",
+    "video": "builders.video",
 }
 
 

@@ -52,7 +52,7 @@ from builders.packing import (
 from builders.ray_setup import BIND_ENV, LOOPBACK, _ray_init, bind_address, ray_session, worker_env  # noqa: F401
 from dynamo_depth import storage
 from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest, save_manifest
-from dynamo_depth.schema import TripletSample, encode, is_edge_meta_json
+from dynamo_depth.schema import SCHEMA_VERSION, TripletSample, encode, is_edge_meta_json
 from dynamo_depth.shards import SampleSpan, ShardRecord, ShardWriter
 
 DEFAULT_MAX_COUNT = 2000
@@ -91,6 +91,7 @@ class BuilderSpec:
         prepare_unit: ``(raw_root, unit, options) -> Unit``, run in the driver right before the unit's
             task is submitted: adds what the task needs to its params (nuScenes: the scene's own table
             records, so that workers never load the whole tables). Default: the unit as listed.
+        schema_version: the sample schema version its samples carry (the manifest's ``schema_version``).
     """
 
     name: str
@@ -102,6 +103,7 @@ class BuilderSpec:
     options_from_args: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
     default_split: str = "train"
     prepare_unit: Callable[[str, Unit, Mapping[str, Any]], Unit] = lambda raw_root, unit, options: unit
+    schema_version: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -344,7 +346,7 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
                                      digest=options_digest(spec, options), runner=runner, show_progress=show_progress)
     manifest = Manifest(dataset=spec.dataset, split=split, builder=f"builders.{spec.name}",
                         builder_version=spec.version, options=dict(options), shards=tuple(shards),
-                        units=tuple(s.record for s in ready), failed=failed)
+                        units=tuple(s.record for s in ready), failed=failed, schema_version=spec.schema_version)
     _remove_stale_shards(out_url, spec.dataset, split, {s.name for s in shards})
     save_manifest(manifest, out_url)
     if not failed and not keep_staging:

@@ -1,4 +1,4 @@
-"""Waymo Open Dataset v1 -> schema v1 triplet shards: ``python -m builders.waymo RAW OUT [--split val]``.
+"""Waymo Open Dataset v1 -> schema v2 triplet shards: ``python -m builders.waymo RAW OUT [--split val]``.
 
 ``RAW/{train,val}/segment-*_with_camera_labels.tfrecord``; one unit (Ray task) per segment and camera
 (``FRONT`` by default). No TensorFlow: records are read with ``dynamo_depth.formats`` (protobuf + numpy),
@@ -55,7 +55,7 @@ from dynamo_depth.formats import waymo as wf
 from dynamo_depth.geometry import compose, invert_se3
 from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
-VERSION = "1.4.0"  # 1.4.0: the motion mask itself is stored (motion_mask.npy.zst); 1.3.0: motion from the panoptic labels as the original (none without them); 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
+VERSION = "1.4.0"  # 1.4.0: schema v2 (k.npy); the motion mask itself is stored (motion_mask.npy.zst); 1.3.0: motion from the panoptic labels as the original (none without them); 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
 TRAIN_HW = (320, 480)  # (H, W) of the stored images
 JPEG_QUALITY = 95
 SEGMENT_SUFFIX = "_with_camera_labels.tfrecord"

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 PHASE_NAMES = ("disp_init", "motion_init", "mask_init", "fine_tune")
-DATASETS = ("kitti", "nuscenes", "waymo")
+DATASETS = ("kitti", "nuscenes", "waymo", "video")
 AMP_MODES = ("auto", "bf16", "off")
 
 

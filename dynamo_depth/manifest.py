@@ -2,7 +2,7 @@
 
 Layout (docs/ARCHITECTURE.md)::
 
-    {"manifest_version": 2, "schema_version": 1, "dataset": "kitti", "split": "train",
+    {"manifest_version": 2, "schema_version": 2, "dataset": "kitti", "split": "train",
      "builder": "builders.kitti", "builder_version": "1.0.0", "options": {...},
      "shards": [ShardRecord.to_json(), ...],
      "units": [{"name": ..., "samples": 8, "skipped": 2, "notes": []}],
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamo_depth import storage
-from dynamo_depth.schema import SCHEMA_VERSION
+from dynamo_depth.schema import READABLE_VERSIONS, SCHEMA_VERSION
 from dynamo_depth.shards import ShardRecord
 
 __all__ = [
@@ -108,7 +108,7 @@ class Manifest:
     shards: tuple[ShardRecord, ...] = ()
     units: tuple[UnitRecord, ...] = ()
     failed: tuple[FailedUnit, ...] = ()
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = SCHEMA_VERSION  # the schema version of its samples
     manifest_version: int | None = None  # None: 2 when the samples carry sha256 digests, 1 when none does
 
     def __post_init__(self) -> None:
@@ -154,8 +154,8 @@ class Manifest:
         if obj["manifest_version"] not in MANIFEST_VERSIONS or isinstance(obj["manifest_version"], bool):
             raise ValueError(f"manifest_version {obj['manifest_version']!r}; this reader knows "
                              f"{' and '.join(map(str, MANIFEST_VERSIONS))}")
-        if obj["schema_version"] != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {obj['schema_version']!r}; this reader knows {SCHEMA_VERSION}")
+        if obj["schema_version"] not in READABLE_VERSIONS or isinstance(obj["schema_version"], bool):
+            raise ValueError(f"schema_version {obj['schema_version']!r}; this reader knows {READABLE_VERSIONS}")
         for key in ("dataset", "split", "builder", "builder_version"):
             if not isinstance(obj[key], str):
                 raise ValueError(f"{key} {obj[key]!r} must be a string")

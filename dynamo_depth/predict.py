@@ -11,6 +11,9 @@ Writes to ``DIR``:
 - with ``--motion`` (a folder of consecutive frames, sorted by name; a checkpoint with the motion
   networks): ``motion.npz`` with ``<stem>/mask`` (H, W) motion probability and ``<stem>/flow`` (3, H, W)
   complete flow in metres towards the next frame, for every frame that has both neighbours.
+Videos (mp4 / mov / mkv / avi; ``dynamo_depth.predict_video``): ``DIR/<name>_depth.mp4``, a colour-mapped depth
+video at the source's frame rate (divided by ``--every``), and with ``--motion`` ``DIR/<name>_motion.mp4``,
+the motion mask over the frames; ``--every K`` / ``--max-frames N`` for long videos.
 The checkpoint is a trainer checkpoint or an original Dynamo-Depth module folder. Exit 2 on bad input.
 """
 
@@ -22,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from dynamo_depth.video_io import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -127,12 +132,14 @@ def predict_motion(*, loaded, paths: list[Path], out: Path, device: str, progres
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dynamo_depth predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images, or video files")
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (.pt) or original module folder")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--motion", action="store_true", help="also write motion.npz (consecutive frames)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--every", type=int, default=1, metavar="K", help="videos: every K-th frame (default 1)")
+    parser.add_argument("--max-frames", type=int, default=None, metavar="N", help="videos: at most N frames")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -144,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        videos = [Path(p) for p in args.inputs if Path(p).suffix.lower() in VIDEO_SUFFIXES]
+        if videos:
+            return _predict_videos(args, videos)
         paths = list_images(args.inputs)
         loaded = load_for_inference(args.checkpoint, need_motion=args.motion)
         out = Path(args.out)
@@ -156,6 +166,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"predict: error: {err}", file=sys.stderr)
         return 2
     print(f"predict: {count} image(s) -> {out / 'predictions.npz'}")
+    return 0
+
+
+def _predict_videos(args: argparse.Namespace, videos: list[Path]) -> int:
+    from dynamo_depth.models.loading import load_for_inference
+    from dynamo_depth.predict_video import predict_video
+
+    if len(videos) != len(args.inputs):
+        raise ValueError("give either videos or images, not both")
+    for video in videos:
+        if not video.is_file():
+            raise ValueError(f"{video}: no such file")
+    loaded = load_for_inference(args.checkpoint, need_motion=args.motion)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for video in videos:
+        count = predict_video(loaded=loaded, path=video, out=out, every=args.every, max_frames=args.max_frames,
+                              motion=args.motion, batch_size=args.batch_size, device=args.device,
+                              progress=not args.quiet)
+        print(f"predict: {video}: {count} frame(s) -> {out / (video.stem + '_depth.mp4')}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Schema v1 of a training sample: one target frame t with its neighbours t-1 and t+1.
+"""Schema v2 of a training sample (v1 still read): one target frame t with its neighbours t-1 and t+1.
 
 A sample is stored as WebDataset members under the key ``{sequence}_{camera}_{frame:06d}``:
 
@@ -8,9 +8,10 @@ member              content
 prev.jpg            frame t-1, JPEG, already resized to the dataset's training size
 cur.jpg             frame t
 next.jpg            frame t+1
-K.npy               (3, 3) float64 pinhole intrinsics in pixels of the stored images
-poses.npy           (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes)
-depth.npy.zst       zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres
+k.npy               (3, 3) float64 pinhole intrinsics in pixels of the stored images (``K.npy`` in v1)
+poses.npy           (3, 4, 4) float64 world_from_camera for t-1, t, t+1 (OpenCV camera axes); optional in v2
+depth.npy.zst       zstd .npy, (N, 3) float32 [u, v, z]: u, v pixels of the ORIGINAL image, z metres; optional
+                    in v2
 motion.npy.zst      optional zstd .npy, (N,) uint8 per depth point (see ``MotionLabel``)
 motion_mask.npy.zst optional zstd .npy, (H, W) uint8 ``MotionLabel`` per pixel of the ORIGINAL image
                     (``original_size``; Waymo frames with a panoptic label: the original's filled-contour mask,
@@ -24,6 +25,14 @@ Edge samples: a build from a split file (``--split-file``) makes a sample of eve
 frame without a previous / next frame uses ITSELF as that neighbour (the original's rule), and
 ``meta.json`` ``extra["edge"]`` lists the substituted neighbours (``["prev"]``, ``["next"]`` or both;
 see ``edge_neighbours``). The loader leaves such samples out of training unless asked.
+
+Versions (``meta.json`` ``schema_version``): v2 (``SCHEMA_VERSION``, what every builder writes) differs from
+v1 in two ways: every member name is lower case (``K.npy`` became ``k.npy``: ``webdataset.WebDataset``
+lower-cases extensions, so v1's ``K.npy`` reached its users as ``k.npy`` anyway), and ``depth.npy.zst`` and
+``poses.npy`` are optional, for samples from a camera alone (``builders.video``: no LiDAR, no odometry).
+v1 shards keep reading (``READABLE_VERSIONS``): their ``K.npy`` (or ``k.npy`` through WebDataset) is the
+intrinsics, and depth and poses stay required; ``encode`` writes a v1 sample back under its v1 names, byte
+for byte. A v1 reader refuses a v2 sample by its ``schema_version``.
 
 Nothing here ever unpickles: every ``np.load`` uses ``allow_pickle=False``.
 """
@@ -42,18 +51,26 @@ from typing import Any
 import numpy as np
 import zstandard
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The sample schema written (v2: lower-case member names, depth and poses optional)."""
+READABLE_VERSIONS = (1, 2)
+K_MEMBER = {1: "K.npy", 2: "k.npy"}
+"""The intrinsics member's name per schema version."""
 ZSTD_LEVEL = 3
 
 IMAGE_MEMBERS = ("prev.jpg", "cur.jpg", "next.jpg")
-REQUIRED_MEMBERS = (*IMAGE_MEMBERS, "K.npy", "poses.npy", "depth.npy.zst", "meta.json")
+REQUIRED_MEMBERS = (*IMAGE_MEMBERS, "k.npy", "meta.json")
+"""Members of every v2 sample."""
+DEPTH_AND_POSES = ("poses.npy", "depth.npy.zst")
+"""Optional in v2, required in v1."""
 OPTIONAL_MEMBERS = ("motion.npy.zst", "orig.png", "motion_mask.npy.zst")
 EDGE_KEY = "edge"
 """``meta.json`` ``extra`` key listing neighbours replaced by the target frame (``EDGE_NEIGHBOURS``)."""
 EDGE_NEIGHBOURS = ("prev", "next")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-ALL_MEMBERS = (*REQUIRED_MEMBERS, *OPTIONAL_MEMBERS)
-DATASETS = ("kitti", "nuscenes", "waymo")
+ALL_MEMBERS = (*REQUIRED_MEMBERS, *DEPTH_AND_POSES, *OPTIONAL_MEMBERS)
+V1_MEMBERS = (*IMAGE_MEMBERS, "K.npy", *DEPTH_AND_POSES, "meta.json", *OPTIONAL_MEMBERS)
+DATASETS = ("kitti", "nuscenes", "waymo", "video")
 _KEY_RE = re.compile(r"^[A-Za-z0-9\-]+(?:_[A-Za-z0-9\-]+)*_\d{6,}$")
 
 
@@ -191,9 +208,10 @@ class TripletSample:
         key: ``{sequence}_{camera}_{frame:06d}`` (no dots).
         images: JPEG bytes of frames (t-1, t, t+1) at the training size.
         K: (3, 3) float64 intrinsics in pixels of the stored (resized) images.
-        poses: (3, 4, 4) float64 world_from_camera for t-1, t, t+1; metres, OpenCV camera axes.
+        poses: (3, 4, 4) float64 world_from_camera for t-1, t, t+1; metres, OpenCV camera axes; None
+            when the source has no poses (schema v2).
         depth: (N, 3) float32 [u, v, z]; u (column), v (row) in pixels of the ORIGINAL image,
-            z the camera z-depth in metres of LiDAR points of frame t.
+            z the camera z-depth in metres of LiDAR points of frame t; None without LiDAR (schema v2).
         meta: ``SampleMeta``.
         motion: optional (N,) uint8 ``MotionLabel`` per depth point.
         original_image: optional raw PNG bytes of the target frame (``orig.png``).
@@ -204,8 +222,8 @@ class TripletSample:
     key: str
     images: tuple[bytes, bytes, bytes]
     K: np.ndarray
-    poses: np.ndarray
-    depth: np.ndarray
+    poses: np.ndarray | None
+    depth: np.ndarray | None
     meta: SampleMeta
     motion: np.ndarray | None = None
     original_image: bytes | None = None
@@ -227,22 +245,30 @@ def validate(sample: TripletSample) -> None:
             raise SampleError(key, name, "not JPEG data (missing SOI marker)")
     if sample.original_image is not None and not bytes(sample.original_image[:8]) == _PNG_MAGIC:
         raise SampleError(key, "orig.png", "not PNG data (missing PNG signature)")
-    _check_array(key, "K.npy", sample.K, np.float64, (3, 3))
-    _check_array(key, "poses.npy", sample.poses, np.float64, (3, 4, 4))
-    _check_array(key, "depth.npy.zst", sample.depth, np.float32, (None, 3))
+    version = sample.meta.schema_version
+    if version not in READABLE_VERSIONS:
+        raise SampleError(key, "meta.json", f"schema_version {version}, this reader knows {READABLE_VERSIONS}")
+    _check_array(key, K_MEMBER[version], sample.K, np.float64, (3, 3))
+    if sample.poses is not None:
+        _check_array(key, "poses.npy", sample.poses, np.float64, (3, 4, 4))
+    if sample.depth is not None:
+        _check_array(key, "depth.npy.zst", sample.depth, np.float32, (None, 3))
     if sample.motion is not None:
+        if sample.depth is None:
+            raise SampleError(key, "motion.npy.zst", "motion labels need depth points (depth.npy.zst)")
         _check_array(key, "motion.npy.zst", sample.motion, np.uint8, (sample.depth.shape[0],))
     if sample.motion_mask is not None:
         _check_array(key, "motion_mask.npy.zst", sample.motion_mask, np.uint8, tuple(sample.meta.original_size))
-    for member, arr in (("K.npy", sample.K), ("poses.npy", sample.poses), ("depth.npy.zst", sample.depth)):
-        if not np.isfinite(arr).all():
+    for member, arr in ((K_MEMBER[version], sample.K), ("poses.npy", sample.poses), ("depth.npy.zst", sample.depth)):
+        if arr is not None and not np.isfinite(arr).all():
             raise SampleError(key, member, "holds NaN or infinite values")
     meta = sample.meta
-    if meta.schema_version != SCHEMA_VERSION:
-        raise SampleError(key, "meta.json", f"schema_version {meta.schema_version}, this reader knows {SCHEMA_VERSION}")
+    if version == 1 and (sample.depth is None or sample.poses is None):
+        raise SampleError(key, "meta.json", "schema_version 1 needs depth.npy.zst and poses.npy (v2 makes them "
+                          "optional)")
     if meta.dataset not in DATASETS:
         raise SampleError(key, "meta.json", f"dataset {meta.dataset!r}; allowed: {DATASETS}")
-    if not np.allclose(sample.poses[:, 3], [0.0, 0.0, 0.0, 1.0]):
+    if sample.poses is not None and not np.allclose(sample.poses[:, 3], [0.0, 0.0, 0.0, 1.0]):
         raise SampleError(key, "poses.npy", "last row of each pose must be [0, 0, 0, 1]")
 
 
@@ -280,9 +306,11 @@ def encode(sample: TripletSample) -> dict[str, bytes]:
     """Member name -> bytes for one sample (deterministic: same sample, same bytes)."""
     validate(sample)
     members = {name: bytes(data) for name, data in zip(IMAGE_MEMBERS, sample.images, strict=False)}
-    members["K.npy"] = npy_bytes(sample.K)
-    members["poses.npy"] = npy_bytes(sample.poses)
-    members["depth.npy.zst"] = zstd_npy_bytes(sample.depth)
+    members[K_MEMBER[sample.meta.schema_version]] = npy_bytes(sample.K)
+    if sample.poses is not None:
+        members["poses.npy"] = npy_bytes(sample.poses)
+    if sample.depth is not None:
+        members["depth.npy.zst"] = zstd_npy_bytes(sample.depth)
     if sample.motion is not None:
         members["motion.npy.zst"] = zstd_npy_bytes(sample.motion)
     if sample.motion_mask is not None:
@@ -303,24 +331,34 @@ def decode(members: Mapping[str, bytes], key: str | None = None) -> TripletSampl
     """
     key = str(key if key is not None else members.get("__key__", "?"))
     names = {n for n in members if not n.startswith("__")}
-    for name in REQUIRED_MEMBERS:
+    if "meta.json" not in names:
+        raise SampleError(key, "meta.json", "missing member")
+    meta = _decode_member(key, "meta.json", members, lambda b: SampleMeta.from_json(json.loads(b)))
+    if meta.schema_version not in READABLE_VERSIONS:
+        raise SampleError(key, "meta.json", f"unknown schema_version {meta.schema_version} (this reader knows "
+                          f"{READABLE_VERSIONS})")
+    if meta.schema_version == 1:
+        if "k.npy" in members and "K.npy" not in members:  # a v1 shard read through webdataset.WebDataset
+            members = {("K.npy" if name == "k.npy" else name): data for name, data in members.items()}
+            names = {n for n in members if not n.startswith("__")}
+        required, allowed = (*IMAGE_MEMBERS, "K.npy", *DEPTH_AND_POSES, "meta.json"), V1_MEMBERS
+    else:
+        required, allowed = REQUIRED_MEMBERS, ALL_MEMBERS
+    for name in required:
         if name not in names:
             raise SampleError(key, name, "missing member")
-    unknown = sorted(names - set(ALL_MEMBERS))
+    unknown = sorted(names - set(allowed))
     if unknown:
-        raise SampleError(key, unknown[0], f"unknown member; schema v{SCHEMA_VERSION} allows {ALL_MEMBERS}")
-    meta = _decode_member(key, "meta.json", members, lambda b: SampleMeta.from_json(json.loads(b)))
-    if meta.schema_version != SCHEMA_VERSION:
-        raise SampleError(key, "meta.json", f"unknown schema_version {meta.schema_version} (this reader knows {SCHEMA_VERSION})")
+        raise SampleError(key, unknown[0], f"unknown member; schema v{meta.schema_version} allows {allowed}")
     motion = None
     if "motion.npy.zst" in names:
         motion = _decode_member(key, "motion.npy.zst", members, load_zstd_npy)
     return TripletSample(
         key=key,
         images=tuple(bytes(members[n]) for n in IMAGE_MEMBERS),  # type: ignore[arg-type]
-        K=_decode_member(key, "K.npy", members, load_npy),
-        poses=_decode_member(key, "poses.npy", members, load_npy),
-        depth=_decode_member(key, "depth.npy.zst", members, load_zstd_npy),
+        K=_decode_member(key, K_MEMBER[meta.schema_version], members, load_npy),
+        poses=_decode_member(key, "poses.npy", members, load_npy) if "poses.npy" in names else None,
+        depth=_decode_member(key, "depth.npy.zst", members, load_zstd_npy) if "depth.npy.zst" in names else None,
         meta=meta,
         motion=motion,
         original_image=bytes(members["orig.png"]) if "orig.png" in names else None,

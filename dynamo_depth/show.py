@@ -54,19 +54,21 @@ def draw(sample: TripletSample, out_path: str) -> None:
         ax.axis("off")
     ax = fig.add_subplot(2, 3, (4, 5))
     ax.imshow(frames[1])
-    u, v, z = sample.depth[:, 0] * width / orig_w, sample.depth[:, 1] * height / orig_h, sample.depth[:, 2]
+    depth = sample.depth if sample.depth is not None else np.zeros((0, 3), np.float32)  # schema v2: no LiDAR
+    u, v, z = depth[:, 0] * width / orig_w, depth[:, 1] * height / orig_h, depth[:, 2]
     points = ax.scatter(u, v, c=z, s=1.0, cmap="turbo", vmin=0, vmax=float(np.percentile(z, 98)) if len(z) else 1)
     fig.colorbar(points, ax=ax, label="LiDAR depth (m)", fraction=0.03)
     ax.set_title(f"{len(z)} LiDAR points over frame t")
     ax.axis("off")
     ax = fig.add_subplot(2, 3, 6)
     ax.axis("off")
-    step = np.linalg.norm(sample.poses[2][:3, 3] - sample.poses[1][:3, 3])
+    step = np.linalg.norm(sample.poses[2][:3, 3] - sample.poses[1][:3, 3]) if sample.poses is not None else None
     gaps = np.diff(sample.meta.timestamps_us) / 1000
     text = [sample.key, f"{sample.meta.dataset}/{sample.meta.split}  camera {sample.meta.camera}",
             f"stored {width}x{height}, original {orig_w}x{orig_h}",
             "K = " + np.array2string(sample.K, precision=1, suppress_small=True),
-            f"gaps {gaps[0]:.1f} / {gaps[1]:.1f} ms, t->t+1 moved {step:.2f} m",
+            f"gaps {gaps[0]:.1f} / {gaps[1]:.1f} ms, " + (f"t->t+1 moved {step:.2f} m" if step is not None
+                                                          else "no poses"),
             f"depth z {z.min():.1f}-{z.max():.1f} m" if len(z) else "no depth points"]
     ax.text(0, 1, "\n".join(text), va="top", family="monospace", fontsize=9)
     fig.tight_layout()

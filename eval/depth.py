@@ -97,6 +97,10 @@ def evaluate_depth(
         elif dataset is None and sample.meta.dataset != chosen:
             raise ValueError(f"sample {sample.key!r}: dataset {sample.meta.dataset!r} differs from {chosen!r}; "
                              "evaluate one dataset at a time or pass --dataset")
+        if sample.depth is None:
+            raise ValueError(f"--data {data_url!r}: sample {sample.key!r} has no LiDAR depth (schema v2, e.g. built "
+                             "by builders.video from a camera alone): eval.depth needs ground-truth depth; use "
+                             "`python -m dynamo_depth predict` to look at such footage")
         prediction = predict(sample)
         try:
             result = de.evaluate_image(points_uvz=sample.depth, prediction=prediction,

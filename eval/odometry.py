@@ -114,6 +114,9 @@ def _collect(data_url: str, predict: Callable[[Any], np.ndarray], max_samples: i
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     edges = 0
     for sample in iter_samples(data_url, max_samples=max_samples):
+        if sample.poses is None:
+            raise ValueError(f"--data {data_url!r}: sample {sample.key!r} has no poses (schema v2, e.g. built by "
+                             "builders.video from a camera alone): eval.odometry needs ground-truth poses")
         if edge_neighbours(sample.meta):
             edges += 1  # the original's targets are every frame but the first and the last
             continue

@@ -55,7 +55,7 @@ def test_manifest_round_trip_is_canonical(tmp_path: Path) -> None:
     assert raw.endswith(b"}\n") and raw == canonical_json(manifest)
     obj = json.loads(raw)
     assert raw.decode() == json.dumps(obj, sort_keys=True, indent=1) + "\n"
-    assert obj["manifest_version"] == 2 and obj["schema_version"] == 1 and obj["options"]["size"] == [192, 640]
+    assert obj["manifest_version"] == 2 and obj["schema_version"] == 2 and obj["options"]["size"] == [192, 640]
     assert [s["count"] for s in obj["shards"]] == [3, 3, 3]
     # A sample's length: per member a 512-byte header plus its data padded to 512 bytes; its sha256 is
     # that of those span bytes.
@@ -251,7 +251,10 @@ def test_verify_on_s3(tmp_path: Path, s3_bucket: str, capsys: pytest.CaptureFixt
 def test_manifest_of_another_schema_version_is_rejected(tmp_path: Path) -> None:
     manifest = Manifest(dataset="kitti", split="train", builder="test", builder_version="0")
     obj = json.loads(canonical_json(manifest))
-    obj["schema_version"] = 2
+    obj["schema_version"] = 3
     (tmp_path / "manifest.json").write_text(json.dumps(obj))
-    with pytest.raises(ValueError, match=r"manifest.json: schema_version 2; this reader knows 1"):
+    with pytest.raises(ValueError, match=r"manifest.json: schema_version 3; this reader knows \(1, 2\)"):
         load_manifest(str(tmp_path))
+    obj["schema_version"] = 1  # a build of schema v1 samples (K.npy) still reads
+    (tmp_path / "manifest.json").write_text(json.dumps(obj))
+    assert load_manifest(str(tmp_path)).schema_version == 1

@@ -93,8 +93,22 @@ def batch_stream(config: RunConfig, runtime: Runtime, *, start: Mapping[str, int
                 if original is None:
                     raise
                 raise original from exc
+            if runtime.rank == 0:
+                _say_once_without_depth(batch)
             yield batch, loader.state().to_dict()
         epoch, state = epoch + 1, None
+
+
+_TOLD: set[str] = set()
+
+
+def _say_once_without_depth(batch: Mapping[str, Any]) -> None:
+    """One line on stderr the first time a batch holds a sample without LiDAR depth (schema v2, builders.video):
+    the losses need none; the depth metrics (``eval.depth``) cannot be computed for such shards."""
+    if "no-depth" not in _TOLD and "has_depth" in batch and not bool(batch["has_depth"].all()):
+        _TOLD.add("no-depth")
+        print("train: note: samples without LiDAR depth (e.g. builders.video shards): training needs none, but no "
+              "depth metrics can be computed for them (eval.depth refuses such shards)", file=sys.stderr)
 
 
 _WORKER_HEADER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")

@@ -12,7 +12,7 @@ from dynamo_depth.schema import MotionLabel
 
 __all__ = ["collate_batch", "collate_geometry", "frame_time_scales", "scaled_intrinsics"]
 
-TIME_SCALED_DATASETS = ("nuscenes",)
+TIME_SCALED_DATASETS = ("nuscenes", "video")
 """Datasets whose frames are unevenly spaced: their complete flow is scaled by the frame gap."""
 
 
@@ -21,6 +21,8 @@ def frame_time_scales(timestamps_us: np.ndarray, *, dataset: str) -> np.ndarray:
 
     As the original: 1 for KITTI and Waymo (evenly spaced frames); for nuScenes the gap between the
     target and the source frame in whole milliseconds (rounded) divided by 100, so 0.5 for a 50 ms gap.
+    Videos (``builders.video``, not in the original) use the nuScenes rule: their frames may be unevenly
+    spaced (``--fps`` selection, dropped static frames, variable-frame-rate clips).
     Deliberate difference: the original keeps gaps as uint8 and wraps above 255 ms; this does not wrap.
     """
     if dataset not in TIME_SCALED_DATASETS:
@@ -51,7 +53,9 @@ def collate_batch(samples: Sequence[dict[str, Any]], *, scales: int) -> dict[str
         ts: (B, 2) float32 time scales of the source frames (t-1, t+1) (``frame_time_scales``);
         depth_points: (B, Nmax, 3) float32 [u, v, z] zero-padded, depth_valid: (B, Nmax) bool;
         motion: (B, Nmax) uint8 (only if some sample has labels; padding and unlabeled samples = 3);
-        flipped: (B,) bool; keys: list of B keys.
+        flipped: (B,) bool; keys: list of B keys;
+        has_depth, has_poses: (B,) bool, False for schema-v2 samples without LiDAR depth (no points) /
+        without poses (NaN poses).
     """
     if not samples:
         raise ValueError("cannot collate an empty batch")
@@ -82,6 +86,8 @@ def collate_geometry(samples: Sequence[dict[str, Any]], *, scales: int) -> dict[
         "timestamps_us": torch.from_numpy(np.stack([s["timestamps_us"] for s in samples]).astype(np.int64)),
         "ts": torch.from_numpy(np.stack([frame_time_scales(s["timestamps_us"], dataset=_dataset(s)) for s in samples])),
         "flipped": torch.tensor([bool(s.get("flipped", False)) for s in samples]),
+        "has_depth": torch.tensor([bool(s.get("has_depth", True)) for s in samples]),
+        "has_poses": torch.tensor([bool(s.get("has_poses", True)) for s in samples]),
         "keys": [s["__key__"] for s in samples],
     }
     n_max = max(len(s["depth_points"]) for s in samples)

@@ -69,10 +69,19 @@ def frames_into_float(frames: Sequence[np.ndarray], *, out: np.ndarray) -> None:
             cv2.LUT(plane, _LEVELS, dst=out[f, c])
 
 
+_NO_POSES = np.full((3, 4, 4), np.nan)
+_NO_DEPTH = np.zeros((0, 3), dtype=np.float32)
+
+
 def _geometry(sample: schema.TripletSample, shard: str | None) -> dict[str, Any]:
+    """A schema-v2 sample without poses gets NaN poses and ``has_poses`` False; without depth, zero points and
+    ``has_depth`` False (``collate_geometry`` batches both flags)."""
     return {
-        "__key__": sample.key, "__shard__": shard, "K": sample.K, "poses": sample.poses,
-        "timestamps_us": np.asarray(sample.meta.timestamps_us, dtype=np.int64), "depth_points": sample.depth,
+        "__key__": sample.key, "__shard__": shard, "K": sample.K,
+        "poses": _NO_POSES if sample.poses is None else sample.poses, "has_poses": sample.poses is not None,
+        "has_depth": sample.depth is not None,
+        "timestamps_us": np.asarray(sample.meta.timestamps_us, dtype=np.int64),
+        "depth_points": _NO_DEPTH if sample.depth is None else sample.depth,
         "motion": sample.motion, "original_size": tuple(sample.meta.original_size), "meta": sample.meta,
         "flipped": False,
     }
