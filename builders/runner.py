@@ -14,9 +14,11 @@ steps, which is what makes it resumable and byte-reproducible whatever the numbe
    then each shard is written by its own task from byte ranges of the staging tars
    (``builders.packing``): the bytes are those of streaming every sample through one writer, and no
    sample passes through the driver. Each committed shard is recorded in ``_staging/pack.json``, so
-   a killed pack continues where it stopped. Then ``manifest.json`` is written (the build's commit
-   point) and the staging area is removed (kept when some unit failed, so that a rerun can repack
-   without rebuilding the good units). ``--workers 0`` does both steps in-process.
+   a killed pack continues where it stopped. Then the sidecar index ``manifest.index`` (the loader's
+   start-up without parsing the manifest; deterministic, naming the manifest's sha256) and last
+   ``manifest.json`` (the build's commit point) are written, and the staging area is removed (kept
+   when some unit failed, so that a rerun can repack without rebuilding the good units).
+   ``--workers 0`` does both steps in-process.
 
 A unit that raises is reported with its error text (which names the file and the reason), the
 others go on, and the exit code is 1.
@@ -51,7 +53,7 @@ from builders.packing import (
 )
 from builders.ray_setup import BIND_ENV, LOOPBACK, _ray_init, bind_address, ray_session, worker_env  # noqa: F401
 from dynamo_depth import storage
-from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest, save_manifest
+from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest
 from dynamo_depth.schema import SCHEMA_VERSION, TripletSample, encode, is_edge_meta_json
 from dynamo_depth.shards import SampleSpan, ShardRecord, ShardWriter
 
@@ -348,7 +350,9 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
                         builder_version=spec.version, options=dict(options), shards=tuple(shards),
                         units=tuple(s.record for s in ready), failed=failed, schema_version=spec.schema_version)
     _remove_stale_shards(out_url, spec.dataset, split, {s.name for s in shards})
-    save_manifest(manifest, out_url)
+    from dynamo_depth.data.index_store import save_indexed_manifest  # here: the loader package imports torch
+
+    save_indexed_manifest(manifest, out_url)  # manifest.index, then manifest.json (the commit point)
     if not failed and not keep_staging:
         _remove_staging(out_url)
     return BuildReport(manifest=manifest, built=tuple(o.name for o in outcomes if o.record is not None),

@@ -2,7 +2,9 @@
 
 The sidecar (``manifest.index`` beside ``manifest.json``; ``X.index`` beside ``X.json``) is the
 loader's compact sample index (``dynamo_depth.data.index``) derived from the manifest: deterministic
-bytes, its header naming the manifest's sha256, so a stale sidecar is never used. With it, every
+bytes, its header naming the manifest's sha256, so a stale sidecar is never used. Every build writes
+it (right before ``manifest.json``); this command is for manifests written otherwise (older builds,
+edited manifests) and for ``--check``. With it, every
 process opens the index instead of parsing the manifest (~0.1 s instead of ~2 s at 400k samples); without
 it the loader parses once per node and caches the same bytes (``dynamo_depth.data.index_store``).
 ``verify`` ignores the sidecar for shard checks and reports one that claims the manifest but differs.

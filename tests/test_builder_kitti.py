@@ -113,7 +113,7 @@ def test_workers_1_and_2_give_identical_bytes(real_build: Path, tmp_path: Path) 
     reference = (real_build / "manifest.json").read_bytes()
     for workers in ("1", "2"):
         assert (tmp_path / workers / "manifest.json").read_bytes() == reference
-        assert sorted(os.listdir(tmp_path / workers)) == ["kitti-train-000000.tar", "manifest.json"]
+        assert sorted(os.listdir(tmp_path / workers)) == ["kitti-train-000000.tar", "manifest.index", "manifest.json"]
         assert (tmp_path / workers / "kitti-train-000000.tar").read_bytes() == \
             (real_build / "kitti-train-000000.tar").read_bytes()
     rerun = _cli(str(RAW), str(tmp_path / "1"), "--workers", "1")

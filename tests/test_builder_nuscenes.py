@@ -286,8 +286,8 @@ def test_workers_1_and_2_give_identical_bytes(synth, tmp_path: Path, capsys: pyt
     for workers in ("1", "2"):
         result = _cli(str(info.dataroot), str(tmp_path / workers), "--split", "all", "--workers", workers)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert sorted(os.listdir(tmp_path / workers)) == ["manifest.json", "nuscenes-all-000000.tar"]
-        for name in ("manifest.json", "nuscenes-all-000000.tar"):
+        assert sorted(os.listdir(tmp_path / workers)) == ["manifest.index", "manifest.json", "nuscenes-all-000000.tar"]
+        for name in ("manifest.index", "manifest.json", "nuscenes-all-000000.tar"):
             assert (tmp_path / workers / name).read_bytes() == (out / name).read_bytes(), (workers, name)
     assert nb.main([str(info.dataroot), str(tmp_path / "1"), "--split", "all", "--workers", "0", "--quiet"]) == 0
     assert "already complete" in capsys.readouterr().out

@@ -345,7 +345,7 @@ def test_openblas_core_types_give_identical_shard_bytes(synth_raw: Path, synth_v
         assert result.returncode == 0, result.stderr
         probes[core] = result.stdout.split()[-1]
     assert probes["Prescott"] != probes["Haswell"], "OPENBLAS_CORETYPE had no effect: the test would prove nothing"
-    for name in ("manifest.json", "waymo-val-000000.tar"):
+    for name in ("manifest.index", "manifest.json", "waymo-val-000000.tar"):
         reference = (synth_val_build / name).read_bytes()
         assert all((tmp_path / core / name).read_bytes() == reference for core in CORE_TYPE_FLAGS), name
 
@@ -386,8 +386,8 @@ def test_workers_1_and_2_give_identical_bytes_and_rerun_is_complete(synth_raw: P
     for workers in ("1", "2"):
         result = _cli(str(root), str(tmp_path / workers), "--split", "train", "--workers", workers)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert sorted(os.listdir(tmp_path / workers)) == ["manifest.json", "waymo-train-000000.tar"]
-        for name in ("manifest.json", "waymo-train-000000.tar"):
+        assert sorted(os.listdir(tmp_path / workers)) == ["manifest.index", "manifest.json", "waymo-train-000000.tar"]
+        for name in ("manifest.index", "manifest.json", "waymo-train-000000.tar"):
             assert (tmp_path / workers / name).read_bytes() == (reference / name).read_bytes(), (workers, name)
     capsys.readouterr()
     assert waymo.main([str(root), str(tmp_path / "2"), "--split", "train", "--workers", "2", "--quiet"]) == 0

@@ -332,3 +332,6 @@ def test_two_raylets_on_loopback_build_kitti_to_s3(cluster: LoopbackCluster, ins
     verify = subprocess.run([sys.executable, "-m", "dynamo_depth", "verify", out, "--reference", str(REFERENCE)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+    index = subprocess.run([sys.executable, "-m", "dynamo_depth", "index", out, "--check"],  # the build's sidecar
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert index.returncode == 0 and "up to date" in index.stdout, index.stdout + index.stderr

@@ -137,3 +137,79 @@ def test_prepare_unit_runs_in_the_driver_and_a_failure_fails_its_unit_only(tmp_p
         ("drive1/image_02", "/raw/tables.json: no records for drive1/image_02")]
     keys = [s.key for shard in report.manifest.shards for s in shard.samples]
     assert keys == [make_sample(i).key for i in (*range(100, 104), *range(120, 124))]  # the prepared params
+
+
+def _writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The base names of the files ``storage.write_bytes_atomic`` writes from now on, in order."""
+    from dynamo_depth import storage
+
+    names: list[str] = []
+    real = storage.write_bytes_atomic
+    monkeypatch.setattr(storage, "write_bytes_atomic", lambda url, data: (names.append(os.path.basename(url)),
+                                                                           real(url, data))[1])
+    return names
+
+
+def test_a_build_writes_its_sidecar_index_then_the_manifest_and_a_rerun_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from dynamo_depth.data.index import _parse_header
+    from dynamo_depth.data.index_store import sidecar_bytes
+
+    writes = _writes(monkeypatch)
+    out = tmp_path / "out"
+    report = _build(out, max_count=5)
+    assert writes[-2:] == ["manifest.index", "manifest.json"]  # the manifest (the commit point) last
+    assert sorted(os.listdir(out)) == [f"kitti-train-00000{i}.tar" for i in range(3)] + ["manifest.index",
+                                                                                         "manifest.json"]
+    side = (out / "manifest.index").read_bytes()
+    assert side == sidecar_bytes(str(out / "manifest.json"))  # what `python -m dynamo_depth index` writes
+    header, _ = _parse_header(side, "manifest.index")
+    assert header["manifest_sha256"] == hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    assert report.manifest.num_samples == 12
+    _build(tmp_path / "twin", max_count=5)
+    assert (tmp_path / "twin" / "manifest.index").read_bytes() == side  # deterministic
+    del writes[:]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert _build(out, max_count=5).up_to_date
+    assert writes == [] and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    report = _build(out, max_count=4)  # a changed layout: both rewritten, consistently
+    assert writes[-2:] == ["manifest.index", "manifest.json"]
+    assert (out / "manifest.index").read_bytes() == sidecar_bytes(str(out / "manifest.json")) != side
+
+
+def test_loader_start_up_on_a_fresh_build_reads_the_sidecar_and_verify_and_index_check_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from dynamo_depth import __main__ as cli
+    from dynamo_depth import manifest as manifest_mod
+    from dynamo_depth.data import index_store, make_dataset
+
+    out = tmp_path / "out"
+    _build(out, max_count=5)
+    keys = sorted(span.key for shard in load_manifest(str(out)).shards for span in shard.samples)
+    assert len(keys) == 12
+    cache = tmp_path / "index-cache"
+    monkeypatch.setenv("DYNAMO_DEPTH_INDEX_DIR", str(cache))
+
+    def no_parse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the loader parsed the manifest")
+
+    monkeypatch.setattr(index_store, "manifest_index_arrays", no_parse)
+    monkeypatch.setattr(manifest_mod, "parse_manifest", no_parse)
+    dataset = make_dataset(str(out), shuffle=False, decode=False)
+    assert sorted(sample["__key__"] for sample in dataset) == keys
+    assert not list(cache.glob("*.idx"))  # nothing parsed, nothing cached: the sidecar was opened in place
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cli.main(["verify", str(out)]) == 0
+    assert cli.main(["index", str(out), "--check"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_a_build_without_shards_writes_no_sidecar_and_drops_a_stale_one(tmp_path: Path) -> None:
+    (tmp_path / "manifest.index").write_bytes(b"a sidecar of an earlier build")
+    BROKEN.update(u.name for u in _units("", {"units": 3}))
+    report = _build(tmp_path)
+    assert not report.ok and report.manifest.num_samples == 0
+    assert (tmp_path / "manifest.json").exists() and not (tmp_path / "manifest.index").exists()

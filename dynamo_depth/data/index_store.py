@@ -4,7 +4,8 @@
 manifest), then opens (``index.open_index_file``), in this order of preference:
 
 1. the sidecar beside the manifest (``manifest.index`` for ``manifest.json``; written by
-   ``python -m dynamo_depth index``; copied into the node cache first when remote) if its header
+   every build (``save_indexed_manifest``, right before the manifest) and by ``python -m dynamo_depth
+   index``; copied into the node cache first when remote) if its header
    names this manifest's sha256 (a stale sidecar is ignored);
 2. the node's index cache, ``$DYNAMO_DEPTH_INDEX_DIR`` (default ``<tmp>/dynamo-depth-index-<uid>``):
    ``<manifest sha256>.f<FORMAT>.idx``;
@@ -36,13 +37,14 @@ from dynamo_depth.data.index import (
     SampleIndex,
     encode_index,
     index_arrays,
+    manifest_arrays,
     open_index_file,
     write_index_file,
 )
 from dynamo_depth.data.index_parse import manifest_index_arrays
 from dynamo_depth.data.integrity import ShardEntry
 
-__all__ = ["CACHE_FILES", "index_dir", "open_index", "sidecar_url", "sidecar_bytes"]
+__all__ = ["CACHE_FILES", "index_dir", "open_index", "save_indexed_manifest", "sidecar_url", "sidecar_bytes"]
 
 CACHE_FILES = 64
 _LOG = logging.getLogger("dynamo_depth.data.sources")
@@ -84,6 +86,29 @@ def sidecar_bytes(manifest_url: str) -> bytes:
     raw = manifest_mod.read_manifest_bytes(manifest_url)
     return checked_index(manifest_index_arrays(raw, manifest_url), manifest_sha256=hashlib.sha256(raw).hexdigest(),
                          source=manifest_url)
+
+
+def save_indexed_manifest(manifest: manifest_mod.Manifest, url: str) -> str:
+    """Write the sidecar index of ``manifest``, then the manifest itself (canonically, atomically,
+    last: a build's commit point); return the manifest's URL (``url``: folder or ``.json``).
+
+    The sidecar is encoded from ``manifest`` and names the sha256 of its canonical bytes: the bytes
+    ``python -m dynamo_depth index`` derives from the saved manifest (deterministic). A manifest the
+    loader refuses (no shard, repeated keys) gets no sidecar, and loses a stale one: its error stays
+    the loader's. Killed between the two writes, the folder holds a sidecar naming a manifest that is
+    not there (ignored: the next build writes both again)."""
+    path = manifest_mod.find_manifest(url)
+    raw = manifest_mod.canonical_json(manifest)
+    side = sidecar_url(path)
+    try:
+        data = checked_index(manifest_arrays(manifest), manifest_sha256=hashlib.sha256(raw).hexdigest(), source=path)
+    except ValueError:
+        if storage.exists(side):
+            storage.remove(side)
+    else:
+        storage.write_bytes_atomic(side, data)
+    storage.write_bytes_atomic(path, raw)
+    return path
 
 
 @contextmanager
