@@ -184,3 +184,29 @@ def test_emulated_fma_rounds_once() -> None:
     np.testing.assert_allclose(matmul_fused(m, n), m @ n, rtol=1e-14, atol=1e-15)
     with pytest.raises(ValueError, match="underflow"):
         fma(1e-200, 1e-200, 1.0)
+
+
+# ---------------------------------------------------------------- the video builder (a fisheye camera: undistortion)
+FISHEYE_YAML = "model: OPENCV_FISHEYE\nwidth: 320\nheight: 96\nparams: [180.0, 180.0, 160.5, 48.0, 0.2, -0.05, 0.01, -0.002]\n"
+
+
+def test_video_builds_are_identical_across_kernels(tmp_path: Path) -> None:
+    """builders.video (PyAV decode, fisheye maps, crop / resize, K) writes the same bytes under every kernel."""
+    import numpy as np
+
+    from tests.test_builder_video import write_video
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, size=(96, 400, 3), dtype=np.uint8)
+    write_video(tmp_path / "clip.mp4", [np.ascontiguousarray(texture[:, 8 * i:8 * i + 320]) for i in range(6)])
+    (tmp_path / "camera.yaml").write_text(FISHEYE_YAML)
+    digests = {}
+    for config in _configs():
+        out = tmp_path / config.name
+        _run(config, "builders.video", str(tmp_path / "clip.mp4"), str(out), "--camera", str(tmp_path / "camera.yaml"),
+             "--size", "192x64", "--workers", "0", "--quiet")
+        digests[config.name] = _digests(out)
+    reference = digests[CONFIGS[0].name]
+    assert "manifest.json" in reference and any(path.endswith(".tar") for path in reference), sorted(reference)
+    for name, found in digests.items():
+        assert found == reference, f"builders.video: {name} wrote other bytes than {CONFIGS[0].name}"
