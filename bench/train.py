@@ -3,16 +3,21 @@
     PYTHONPATH=. .venv/bin/python -m bench.train [--steps 200] [--frames 24] [--threads 2] [--device cpu]
     PYTHONPATH=. .venv/bin/python -m bench.train --no-quality --device cuda          # the five speed variants
     PYTHONPATH=. .venv/bin/python -m bench.train --no-speed --amp off bf16 --steps 300  # fp32 vs bf16 quality
+    PYTHONPATH=. .venv/bin/python -m bench.train --no-speed --amp off --steps 300 \
+        --layouts channels_last channels_first --seeds 0 1 --grad-precision         # memory layouts, two seeds
 
 (``python bench/train.py`` works too: the script's own folder is taken off ``sys.path`` so that this
 file does not hide the ``train`` package.)
 
 1. Synthesise a KITTI-format world (``dynamo_depth.synth``), build shards (``builders.kitti``).
 2. Quality: train the disp_init phase (depth + pose, the paper's Adam 1e-4) for ``--steps`` steps at a
-   small resolution, once per ``--amp`` mode on the same shards, and compare the untrained and the
-   trained network on the shards (augmentation off, fp32): the photometric loss of the disp_init objective
-   and the depth AbsRel against the shards' LiDAR with per-image median scaling
-   (``dynamo_depth.depth_eval.evaluate_image``, KITTI protocol).
+   small resolution, once per (``--amp`` mode, ``--layouts`` entry, ``--seeds`` entry) on the same shards,
+   and compare the untrained and the trained network on the shards (augmentation off, fp32, the run's
+   layout): the photometric loss of the disp_init objective and the depth AbsRel against the shards' LiDAR
+   with per-image median scaling (``dynamo_depth.depth_eval.evaluate_image``, KITTI protocol). With two
+   layouts, a second table gives the relative difference between them per (amp, seed), and the spread
+   between seeds per layout. ``--grad-precision``: one batch's float32 gradients per layout against a
+   float64 reference (``bench.grad_precision``).
 3. Speed: fine_tune steps (all four networks learn) at the paper's batch (12) and KITTI size 640x192
    through the streaming loader, once per ``--variants`` entry (fp32, bf16 autocast, channels_last,
    torch.compile, all three; ``default`` = the trainer's defaults): images/s, s/step (mean and median of
@@ -118,14 +123,26 @@ def evaluate(config: RunConfig, model: torch.nn.Module | None, *, runtime: Runti
     return {"photometric": float(np.mean(photometric)), "abs_rel": float(np.mean(abs_rel)), "images": len(abs_rel)}
 
 
+LAYOUTS = {"channels_last": "train.channels_last=true", "channels_first": "train.channels_last=false"}
+"""Memory layouts of the quality runs (``--layouts``) -> config override."""
+
+
 def quality_run(shards: Path, run_dir: Path, *, steps: int, height: int, width: int, batch: int,
-                network: str, amp: str | None = None, runtime: Runtime = CPU) -> dict[str, Any]:
-    """Train disp_init for ``steps`` steps (``train.amp=amp`` unless None) and evaluate before and after."""
+                network: str, amp: str | None = None, layout: str | None = None, seed: int | None = None,
+                runtime: Runtime = CPU) -> dict[str, Any]:
+    """Train disp_init for ``steps`` steps and evaluate before and after.
+
+    ``train.amp=amp``, the ``LAYOUTS[layout]`` override and ``train.seed=seed`` unless None (the preset's).
+    """
+    if layout is not None and layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
     overrides = [f"data.url={shards}", f"train.run_dir={run_dir}", f"data.height={height}", f"data.width={width}",
                  f"data.batch_size={batch}", "data.num_workers=1", f"schedule.iterations_per_epoch={steps}",
                  "train.checkpoint_every=0", "train.progress=false"]
-    config = load_config(REPO / "configs" / PRESETS[network],
-                         overrides=overrides + ([f"train.amp={amp}"] if amp is not None else []))
+    overrides += [f"train.amp={amp}"] if amp is not None else []
+    overrides += [LAYOUTS[layout]] if layout is not None else []
+    overrides += [f"train.seed={seed}"] if seed is not None else []
+    config = load_config(REPO / "configs" / PRESETS[network], overrides=overrides)
     before = evaluate(config, None, runtime=runtime)
     recorder = StepRecorder()
     run_training(config=config, runtime=runtime, max_steps=steps, logger=recorder)
@@ -140,16 +157,51 @@ def quality_run(shards: Path, run_dir: Path, *, steps: int, height: int, width: 
             "seconds_per_step": statistics.mean(r["step_s"] for r in recorder.rows[1:])}
 
 
-def quality_table(results: dict[str, dict[str, Any]]) -> str:
-    """Markdown table, one row per amp mode: s/step, eval photometric, training-batch photometric, AbsRel."""
-    lines = ["| train.amp | s/step | photometric loss (eval, all images), untrained -> trained "
+QualityKey = tuple[str, str, str]
+"""(amp label, layout label, seed label) of one quality run."""
+
+
+def quality_table(results: dict[QualityKey, dict[str, Any]]) -> str:
+    """Markdown table, one row per run: s/step, eval photometric, training-batch photometric, AbsRel."""
+    lines = ["| train.amp | layout | seed | s/step | photometric loss (eval, all images), untrained -> trained "
              "| training batches, first / last 10 steps | AbsRel (median scaled, LiDAR), untrained -> trained |",
-             "|---|---|---|---|---|"]
-    for amp, q in results.items():
-        lines.append(f"| {amp} | {q['seconds_per_step']:.3f} | {q['before']['photometric']:.4f} -> "
-                     f"{q['after']['photometric']:.4f} | {q['train_photometric_first10']:.4f} -> "
+             "|---|---|---|---|---|---|---|"]
+    for (amp, layout, seed), q in results.items():
+        lines.append(f"| {amp} | {layout} | {seed} | {q['seconds_per_step']:.3f} | {q['before']['photometric']:.4f} "
+                     f"-> {q['after']['photometric']:.4f} | {q['train_photometric_first10']:.4f} -> "
                      f"{q['train_photometric_last10']:.4f} | {q['before']['abs_rel']:.4f} -> "
                      f"{q['after']['abs_rel']:.4f} |")
+    return "\n".join(lines)
+
+
+def _relative(value: float, base: float) -> str:
+    return f"{100 * (value - base) / base:+.2f}%"
+
+
+def layout_table(results: dict[QualityKey, dict[str, Any]]) -> str:
+    """Markdown: trained photometric / AbsRel of each layout against the first layout, same (amp, seed);
+    then, per (amp, layout), the later seeds against the first seed (the run-to-run spread to compare with)."""
+    amps = list(dict.fromkeys(k[0] for k in results))
+    layouts = list(dict.fromkeys(k[1] for k in results))
+    seeds = list(dict.fromkeys(k[2] for k in results))
+    lines = ["| train.amp | compared | photometric (eval, trained) | relative | AbsRel (trained) | relative |",
+             "|---|---|---|---|---|---|"]
+
+    def row(amp: str, label: str, mine: dict[str, Any], base: dict[str, Any]) -> str:
+        p, b = mine["after"], base["after"]
+        return (f"| {amp} | {label} | {p['photometric']:.4f} vs {b['photometric']:.4f} "
+                f"| {_relative(p['photometric'], b['photometric'])} | {p['abs_rel']:.4f} vs {b['abs_rel']:.4f} "
+                f"| {_relative(p['abs_rel'], b['abs_rel'])} |")
+
+    for amp in amps:
+        for seed in seeds:
+            for layout in layouts[1:]:
+                lines.append(row(amp, f"{layout} vs {layouts[0]}, seed {seed}", results[(amp, layout, seed)],
+                                 results[(amp, layouts[0], seed)]))
+        for layout in layouts:
+            for seed in seeds[1:]:
+                lines.append(row(amp, f"seed {seed} vs seed {seeds[0]}, {layout}", results[(amp, layout, seed)],
+                                 results[(amp, layout, seeds[0])]))
     return "\n".join(lines)
 
 
@@ -252,6 +304,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--amp", nargs="+", choices=AMP_MODES, default=None,
                         help="quality runs, one per train.amp mode, back to back on the same shards "
                              "(default: one run with the preset's amp)")
+    parser.add_argument("--layouts", nargs="+", choices=sorted(LAYOUTS), default=None,
+                        help="quality runs, one per memory layout (train.channels_last true / false) "
+                             "(default: the preset's)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="quality runs, one per train.seed (model init and data order; default: the preset's)")
+    parser.add_argument("--grad-precision", action="store_true",
+                        help="also compare one batch's float32 gradients per layout with a float64 reference")
     parser.add_argument("--speed-steps", type=int, default=3, help="timed steps per speed variant")
     parser.add_argument("--speed-batch", type=int, default=12)
     parser.add_argument("--speed-height", type=int, default=192)
@@ -289,16 +348,26 @@ def print_header(args: argparse.Namespace, argv: Sequence[str], device: torch.de
 
 
 def report_quality(args: argparse.Namespace, shards: Path, root: Path, runtime: Runtime) -> None:
-    results = {}
+    preset = load_config(REPO / "configs" / PRESETS[args.depth_network]).train
+    preset_layout = "channels_last" if preset.channels_last else "channels_first"
+    results: dict[QualityKey, dict[str, Any]] = {}
     for amp in args.amp or [None]:
-        label = amp or f"{load_config(REPO / 'configs' / PRESETS[args.depth_network]).train.amp} (preset)"
-        results[label] = quality_run(shards, root / f"quality-{amp or 'preset'}", steps=args.steps, height=args.height,
-                                     width=args.width, batch=args.batch, network=args.depth_network, amp=amp,
-                                     runtime=runtime)
+        for layout in args.layouts or [None]:
+            for seed in args.seeds or [None]:
+                key = (amp or f"{preset.amp} (preset)", layout or f"{preset_layout} (preset)",
+                       str(seed) if seed is not None else f"{preset.seed} (preset)")
+                print(f"quality run: amp {key[0]}, {key[1]}, seed {key[2]}", flush=True)
+                results[key] = quality_run(
+                    shards, root / f"quality-{amp or 'preset'}-{layout or 'preset'}-{seed}", steps=args.steps,
+                    height=args.height, width=args.width, batch=args.batch, network=args.depth_network, amp=amp,
+                    layout=layout, seed=seed, runtime=runtime)
     images = next(iter(results.values()))["before"]["images"]
     print(f"\nquality ({args.depth_network}, {runtime.device.type}): disp_init, {args.steps} steps, batch "
           f"{args.batch}, {args.height}x{args.width}, {images} images; evaluation in fp32\n")
     print(quality_table(results), flush=True)
+    if len(args.layouts or []) > 1 or len(args.seeds or []) > 1:
+        print("\ntrained networks compared (relative = (row - baseline) / baseline)\n")
+        print(layout_table(results), flush=True)
 
 
 def report_speed(args: argparse.Namespace, shards: Path, root: Path, runtime: Runtime) -> None:
@@ -331,6 +400,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             shards = Path(args.shards) if args.shards else make_shards(root, frames=args.frames)
             if not args.no_quality:
                 report_quality(args, shards, root, runtime)
+            if args.grad_precision:
+                from bench.grad_precision import report_grad_precision
+
+                report_grad_precision(shards=shards, network=args.depth_network, height=args.height,
+                                      width=args.width, batch=args.batch, runtime=runtime)
             if not args.no_speed:
                 report_speed(args, shards, root, runtime)
     finally:
