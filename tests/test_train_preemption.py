@@ -69,7 +69,9 @@ def test_sigterm_mid_epoch_checkpoints_the_step_reached_and_resumes_exactly(
     assert [(tmp_path / "exit" / f"rank{r}.status").read_text() for r in (0, 1)] == [f"{EXIT_STOPPED}\n"] * 2, log
     step_file = run / "checkpoints" / "step-000003.pt"
     assert "train: rank 1: SIGTERM: finishing this step, then writing a checkpoint" in log
-    assert "train: rank 0: SIGTERM" not in log  # rank 0 was not signalled: it stopped through the agreement
+    # rank 0 was not signalled: it stopped at step 3 through the agreement (only step 3's checkpoint exists, below).
+    # torchrun's agent may still SIGTERM rank 0 once rank 1 has exited, which is after the commit (the ranks wait for
+    # it together), so a "rank 0: SIGTERM" line is no evidence either way
     assert f"train: stopped by SIGTERM at step 3: checkpoint {step_file}; the same command with --resume auto " \
            f"continues from it (exit status 75)" in log
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.json", "step-000003.pt"]

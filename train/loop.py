@@ -354,6 +354,7 @@ def _run_phase(*, window, config, runtime, model, stream, position, stop, resume
                                               scheduler=scheduler, phase=window.name, position=position,
                                               logger=logger)
         if stopping:
+            clock["stopper"].wait_for_checkpoint()
             clock["stopper"].checkpoint_written()
             clock["stopped_by"] = clock["stopper"].received
             return position

@@ -117,6 +117,16 @@ class StopSignals:
             self._start_deadline()
         return agreed != 0
 
+    def wait_for_checkpoint(self) -> None:
+        """Collective after the stop checkpoint: no rank exits before rank 0 has committed it.
+
+        Without it a rank that does not write would exit at once, and torchrun's agent would then SIGTERM (and
+        ``--shutdown-timeout`` seconds later SIGKILL) the others, rank 0 among them, while it still writes.
+        The deadline (``--stop-deadline``) keeps running through the wait.
+        """
+        if self.runtime.distributed:
+            dist.barrier(group=self._group)
+
     def checkpoint_written(self) -> None:
         """The stop checkpoint is committed: the deadline no longer applies."""
         if self._timer is not None:
