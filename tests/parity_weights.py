@@ -56,3 +56,20 @@ def generated_state_dicts(spec_path: Path) -> dict[str, dict[str, torch.Tensor]]
                 state[entry["key"]] = torch.from_numpy(values.astype(np.float32)).to(dtype)
         out[module["name"]] = state
     return out
+
+
+def assert_same_module_files(original: Path, written: Path) -> None:
+    """Every original module file in ``written`` holds ``original``'s keys in the same order, the same tensors
+    (dtype, shape, values) and the same ints (``height`` / ``width`` of the ``*enc*`` files)."""
+    from dynamo_depth.models import MODULE_NAMES
+
+    for name in MODULE_NAMES:
+        want = torch.load(original / f"{name}.pth", weights_only=True)
+        got = torch.load(written / f"{name}.pth", weights_only=True)
+        assert list(got) == list(want), name
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert got[key].dtype == value.dtype and got[key].shape == value.shape, (name, key)
+                assert torch.equal(got[key], value), (name, key)
+            else:
+                assert type(got[key]) is type(value) and got[key] == value, (name, key)

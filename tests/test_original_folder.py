@@ -19,6 +19,7 @@ from PIL import Image
 from dynamo_depth.models import MODULE_NAMES, DynamoDepthModel
 from dynamo_depth.models.loading import load_for_inference
 from dynamo_depth.models.resnet import WeightLoadError
+from tests.parity_weights import assert_same_module_files
 
 HEIGHT, WIDTH = 64, 64
 
@@ -131,16 +132,7 @@ def test_export_round_trip_keeps_keys_order_dtypes_and_values(folder: Path, tmp_
 
     exported = tmp_path / "exported"
     assert export_main([str(folder), str(exported)]) == 0
-    for name in MODULE_NAMES:
-        original = torch.load(folder / f"{name}.pth", weights_only=True)
-        written = torch.load(exported / f"{name}.pth", weights_only=True)
-        assert list(written) == list(original), name
-        for key, value in original.items():
-            if isinstance(value, torch.Tensor):
-                assert written[key].dtype == value.dtype and written[key].shape == value.shape, (name, key)
-                assert torch.equal(written[key], value), (name, key)
-            else:
-                assert type(written[key]) is int and written[key] == value, (name, key)
+    assert_same_module_files(folder, exported)
 
 
 def test_sizes_in_any_encoder_file_and_disagreement_names_both(model: DynamoDepthModel, folder: Path,

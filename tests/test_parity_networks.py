@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from dynamo_depth.models import MODULE_NAMES, DynamoDepthModel
+from dynamo_depth.models import DynamoDepthModel
 from dynamo_depth.models.original import load_folder
 from dynamo_depth.models.registry import DEPTH_NETWORKS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from parity_fixture import ParityFixture, fixture_folders  # noqa: E402
-from parity_weights import generated_state_dicts  # noqa: E402
+from parity_weights import assert_same_module_files, generated_state_dicts  # noqa: E402
 
 TOLERANCE = 1e-4
 NETWORK_OF_MODEL = {"monodepthv2": "resnet18", "litemono": "litemono"}
@@ -147,16 +147,7 @@ def test_predict_cli_gives_eval_disp_and_export_round_trips(loaded, tmp_path: Pa
 
     exported = tmp_path / "exported"
     assert export_main([str(ckpt), str(exported)]) == 0
-    for name in MODULE_NAMES:
-        original = torch.load(ckpt / f"{name}.pth", weights_only=True)
-        written = torch.load(exported / f"{name}.pth", weights_only=True)
-        assert list(written) == list(original), name
-        for key, value in original.items():
-            if isinstance(value, torch.Tensor):
-                assert written[key].dtype == value.dtype and written[key].shape == value.shape, (name, key)
-                assert torch.equal(written[key], value), (name, key)
-            else:
-                assert written[key] == value, (name, key)
+    assert_same_module_files(ckpt, exported)
 
 
 def test_original_folder_errors_name_the_file(loaded, tmp_path: Path) -> None:
