@@ -14,6 +14,7 @@ from builders.runner import (
     BIND_ENV,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_COUNT,
+    EXECUTORS,
     BuilderSpec,
     BuildReport,
     bind_address,
@@ -30,8 +31,13 @@ def make_parser(spec: BuilderSpec) -> argparse.ArgumentParser:
     parser.add_argument("out_url", metavar="OUT", help="output folder or s3://bucket/prefix (one per split)")
     parser.add_argument("--split", default=spec.default_split, help=f"split name (default {spec.default_split})")
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
-                        help="concurrent Ray tasks (default: CPU count; 0 = in-process without Ray)")
-    parser.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto')")
+                        help="concurrent tasks (default: CPU count; 0 = in-process)")
+    parser.add_argument("--executor", default="auto", choices=EXECUTORS,
+                        help="where the tasks run: 'processes' (a pool of local processes, no Ray start-up), "
+                             "'ray' (Ray tasks: a local instance, or the cluster of --address); default auto: "
+                             "ray with --address, else processes")
+    parser.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. 'auto'); implies "
+                                                       "--executor ray")
     parser.add_argument("--bind", default=None, metavar="127.0.0.1",
                         help=f"keep every Ray socket on loopback when joining --address (a cluster started on "
                              f"127.0.0.1, see README 'Scaling out'); default ${BIND_ENV}. A local instance "
@@ -54,7 +60,7 @@ def cli_main(spec: BuilderSpec, argv: list[str] | None = None) -> int:
             os.environ[BIND_ENV] = bind_address(args.bind) or ""
         bind_address()  # a bad $DYNAMO_DEPTH_BIND is a usage error (exit 2) before anything starts
         report = build(spec, args.raw_root, args.out_url, split=args.split, options=spec.options_from_args(args),
-                       workers=args.workers, address=args.address, max_count=args.shard_max_count,
+                       workers=args.workers, address=args.address, executor=args.executor, max_count=args.shard_max_count,
                        max_bytes=args.shard_max_bytes, keep_staging=args.keep_staging, show_progress=not args.quiet)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from builders.cli import cli_main
-from builders.images import read_image_bgr
+from builders.images import png_chunks_intact, read_image_bgr
 from builders.runner import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.formats import kitti as kf
 from dynamo_depth.geometry import compose, invert_se3, resize_intrinsics
@@ -85,9 +85,30 @@ def _split_frames(split_file: str | None) -> dict[tuple[str, str], set[int]] | N
 
 # -------------------------------------------------------------------------------------- helpers
 def read_png_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a PNG; ValueError naming the file if it is missing or corrupt."""
+    """(H, W, 3) uint8 RGB of a PNG; ValueError naming the file if it is missing or corrupt.
+
+    8-bit RGB files (every KITTI camera frame) are decoded by libspng (``pyspng``), ~20% faster than
+    OpenCV's libpng and the same pixels (PNG is lossless), after every chunk's CRC-32 was checked
+    (``pyspng`` skips that check: a damaged file would decode to wrong pixels). Any other PNG (grey,
+    palette, alpha, 16-bit), a damaged one, or no ``pyspng`` installed goes through OpenCV as before.
+    """
     import cv2
 
+    try:
+        import pyspng
+    except ImportError:
+        pyspng = None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read image ({exc.strerror})") from None
+    if pyspng is not None and png_chunks_intact(data):
+        try:
+            rgb = pyspng.load(data)
+        except (RuntimeError, ValueError):
+            rgb = None
+        if rgb is not None and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3:
+            return rgb
     return cv2.cvtColor(read_image_bgr(path, kind="PNG"), cv2.COLOR_BGR2RGB)
 
 
@@ -114,14 +135,27 @@ def project_velodyne(velo: np.ndarray, velo_to_pixels: np.ndarray, hw: tuple[int
     """
     height, width = hw
     front = np.compress(velo[:, 0] >= 0, velo, axis=0)
-    homogeneous = front.astype(np.float64)  # (N, 4) [x, y, z, 1]; element-wise product: same bits on any CPU
-    homogeneous[:, 3] = 1.0
-    projected = np.stack([sum(homogeneous[:, j] * velo_to_pixels[i, j] for j in range(4)) for i in range(3)], 1)
-    u = np.round(projected[:, 0] / projected[:, 2]) - 1
-    v = np.round(projected[:, 1] / projected[:, 2]) - 1
+    xyz = front[:, :3].T.astype(np.float64)  # (3, N); element-wise products below: same bits on any CPU
+    image_u, image_v, image_w = (_projected_row(xyz, velo_to_pixels[i]) for i in range(3))
+    u = np.round(np.divide(image_u, image_w, out=image_u)) - 1
+    v = np.round(np.divide(image_v, image_w, out=image_v)) - 1
     keep = (u >= 0) & (v >= 0) & (u < width) & (v < height)
     rows, cols = v[keep].astype(np.int64), u[keep].astype(np.int64)
     return _nearest_per_pixel(rows * width + cols, np.compress(keep, front[:, 0]), width)
+
+
+def _projected_row(xyz: np.ndarray, p_row: np.ndarray) -> np.ndarray:
+    """``p_row @ [x, y, z, 1]`` per point, summed left to right as ``((((0 + a0) + a1) + a2) + a3)``.
+
+    The bits of the original's ``(P @ [x, y, z, 1].T)`` computed element-wise (a BLAS product would
+    depend on the CPU's kernel), in place: one (N,) float64 array instead of an (N, 4) and an (N, 3).
+    """
+    out = np.multiply(xyz[0], p_row[0])
+    out += 0.0  # 0 + a0: turns -0.0 into 0.0 exactly as the sum starting from 0 does
+    for j in (1, 2):
+        out += xyz[j] * p_row[j]
+    out += p_row[3]  # 1.0 * p_row[3] is p_row[3] exactly
+    return out
 
 
 def _nearest_per_pixel(pixel: np.ndarray, depth: np.ndarray, width: int) -> np.ndarray:

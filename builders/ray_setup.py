@@ -4,6 +4,7 @@
 * ``worker_env``: the environment variables shipped to every Ray worker (``PYTHONPATH`` from a bare checkout).
 * ``_ray_init``: start a local Ray instance on 127.0.0.1, or join a cluster, optionally quiet.
 * ``ray_session``: Ray started on first use for one build (units and pack), shut down at its end.
+* ``RayTasks``: tasks as Ray tasks, at most ``workers`` in flight (the interface of ``local_pool.LocalPool``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+from builders.local_pool import POLL_SECONDS, Task
 
 BIND_ENV = "DYNAMO_DEPTH_BIND"
 LOOPBACK = "127.0.0.1"
@@ -126,21 +129,77 @@ def _ray_init(*, workers: int, address: str | None, quiet: bool) -> None:
             ray.init(num_cpus=workers, object_store_memory=100_000_000, _node_ip_address=LOOPBACK, **init)
 
 
+class RayTasks:
+    """Tasks as Ray tasks (one CPU each, no retries), at most ``workers`` in flight; Ray must be up.
+
+    ``reporter`` is the picklable ``report(frames)`` a task calls for progress (a Ray queue actor,
+    created on first use); ``run`` has the contract of ``LocalPool.run``. A task's error comes back as
+    Ray raised it (``RayTaskError``: the task's exception is its ``cause``; a dead worker: a Ray error).
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._queue: Any = None
+        self._remote: dict[Callable[..., Any], Any] = {}
+
+    @property
+    def reporter(self) -> Callable[[int], Any]:
+        if self._queue is None:
+            from ray.util.queue import Queue
+
+            self._queue = Queue(actor_options={"num_cpus": 0})
+        return self._queue.put_nowait
+
+    def _drain(self) -> int:
+        if self._queue is None or not self._queue.qsize():
+            return 0
+        return sum(self._queue.get_nowait_batch(self._queue.qsize()))
+
+    def run(self, tasks: Iterable[Task], *, on_progress: Callable[[int], Any] | None = None,
+            ) -> Iterator[tuple[Task, Any, BaseException | None]]:
+        import ray
+
+        source, pending, exhausted = iter(tasks), {}, False
+        while True:
+            while len(pending) < self.workers and not exhausted:
+                task = next(source, None)
+                if task is None:
+                    exhausted = True
+                    break
+                if task.fn not in self._remote:
+                    self._remote[task.fn] = ray.remote(num_cpus=1, max_retries=0)(task.fn)
+                pending[self._remote[task.fn].remote(*task.args)] = task
+            if not pending:
+                return
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+            if on_progress is not None and (frames := self._drain()):
+                on_progress(frames)
+            for ref in done:
+                task = pending.pop(ref)
+                try:
+                    yield task, ray.get(ref), None
+                except Exception as exc:  # noqa: BLE001 - a failed task is the caller's to report
+                    yield task, None, exc
+
+
 @contextlib.contextmanager
-def ray_session(*, workers: int, address: str | None, quiet: bool) -> Iterator[Callable[[], None]]:
+def ray_session(*, workers: int, address: str | None, quiet: bool) -> Iterator[Callable[[], RayTasks]]:
     """Yield ``ensure()``, which starts (or joins) Ray the first time it is called; shut down on exit.
 
-    Only a Ray started here is shut down (a caller's own ``ray.init`` is left alone), and Ray is never
-    started when nothing calls ``ensure`` (``--workers 0``, or nothing to build or pack in parallel).
+    ``ensure()`` returns the session's ``RayTasks``. Only a Ray started here is shut down (a caller's own
+    ``ray.init`` is left alone), and Ray is never started when nothing calls ``ensure`` (``--workers 0``,
+    or nothing to build or pack in parallel).
     """
     started: list[bool] = []
+    tasks = RayTasks(workers)
 
-    def ensure() -> None:
+    def ensure() -> RayTasks:
         import ray
 
         if not ray.is_initialized():
             _ray_init(workers=workers, address=address, quiet=quiet)
             started.append(True)
+        return tasks
 
     try:
         yield ensure

@@ -1,15 +1,15 @@
-"""The build runner shared by every dataset builder: one Ray task per unit, staging, packing, manifest.
+"""The build runner shared by every dataset builder: one task per unit, staging, packing, manifest.
 
 A *unit* is one sequence (Waymo segment, nuScenes scene, KITTI drive+camera). A build runs in two
 steps, which is what makes it resumable and byte-reproducible whatever the number of workers:
 
-1. **Units** (parallel, Ray): each unit's samples go into its own staging tar
+1. **Units** (parallel: a local process pool, or Ray tasks on a cluster): each unit's samples go into its own staging tar
    ``OUT/_staging/<unit>-000000.tar``, then a sidecar ``OUT/_staging/<unit>.json`` is written
    atomically (its record and the byte span, sha256 and edge flag of each staged sample). The sidecar
    is the unit's commit point: a rerun skips every unit that has one (for the same builder version and
    options) and redoes only the others. A builder's ``prepare_unit`` runs in the driver right before
    a unit's task is submitted (nuScenes: the scene's own table records go with the task).
-2. **Pack** (parallel, Ray): the final shards ``{dataset}-{split}-{index:06d}.tar`` (rolled over by
+2. **Pack** (parallel, the same executor): the final shards ``{dataset}-{split}-{index:06d}.tar`` (rolled over by
    count and bytes, samples in sorted unit order) are planned in the driver from the sidecars alone,
    then each shard is written by its own task from byte ranges of the staging tars
    (``builders.packing``): the bytes are those of streaming every sample through one writer, and no
@@ -23,13 +23,16 @@ steps, which is what makes it resumable and byte-reproducible whatever the numbe
 A unit that raises is reported with its error text (which names the file and the reason), the
 others go on, and the exit code is 1.
 
-Ray start / connect (loopback binding, the workers' environment) is in ``builders.ray_setup``, the pack
+One machine runs the tasks in a pool of spawned processes (``builders.local_pool``, no Ray start-up);
+``--address`` (or ``--executor ray``) runs them as Ray tasks. Ray start / connect (loopback binding, the
+workers' environment) and its task loop are in ``builders.ray_setup``, the pack
 step and the staging area in ``builders.packing``; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -38,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from builders.local_pool import LocalPool, Task, pool_session
 from builders.packing import PACK_STATE as PACK_STATE  # re-exported
 from builders.packing import (
     STAGING,
@@ -51,12 +55,14 @@ from builders.packing import (
     pack_shard,
     staging_name,
 )
-from builders.ray_setup import BIND_ENV, LOOPBACK, _ray_init, bind_address, ray_session, worker_env  # noqa: F401
+from builders.ray_setup import BIND_ENV, LOOPBACK, RayTasks, _ray_init, bind_address, ray_session, worker_env  # noqa: F401
 from dynamo_depth import storage
 from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest
 from dynamo_depth.schema import SCHEMA_VERSION, TripletSample, encode, is_edge_meta_json
 from dynamo_depth.shards import SampleSpan, ShardRecord, ShardWriter
 
+EXECUTORS = ("auto", "processes", "ray")
+Executor = LocalPool | RayTasks
 DEFAULT_MAX_COUNT = 2000
 DEFAULT_MAX_BYTES = 256 * 2**20
 FRAMES_PER_REPORT = 8
@@ -198,62 +204,54 @@ def _staged_unit(spec: BuilderSpec, unit: Unit, options: Mapping[str, Any], out_
     return StagedUnit(record=record, spans=spans) if len(spans) == record.samples else None
 
 
-def _run_units_ray(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
-                   out_url: str, *, workers: int, on_frames: Callable[[int], Any]) -> Iterator[UnitOutcome]:
-    """The units as Ray tasks, at most ``workers`` at a time (Ray is up: ``ray_session``)."""
-    import ray
-    from ray.util.queue import Queue
+def _run_units_parallel(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any],
+                        out_url: str, *, executor: Executor, on_frames: Callable[[int], Any]) -> Iterator[UnitOutcome]:
+    """The units as tasks of ``executor`` (a process pool or Ray), at most its ``workers`` at a time.
 
-    task = ray.remote(num_cpus=1, max_retries=0)(_remote_unit)
-    frames = Queue(actor_options={"num_cpus": 0})
-    pending = {}
-    queue = list(units)
-    while queue or pending:
-        while queue and len(pending) < workers:
-            ready = _prepared(spec, raw_root, queue.pop(0), options)
+    ``prepare_unit`` runs in the driver right before a unit is handed to a free worker.
+    """
+    unprepared: list[UnitOutcome] = []
+
+    def tasks() -> Iterator[Task]:
+        for unit in units:
+            ready = _prepared(spec, raw_root, unit, options)
             if isinstance(ready, UnitOutcome):
-                yield ready
+                unprepared.append(ready)
                 continue
-            pending[task.remote(spec.name, raw_root, ready, dict(options), out_url, frames)] = ready
-        if not pending:
-            continue
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-        if frames.qsize():
-            on_frames(sum(frames.get_nowait_batch(frames.qsize())))
-        for ref in done:
-            unit = pending.pop(ref)
-            try:
-                yield ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - a crashed worker fails its unit only
-                yield UnitOutcome(name=unit.name, error=f"worker failed: {_error_text(exc)}")
+            yield Task(key=ready.name, fn=_remote_unit,
+                       args=(spec.name, raw_root, ready, dict(options), out_url, executor.reporter))
+
+    for task, outcome, error in executor.run(tasks(), on_progress=on_frames):
+        yield from _take_all(unprepared)
+        if error is None:
+            yield outcome
+        else:  # a crashed worker fails its unit only
+            yield UnitOutcome(name=str(task.key), error=f"worker failed: {_error_text(error)}")
+    yield from _take_all(unprepared)
 
 
-def _pack_runner_ray(out_url: str, *, workers: int, ensure_ray: Callable[[], None]) -> PackRunner:
-    """Pack shards as Ray tasks, at most ``workers`` at a time; each task reads and writes storage itself.
+def _take_all(items: list[UnitOutcome]) -> Iterator[UnitOutcome]:
+    while items:
+        yield items.pop(0)
+
+
+def _pack_runner(out_url: str, *, ensure: Callable[[], Executor]) -> PackRunner:
+    """Pack shards as tasks of the executor ``ensure()`` starts; each task reads and writes storage itself.
 
     Every shard that completes is yielded (and so recorded in ``pack.json``) even when another failed;
-    then the first failure is raised as ``ValueError`` naming its shard.
+    then the failures are raised as one ``ValueError`` naming their shards.
     """
     def run(shards: Sequence[PlannedShard]) -> Iterator[ShardRecord]:
-        if len(shards) < 2:  # nothing to overlap: no Ray start-up for it
+        if len(shards) < 2:  # nothing to overlap: no executor start-up for it
             yield from (pack_shard(shard, out_url) for shard in shards)
             return
-        import ray
-
-        ensure_ray()
-        task = ray.remote(num_cpus=1, max_retries=0)(pack_shard)
-        queue, pending, errors = list(shards), {}, []
-        while queue or pending:
-            while queue and len(pending) < workers:
-                shard = queue.pop(0)
-                pending[task.remote(shard, out_url)] = shard
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                shard = pending.pop(ref)
-                try:
-                    yield ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - the others are kept; reported below
-                    errors.append(f"pack {shard.name}: {_error_text(getattr(exc, 'cause', None) or exc)}")
+        errors = []
+        tasks = (Task(key=shard.name, fn=pack_shard, args=(shard, out_url)) for shard in shards)
+        for task, record, error in ensure().run(tasks):
+            if error is None:
+                yield record
+            else:  # the others are kept; reported below
+                errors.append(f"pack {task.key}: {_error_text(getattr(error, 'cause', None) or error)}")
         if errors:
             raise ValueError("; ".join(errors))
 
@@ -278,15 +276,16 @@ def _run_units_here(spec: BuilderSpec, raw_root: str, units: list[Unit], options
 
 
 def _remote_unit(builder: str, raw_root: str, unit: Unit, options: dict[str, Any], out_url: str,
-                 frames: Any) -> UnitOutcome:
+                 report: Callable[[int], Any]) -> UnitOutcome:
+    """A unit task in a worker (pool process or Ray); ``report(frames)`` tells the driver of progress."""
     import cv2
 
     from builders.registry import get_builder
 
-    # One task per CPU (num_cpus=1): OpenCV's pthreads pool ignores OMP_NUM_THREADS and would start one
-    # thread per core in every worker.
+    # One task per CPU: OpenCV's pthreads pool ignores OMP_NUM_THREADS and would start one thread per core
+    # in every worker.
     cv2.setNumThreads(1)
-    return run_unit(get_builder(builder), raw_root, unit, options, out_url, on_frames=frames.put_nowait)
+    return run_unit(get_builder(builder), raw_root, unit, options, out_url, on_frames=report)
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -309,16 +308,40 @@ def _up_to_date(spec: BuilderSpec, out_url: str, options: Mapping[str, Any], spl
     return manifest
 
 
+def choose_executor(executor: str, address: str | None) -> str:
+    """``processes`` or ``ray`` for ``--executor`` (``auto``: Ray when joining ``address``, else processes)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor {executor!r}; allowed: {list(EXECUTORS)}")
+    if executor == "processes" and address:
+        raise ValueError(f"--address {address} joins a Ray cluster: it needs --executor ray (or auto)")
+    return executor if executor != "auto" else ("ray" if address else "processes")
+
+
+@contextlib.contextmanager
+def _executor_session(executor: str, *, workers: int, address: str | None,
+                      quiet: bool) -> Iterator[Callable[[], Executor]]:
+    """``ensure()`` starting the build's executor on first use (never for ``workers=0``)."""
+    if executor == "ray":
+        with ray_session(workers=workers, address=address, quiet=quiet) as ensure:
+            yield ensure
+    else:
+        with pool_session(workers=max(workers, 1)) as ensure:
+            yield ensure
+
+
 def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options: Mapping[str, Any],
-          workers: int = 1, address: str | None = None, max_count: int = DEFAULT_MAX_COUNT,
+          workers: int = 1, address: str | None = None, executor: str = "auto", max_count: int = DEFAULT_MAX_COUNT,
           max_bytes: int = DEFAULT_MAX_BYTES, keep_staging: bool = False, show_progress: bool = True) -> BuildReport:
     """Build (or resume) ``raw_root`` into shards + ``manifest.json`` under ``out_url``.
 
-    ``workers`` bounds the number of concurrent Ray tasks, for the units and then for the pack (``0`` runs
-    everything in-process, without Ray).
+    ``workers`` bounds the number of concurrent tasks, for the units and then for the pack (``0`` runs
+    everything in-process). ``executor`` (``choose_executor``): ``processes`` runs them in a local pool
+    of spawned processes, ``ray`` as Ray tasks (a local instance, or the cluster at ``address``); the
+    bytes are the same with either, and with ``workers=0``.
     """
     if workers < 0:
-        raise ValueError(f"workers must be >= 0 (0 = in-process without Ray), got {workers}")
+        raise ValueError(f"workers must be >= 0 (0 = in-process), got {workers}")
+    executor = choose_executor(executor, address)
     units = sorted(spec.list_units(raw_root, options), key=lambda u: u.name)
     if len({staging_name(u.name) for u in units}) != len(units):
         raise ValueError(f"builder {spec.name}: unit names in {raw_root} collide once made file-name safe: "
@@ -328,12 +351,11 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
     existing = _up_to_date(spec, out_url, options, split, units, max_count=max_count, max_bytes=max_bytes)
     if existing is not None:
         return BuildReport(manifest=existing, built=(), reused=tuple(u.name for u in units), up_to_date=True)
-    with ray_session(workers=workers, address=address, quiet=not show_progress) as ensure_ray:
+    with _executor_session(executor, workers=workers, address=address, quiet=not show_progress) as ensure:
         staged = {u.name: r for u in units if (r := _staged_unit(spec, u, options, out_url)) is not None}
         todo = [u for u in units if u.name not in staged]
-        if todo and workers:
-            ensure_ray()
-        outcomes = _run_units(spec, raw_root, todo, options, out_url, workers=workers, show_progress=show_progress)
+        outcomes = _run_units(spec, raw_root, todo, options, out_url, executor=ensure if workers else None,
+                              show_progress=show_progress)
         staged.update({o.name: StagedUnit(record=o.record, spans=o.spans) for o in outcomes if o.record is not None})
         failed = tuple(sorted((FailedUnit(unit=o.name, error=o.error) for o in outcomes if o.error is not None),
                               key=lambda f: f.unit))
@@ -343,7 +365,7 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
             return BuildReport(manifest=replace(previous, failed=failed), built=(), reused=())
         if storage.exists(find_manifest(out_url)):
             storage.remove(find_manifest(out_url))  # the shards are about to change: no stale commit point
-        runner = _pack_runner_ray(out_url, workers=workers, ensure_ray=ensure_ray) if workers else None
+        runner = _pack_runner(out_url, ensure=ensure) if workers else None
         shards = _pack_with_progress(spec, ready, out_url, split=split, max_count=max_count, max_bytes=max_bytes,
                                      digest=options_digest(spec, options), runner=runner, show_progress=show_progress)
     manifest = Manifest(dataset=spec.dataset, split=split, builder=f"builders.{spec.name}",
@@ -370,7 +392,8 @@ def _pack_with_progress(spec: BuilderSpec, staged: list[StagedUnit], out_url: st
 
 
 def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Mapping[str, Any], out_url: str,
-               *, workers: int, show_progress: bool) -> list[UnitOutcome]:
+               *, executor: Callable[[], Executor] | None, show_progress: bool) -> list[UnitOutcome]:
+    """Every unit's outcome, sorted by name: in-process (``executor`` None) or as tasks of ``executor()``."""
     from tqdm import tqdm
 
     if not units:
@@ -381,11 +404,12 @@ def _run_units(spec: BuilderSpec, raw_root: str, units: list[Unit], options: Map
     frame_bar = tqdm(unit="frame", desc="frames", disable=not show_progress, file=sys.stderr, dynamic_ncols=True,
                      position=1)
     samples = 0
-    if workers == 0:
+    if executor is None:
         stream: Iterable[UnitOutcome] = _run_units_here(spec, raw_root, units, options, out_url,
                                                         on_frames=frame_bar.update)
     else:
-        stream = _run_units_ray(spec, raw_root, units, options, out_url, workers=workers, on_frames=frame_bar.update)
+        stream = _run_units_parallel(spec, raw_root, units, options, out_url, executor=executor(),
+                                     on_frames=frame_bar.update)
     for outcome in stream:
         outcomes.append(outcome)
         samples += outcome.record.samples if outcome.record else 0

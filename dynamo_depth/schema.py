@@ -132,7 +132,8 @@ class SampleMeta:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        """JSON-able fields (tuples as lists); no deep copy first, as ``dataclasses.asdict`` makes."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["extra"] = dict(self.extra)
         return _listify(out)
 

@@ -107,8 +107,9 @@ def test_real_fixture_ego_motion_matches_oxts_velocity(real_build: Path) -> None
 
 @needs_shared
 def test_workers_1_and_2_give_identical_bytes(real_build: Path, tmp_path: Path) -> None:
-    for workers in ("1", "2"):
-        result = _cli(str(RAW), str(tmp_path / workers), "--workers", workers)
+    """``--workers 1`` in the local process pool, ``--workers 2`` as Ray tasks: the in-process bytes."""
+    for workers, executor in (("1", "processes"), ("2", "ray")):
+        result = _cli(str(RAW), str(tmp_path / workers), "--workers", workers, "--executor", executor)
         assert result.returncode == 0, result.stderr
     reference = (real_build / "manifest.json").read_bytes()
     for workers in ("1", "2"):
@@ -251,3 +252,32 @@ def test_shard_bytes_do_not_depend_on_the_cpu_kernels(real_build: Path, tmp_path
         assert result.returncode == 0, result.stderr
         assert (tmp_path / coretype / "kitti-train-000000.tar").read_bytes() == \
             (real_build / "kitti-train-000000.tar").read_bytes(), coretype
+
+
+def test_png_reader_gives_opencvs_pixels_for_every_png_kind(tmp_path: Path) -> None:
+    """libspng decodes 8-bit RGB; grey, palette, alpha and 16-bit files take OpenCV's colour conversion."""
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    paths = {"rgb": tmp_path / "rgb.png", "grey": tmp_path / "grey.png", "rgba": tmp_path / "rgba.png",
+             "palette": tmp_path / "palette.png", "rgb16": tmp_path / "rgb16.png"}
+    Image.fromarray(rgb).save(paths["rgb"])
+    Image.fromarray(rgb[..., 0]).save(paths["grey"])
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(paths["rgba"])
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=5).save(paths["palette"])
+    cv2.imwrite(str(paths["rgb16"]), rgb.astype(np.uint16) * 257 + 3)
+    if SHARED.exists():
+        paths["kitti"] = RAW / "2011_09_26" / DRIVE / "image_02" / "data" / "0000000000.png"
+    for kind, path in paths.items():
+        want = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        got = kitti.read_png_rgb(path)
+        assert got.dtype == np.uint8 and got.shape == want.shape and np.array_equal(got, want), kind
+    np.testing.assert_array_equal(kitti.read_png_rgb(paths["rgb"]), rgb)
+    corrupt = tmp_path / "corrupt.png"  # complete (IEND at the end) but a damaged pixel chunk
+    data = bytearray(paths["rgb"].read_bytes())
+    data[60] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{corrupt}: corrupt or truncated PNG"):
+        kitti.read_png_rgb(corrupt)

@@ -135,13 +135,16 @@ def test_changed_staged_sample_is_named_and_nothing_partial_is_left(tmp_path: Pa
     assert not list(out.rglob("*.tmp")) and not (out / "manifest.json").exists()
 
 
-def test_ray_tasks_pack_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("ray")
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+@pytest.mark.parametrize("executor", ["processes", "ray"])
+def test_pack_tasks_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, executor: str) -> None:
+    if executor == "ray":
+        pytest.importorskip("ray")
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     _build(str(tmp_path / "fresh"), max_count=2)
     out = tmp_path / "out"
     _interrupted_pack(monkeypatch, str(out), after=1, max_count=2)  # staged in-process, one shard packed
-    report = _build(str(out), max_count=2, workers=2)  # the toy units need no worker: the 7 shards left do
+    # the toy units need no worker: the 7 shards left do
+    report = _build(str(out), max_count=2, workers=2, executor=executor)
     assert len(report.manifest.shards) == 8 and report.built == ()
     assert _tars(out) == _tars(tmp_path / "fresh")
     assert (out / "manifest.json").read_bytes() == (tmp_path / "fresh" / "manifest.json").read_bytes()

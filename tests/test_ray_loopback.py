@@ -139,9 +139,10 @@ def test_bind_accepts_loopback_only(tmp_path: Path) -> None:
 
 @needs_shared
 def test_local_instance_listens_on_loopback_only_and_quiet_prints_one_line(tmp_path: Path) -> None:
-    """``--workers 2 --quiet``: every socket of the driver, GCS, raylet, agents and workers is on 127.0.0.1, and
+    """``--workers 2 --executor ray --quiet``: every socket of the driver, GCS, raylet, agents and workers is on 127.0.0.1, and
     the output is the summary line alone (no "Started a local Ray instance.", no per-unit lines)."""
-    command = [sys.executable, "-m", "builders.kitti", str(RAW), str(tmp_path / "out"), "--workers", "2", "--quiet"]
+    command = [sys.executable, "-m", "builders.kitti", str(RAW), str(tmp_path / "out"), "--workers", "2",
+               "--executor", "ray", "--quiet"]
     driver = subprocess.Popen(command, cwd=REPO, env=_env(PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
