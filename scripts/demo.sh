@@ -15,7 +15,7 @@ step() { printf '\n=== %s\n' "$*"; }
 step "1/6 synthesise a KITTI-format world (2 drives x 10 frames) -> $OUT/raw_kitti"
 $PY -m dynamo_depth synth kitti "$OUT/raw_kitti" --sequences 2 --frames 10 --seed 0
 
-step "2/6 build shards with Ray (--workers 2) -> $OUT/shards"
+step "2/6 build shards in 2 worker processes (--workers 2) -> $OUT/shards"
 $PY -m builders.kitti "$OUT/raw_kitti" "$OUT/shards" --workers 2 --shard-max-count 16 --quiet
 
 step "3/6 verify the shards against their manifest"

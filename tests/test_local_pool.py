@@ -78,3 +78,14 @@ def test_a_task_whose_worker_dies_twice_fails_and_the_pool_goes_on() -> None:
 def test_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         LocalPool(0)
+
+
+def test_executor_choice() -> None:
+    from builders.runner import choose_executor
+
+    assert choose_executor("auto", None) == "processes" and choose_executor("auto", "auto") == "ray"
+    assert choose_executor("ray", None) == "ray" and choose_executor("processes", None) == "processes"
+    with pytest.raises(ValueError, match=r"executor 'threads'; allowed: \['auto', 'processes', 'ray'\]"):
+        choose_executor("threads", None)
+    with pytest.raises(ValueError, match="--address 10.0.0.1:6379 joins a Ray cluster: it needs --executor ray"):
+        choose_executor("processes", "10.0.0.1:6379")
