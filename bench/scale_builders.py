@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python bench/scale_builders.py [--baseline REV] [--only tables,units,pack]
         [--scenes 2,600,6002] [--kitti-frames 100,400] [--nuscenes-frames 60,240] [--waymo-frames 10,20]
-        [--pack-mb 240] [--s3]
+        [--pack-mb 240] [--s3] [--waymo-full-frames 50,100,200]
 
 Every build runs as its own process (``python -m builders.<name>``), and a thread of this script polls
 ``/proc`` every 0.1 s for the peak RSS (``VmHWM``) of that process (the driver) and of each of its Ray
@@ -17,6 +17,11 @@ changes) in the same run.
   synthetic nuScenes scene of ``--nuscenes-frames`` CAM_FRONT frames (1600x900 JPEG, LiDAR at 20 Hz) and
   a synthetic Waymo segment of ``--waymo-frames`` frames (five 1920x1280 / 1920x886 camera JPEGs, TOP
   64x2650 and four 200x600 range images per frame; the FRONT camera built).
+- ``waymo-full``: a full-size Waymo record (``WaymoSynthOptions.full_size()``: five camera JPEGs at 1920x1280
+  / 1920x886, TOP 64x2650 and four 200x600 range images) of the largest of ``--waymo-full-frames`` frames,
+  written once by a child process (its wall, CPU, peak RSS and bytes are reported); the smaller sizes are its
+  first N records (frames are independent of each other, so that is what ``write_waymo(frames=N)`` writes).
+  Each size is built in-process (``--workers 0``, FRONT), the largest also with all five cameras.
 - ``pack``: the pack step alone over staged units of realistic sample size (~400 kB: three 640x192 JPEGs
   and 20k depth points), ``--pack-mb`` MB in 100-sample shards: baseline ``_pack`` (one process streams
   every sample) vs ours in-process and with 2 Ray tasks; locally and (``--s3``) on SeaweedFS.
@@ -229,6 +234,60 @@ def _unit_row(name: str, frames: int, m: dict[str, float], out: Path) -> None:
     shutil.rmtree(out)
 
 
+# ------------------------------------------------------------------------------------ Waymo full size
+def waymo_write_child(out: str, frames: int) -> None:
+    """Write one full-size synthetic segment of ``frames`` frames under ``out`` (a child of ``bench_waymo_full``)."""
+    from dynamo_depth.synth.waymo import WaymoSynthOptions, write_waymo
+
+    write_waymo(out, sequences=1, frames=frames, seed=0, options=WaymoSynthOptions.full_size())
+
+
+def record_prefix(source: Path, target: Path, records: int) -> None:
+    """Copy the first ``records`` TFRecord records of ``source`` to ``target`` (headers read, bytes copied)."""
+    import struct
+
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        for _ in range(records):
+            header = src.read(12)
+            (length,) = struct.unpack("<Q", header[:8])
+            dst.write(header + src.read(length + 4))
+
+
+def bench_waymo_full(tmp: Path, frame_counts: list[int]) -> None:
+    largest = max(frame_counts)
+    raw = tmp / f"waymo_full_{largest}"
+    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--waymo-write-child", str(raw),
+                  str(largest)], code=REPO)
+    record = next((raw / "val").glob("*.tfrecord"))
+    print(f"writer: {largest} frames, {record.stat().st_size / MB:.0f} MB record "
+          f"({record.stat().st_size / MB / largest:.2f} MB / frame), wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s "
+          f"({1000 * m['cpu_s'] / largest:.0f} ms / frame), peak RSS {m['driver_mb']:.0f} MB", flush=True)
+    print(_row("frames", "record MB", "cameras", "wall s", "CPU s", "CPU ms / frame", "peak RSS MB", "output MB"))
+    print(_row(*["---"] * 8))
+    try:
+        for frames in sorted(frame_counts):
+            root = raw if frames == largest else tmp / f"waymo_full_{frames}"
+            if frames != largest:
+                (root / "val").mkdir(parents=True)
+                record_prefix(record, root / "val" / record.name, frames)
+            size = (root / "val" / record.name).stat().st_size / MB
+            for cameras in (["FRONT"], ["FRONT", "FRONT_LEFT", "FRONT_RIGHT", "SIDE_LEFT", "SIDE_RIGHT"]):
+                if len(cameras) > 1 and frames != largest:
+                    continue
+                out = tmp / f"waymo_full_out_{frames}"
+                m = measured([sys.executable, "-m", "builders.waymo", str(root), str(out), "--split", "val",
+                              "--cameras", *cameras, "--workers", "0", "--quiet"], code=REPO)
+                output = sum(p.stat().st_size for p in out.glob("*.tar")) / MB
+                print(_row(frames, f"{size:.0f}", len(cameras), f"{m['wall_s']:.1f}", f"{m['cpu_s']:.1f}",
+                           f"{1000 * m['cpu_s'] / frames / len(cameras):.0f}", f"{m['driver_mb']:.0f}",
+                           f"{output:.1f}"), flush=True)
+                shutil.rmtree(out)
+            if frames != largest:
+                shutil.rmtree(root)
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------------------- pack
 def bench_pack(tmp: Path, base: Path, total_mb: int, s3: bool) -> None:
     print(_row("storage", "staged MB, samples", "shards", "pack", "wall s", "CPU s (all processes)", "driver peak MB",
@@ -333,10 +392,14 @@ def main() -> None:
     parser.add_argument("--waymo-frames", default="10,20")
     parser.add_argument("--pack-mb", type=int, default=240)
     parser.add_argument("--s3", action="store_true")
+    parser.add_argument("--waymo-full-frames", default="50,100,200")
+    parser.add_argument("--waymo-write-child", nargs=2, metavar=("OUT", "FRAMES"), help=argparse.SUPPRESS)
     parser.add_argument("--pack-child", nargs=3, metavar=("VARIANT", "URL", "SAMPLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pack_child:
         return pack_child(args.pack_child[0], args.pack_child[1], int(args.pack_child[2]))
+    if args.waymo_write_child:
+        return waymo_write_child(args.waymo_write_child[0], int(args.waymo_write_child[1]))
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; uptime: "
@@ -348,6 +411,8 @@ def main() -> None:
         if "units" in stages:
             bench_units(tmp, *([int(n) for n in text.split(",") if n] for text in
                                (args.kitti_frames, args.nuscenes_frames, args.waymo_frames)))
+        if "waymo-full" in stages:
+            bench_waymo_full(tmp, [int(n) for n in args.waymo_full_frames.split(",")])
         if "pack" in stages:
             bench_pack(tmp, base, args.pack_mb, args.s3)
         print(f"done; uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
