@@ -1,7 +1,7 @@
 """How the builders grow with their data (#27): per-unit cost, nuScenes table cost, packing; baseline = an older commit.
 
     PYTHONPATH=. .venv/bin/python bench/scale_builders.py [--baseline REV] [--only tables,units,pack]
-        [--scenes 2,600,6002] [--kitti-frames 100,400] [--nuscenes-frames 60,240] [--waymo-frames 10,20]
+        [--scenes 2,600,6002|trainval] [--kitti-frames 100,400] [--nuscenes-frames 60,240] [--waymo-frames 10,20]
         [--pack-mb 240] [--s3] [--waymo-full-frames 50,100,200]
 
 Every build runs as its own process (``python -m builders.<name>``), and a thread of this script polls
@@ -12,6 +12,11 @@ changes) in the same run.
 
 - ``tables``: nuScenes tables inflated (records only, ``dynamo_depth.synth.nuscenes_inflate``) to
   ``--scenes`` scenes; the same 2 real scenes built each time (``--split-file`` of their frames, ``--workers 2``).
+  ``--scenes trainval``: instead, the tables are filled to v1.0-trainval's record counts with records-only
+  synthetic scenes of a realistic structure (``inflate_to_counts(counts=TRAINVAL_COUNTS)``: 850 scenes,
+  2,631,083 sample_data, 1,166,187 annotations), ours only (the baseline's per-worker table cost is linear
+  in the records and measured at the smaller sizes); a child process also times the devkit's table load
+  alone and the payload of a trainval-sized synthetic scene.
 - ``units``: one unit per build, in-process (``--workers 0``): a KITTI drive of ``--kitti-frames`` frames
   (the real drive 0009's 10 frames repeated through symlinks, 1242x375 PNG + ~120k-point scans), a
   synthetic nuScenes scene of ``--nuscenes-frames`` CAM_FRONT frames (1600x900 JPEG, LiDAR at 20 Hz) and
@@ -41,8 +46,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+TRAINVAL = -1  # --scenes trainval
 KITTI_FIXTURE = REPO.parent / "shared" / "fixtures" / "kitti_raw" / "2011_09_26"
 KITTI_DRIVE = "2011_09_26_drive_0009_sync"
 MB = 2**20
@@ -148,10 +155,13 @@ def bench_tables(tmp: Path, base: Path, scene_counts: list[int]) -> None:
         shutil.copytree(source / version, root / version)
         for folder in ("samples", "sweeps", "panoptic", "maps"):
             (root / folder).symlink_to(source / folder)
-        counts = inflate_tables(root, version, copies=scenes // 2 - 1)
+        if scenes == TRAINVAL:  # the payload from a child process: the devkit's tables are GBs at this size
+            (counts, payload_kb), codes = _trainval_tables(root, version), (("ours", REPO),)
+        else:
+            counts, codes = inflate_tables(root, version, copies=scenes // 2 - 1), (("baseline", base), ("ours", REPO))
+            payload_kb = _payload_kb(root, version)
         table_mb = sum(p.stat().st_size for p in (root / version).glob("*.json")) / MB
-        payload_kb = _payload_kb(root, version)
-        for label, code in (("baseline", base), ("ours", REPO)):
+        for label, code in codes:
             out = tmp / f"nusc_out_{scenes}_{label}"
             m = measured([sys.executable, "-m", "builders.nuscenes", str(root), str(out), "--split", "all",
                           "--split-file", str(split_file), "--workers", "2", "--quiet"], code=code)
@@ -160,6 +170,69 @@ def bench_tables(tmp: Path, base: Path, scene_counts: list[int]) -> None:
                        "(whole tables)"), flush=True)
             shutil.rmtree(out)
         shutil.rmtree(root)
+
+
+def _trainval_tables(root: Path, version: str) -> tuple[dict[str, int], float]:
+    """Fill the tables to v1.0-trainval's counts; print the time it took and what the devkit's load alone costs."""
+    from dynamo_depth.synth.nuscenes_inflate import TRAINVAL_COUNTS, inflate_to_counts
+
+    start = time.perf_counter()
+    counts = inflate_to_counts(root, version, counts=TRAINVAL_COUNTS)
+    print(f"inflate_to_counts: {time.perf_counter() - start:.0f} s, {counts}", flush=True)
+    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--tables-child", str(root), version],
+                 code=REPO)
+    payloads = m["output"]
+    print(f"devkit table load + payloads (one child process): {m['output']}; "
+          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
+    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--tables-json-child", str(root), version],
+                 code=REPO)
+    print(f"json.load of the same tables + token dicts, no devkit (one child process): {m['output']}; "
+          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
+    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--tables-json-child", str(root), version,
+                  "two-channels"], code=REPO)
+    print(f"json.load table by table, keeping only CAM_FRONT / LIDAR_TOP sample_data and their ego_pose (one child "
+          f"process): {m['output']}; wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB",
+          flush=True)
+    return counts, json.loads(payloads)["real_scene_payload_kb"]
+
+
+def tables_json_child(root: str, version: str, keep: str = "all") -> None:
+    """The floor of any path that holds the tables as dicts: ``json.load`` of every table and a token -> record dict;
+    ``keep="two-channels"``: only the sample_data of the two channels the builder reads, and their ego_pose."""
+    start = time.perf_counter()
+    tables: dict[str, Any] = {}
+    order = sorted((Path(root) / version).glob("*.json"),  # sensors, then sample_data, then ego_pose
+                   key=lambda p: (p.stem == "ego_pose", p.stem == "sample_data", p.stem))
+    for path in order:
+        records = json.loads(path.read_text())
+        if keep == "two-channels" and path.stem == "sample_data":
+            sensors = {t for t, r in tables["sensor"].items() if r["channel"] in ("CAM_FRONT", "LIDAR_TOP")}
+            calibrations = {t for t, r in tables["calibrated_sensor"].items() if r["sensor_token"] in sensors}
+            records = [r for r in records if r["calibrated_sensor_token"] in calibrations]
+        if keep == "two-channels" and path.stem == "ego_pose":
+            poses = {r["ego_pose_token"] for r in tables["sample_data"].values()}
+            records = [r for r in records if r["token"] in poses]
+        tables[path.stem] = {r["token"]: r for r in records} if records and "token" in records[0] else records
+    print(f"{len(tables)} tables in {time.perf_counter() - start:.0f} s ({len(tables['sample_data'])} sample_data, "
+          f"{len(tables['ego_pose'])} ego_pose kept)")
+
+
+def tables_child(root: str, version: str) -> None:
+    """The devkit's load time, and the payload (pickled unit) of the first synthetic scene and of the largest."""
+    import pickle
+
+    from builders import nuscenes as nb
+
+    start = time.perf_counter()
+    nb.load_nuscenes(dataroot=root, version=version)
+    load_s = time.perf_counter() - start
+    options = {"split": "all", "version": version}
+    units = {u.name: u for u in nb.list_units(root, options)}
+    prepared = {name: nb.prepare_unit(root, units[name], options) for name in ("scene-0001", "scene-0002", "synth-0000")}
+    kb = {name: round(len(pickle.dumps(unit)) / 1024, 1) for name, unit in prepared.items()}
+    records = {k: len(v) for k, v in sorted(prepared["synth-0000"].params["tables"]["records"].items())}
+    print(json.dumps({"devkit_load_s": round(load_s, 1), "real_scene_payload_kb": max(kb["scene-0001"], kb["scene-0002"]),
+                      "synth_0000_payload_kb": kb["synth-0000"], "synth_0000_records": records}))
 
 
 def _payload_kb(root: Path, version: str) -> float:
@@ -393,11 +466,17 @@ def main() -> None:
     parser.add_argument("--pack-mb", type=int, default=240)
     parser.add_argument("--s3", action="store_true")
     parser.add_argument("--waymo-full-frames", default="50,100,200")
+    parser.add_argument("--tables-json-child", nargs="+", metavar="ROOT VERSION [KEEP]", help=argparse.SUPPRESS)
+    parser.add_argument("--tables-child", nargs=2, metavar=("ROOT", "VERSION"), help=argparse.SUPPRESS)
     parser.add_argument("--waymo-write-child", nargs=2, metavar=("OUT", "FRAMES"), help=argparse.SUPPRESS)
     parser.add_argument("--pack-child", nargs=3, metavar=("VARIANT", "URL", "SAMPLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pack_child:
         return pack_child(args.pack_child[0], args.pack_child[1], int(args.pack_child[2]))
+    if args.tables_json_child:
+        return tables_json_child(*args.tables_json_child)
+    if args.tables_child:
+        return tables_child(*args.tables_child)
     if args.waymo_write_child:
         return waymo_write_child(args.waymo_write_child[0], int(args.waymo_write_child[1]))
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
@@ -407,7 +486,7 @@ def main() -> None:
         base = baseline_checkout(args.baseline, tmp / "baseline")
         stages = args.only.split(",")
         if "tables" in stages:
-            bench_tables(tmp, base, [int(n) for n in args.scenes.split(",")])
+            bench_tables(tmp, base, [TRAINVAL if n == "trainval" else int(n) for n in args.scenes.split(",")])
         if "units" in stages:
             bench_units(tmp, *([int(n) for n in text.split(",") if n] for text in
                                (args.kitti_frames, args.nuscenes_frames, args.waymo_frames)))
