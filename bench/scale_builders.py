@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,23 +194,53 @@ def _trainval_tables(root: Path, version: str) -> tuple[dict[str, int], float]:
     print(f"json.load table by table, keeping only CAM_FRONT / LIDAR_TOP sample_data and their ego_pose (one child "
           f"process): {m['output']}; wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB",
           flush=True)
+    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--tables-json-child", str(root), version,
+                  "two-channels-streamed"], code=REPO)
+    print(f"the same, sample_data and ego_pose parsed record by record (one child process): {m['output']}; "
+          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
     return counts, json.loads(payloads)["real_scene_payload_kb"]
+
+
+def _stream_records(path: Path, chunk: int = 1 << 24) -> Iterator[dict]:
+    """The records of a JSON table (a list of objects) one by one, reading ``chunk`` characters at a time."""
+    decoder = json.JSONDecoder()
+    with open(path) as handle:
+        buffer = handle.read(chunk)
+        pos = buffer.index("[") + 1
+        while True:
+            while pos < len(buffer) and buffer[pos] in ", \n\r\t":
+                pos += 1
+            if pos < len(buffer) and buffer[pos] == "]":
+                return
+            try:
+                if pos >= len(buffer):
+                    raise json.JSONDecodeError("end of buffer", buffer, pos)
+                record, pos = decoder.raw_decode(buffer, pos)
+            except json.JSONDecodeError:
+                more = handle.read(chunk)
+                if not more:
+                    raise
+                buffer, pos = buffer[pos:] + more, 0
+                continue
+            yield record
 
 
 def tables_json_child(root: str, version: str, keep: str = "all") -> None:
     """The floor of any path that holds the tables as dicts: ``json.load`` of every table and a token -> record dict;
-    ``keep="two-channels"``: only the sample_data of the two channels the builder reads, and their ego_pose."""
+    ``keep="two-channels"``: only the sample_data of the two channels the builder reads, and their ego_pose;
+    ``"two-channels-streamed"``: the same, those two tables parsed record by record (never whole)."""
     start = time.perf_counter()
     tables: dict[str, Any] = {}
     order = sorted((Path(root) / version).glob("*.json"),  # sensors, then sample_data, then ego_pose
                    key=lambda p: (p.stem == "ego_pose", p.stem == "sample_data", p.stem))
     for path in order:
-        records = json.loads(path.read_text())
-        if keep == "two-channels" and path.stem == "sample_data":
+        streamed = keep == "two-channels-streamed" and path.stem in ("sample_data", "ego_pose")
+        records = _stream_records(path) if streamed else json.loads(path.read_text())
+        if keep.startswith("two-channels") and path.stem == "sample_data":
             sensors = {t for t, r in tables["sensor"].items() if r["channel"] in ("CAM_FRONT", "LIDAR_TOP")}
             calibrations = {t for t, r in tables["calibrated_sensor"].items() if r["sensor_token"] in sensors}
             records = [r for r in records if r["calibrated_sensor_token"] in calibrations]
-        if keep == "two-channels" and path.stem == "ego_pose":
+        if keep.startswith("two-channels") and path.stem == "ego_pose":
             poses = {r["ego_pose_token"] for r in tables["sample_data"].values()}
             records = [r for r in records if r["token"] in poses]
         tables[path.stem] = {r["token"]: r for r in records} if records and "token" in records[0] else records
