@@ -20,8 +20,8 @@ changes) in the same run.
 - ``units``: one unit per build, in-process (``--workers 0``): a KITTI drive of ``--kitti-frames`` frames
   (the real drive 0009's 10 frames repeated through symlinks, 1242x375 PNG + ~120k-point scans), a
   synthetic nuScenes scene of ``--nuscenes-frames`` CAM_FRONT frames (1600x900 JPEG, LiDAR at 20 Hz) and
-  a synthetic Waymo segment of ``--waymo-frames`` frames (five 1920x1280 / 1920x886 camera JPEGs, TOP
-  64x2650 and four 200x600 range images per frame; the FRONT camera built).
+  a synthetic Waymo segment of ``--waymo-frames`` frames (the FRONT 1920x1280 JPEG only, TOP 64x2650 and
+  four 200x600 range images per frame; the FRONT camera built; all five images: ``waymo-full``).
 - ``waymo-full``: a full-size Waymo record (``WaymoSynthOptions.full_size()``: five camera JPEGs at 1920x1280
   / 1920x886, TOP 64x2650 and four 200x600 range images) of the largest of ``--waymo-full-frames`` frames,
   written once by a child process (its wall, CPU, peak RSS and bytes are reported); the smaller sizes are its
