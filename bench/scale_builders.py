@@ -27,6 +27,7 @@ changes) in the same run.
   written once by a child process (its wall, CPU, peak RSS and bytes are reported); the smaller sizes are its
   first N records (frames are independent of each other, so that is what ``write_waymo(frames=N)`` writes).
   Each size is built in-process (``--workers 0``, FRONT), the largest also with all five cameras.
+  (Code: ``bench/scale_full.py``; the measuring helpers: ``bench/scale_measure.py``.)
 - ``pack``: the pack step alone over staged units of realistic sample size (~400 kB: three 640x192 JPEGs
   and 20k depth points), ``--pack-mb`` MB in 100-sample shards: baseline ``_pack`` (one process streams
   every sample) vs ours in-process and with 2 Ray tasks; locally and (``--s3``) on SeaweedFS.
@@ -37,105 +38,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from scale_full import bench_waymo_full, tables_child, tables_json_child, trainval_tables, waymo_write_child
+from scale_measure import MB, REPO, baseline_checkout, measured
+from scale_measure import row as _row
+
 TRAINVAL = -1  # --scenes trainval
 KITTI_FIXTURE = REPO.parent / "shared" / "fixtures" / "kitti_raw" / "2011_09_26"
 KITTI_DRIVE = "2011_09_26_drive_0009_sync"
-MB = 2**20
-
-
-# ------------------------------------------------------------------------------------------ measuring
-def _status_kb(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _is_worker(pid: int) -> bool:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return cmd.startswith("ray::") or "default_worker.py" in cmd
-
-
-class PeakRss(threading.Thread):
-    """Peak RSS (MB) of a process and of each Ray worker process among its descendants."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.driver_mb, self.workers_mb = pid, 0.0, {}
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.driver_mb = max(self.driver_mb, _status_kb(self.pid, "VmHWM") / 1024)
-            stack = _children(self.pid)
-            while stack:
-                pid = stack.pop()
-                stack += _children(pid)
-                if _is_worker(pid):
-                    self.workers_mb[pid] = max(self.workers_mb.get(pid, 0.0), _status_kb(pid, "VmHWM") / 1024)
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-
-def measured(command: list[str], *, code: Path, env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run ``command`` with ``PYTHONPATH=code``: wall s, CPU s, driver and largest worker peak RSS (MB)."""
-    full_env = {**os.environ, "PYTHONPATH": str(code), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
-                **(env or {})}
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=code, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    poller = PeakRss(proc.pid)
-    poller.start()
-    output = proc.communicate()[0].decode(errors="replace")
-    wall = time.perf_counter() - start
-    poller.stop()
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{output[-3000:]}")
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    workers = sorted(poller.workers_mb.values())
-    return {"wall_s": wall, "cpu_s": cpu, "driver_mb": poller.driver_mb, "worker_mb": workers[-1] if workers else 0.0,
-            "workers": len(workers), "output": output.strip().splitlines()[-1] if output.strip() else ""}
-
-
-def baseline_checkout(rev: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True, capture_output=True).stdout
-    into.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
-def _row(*cells: object) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 # -------------------------------------------------------------------------------------- nuScenes tables
@@ -157,7 +73,7 @@ def bench_tables(tmp: Path, base: Path, scene_counts: list[int]) -> None:
         for folder in ("samples", "sweeps", "panoptic", "maps"):
             (root / folder).symlink_to(source / folder)
         if scenes == TRAINVAL:  # the payload from a child process: the devkit's tables are GBs at this size
-            (counts, payload_kb), codes = _trainval_tables(root, version), (("ours", REPO),)
+            (counts, payload_kb), codes = trainval_tables(root, version), (("ours", REPO),)
         else:
             counts, codes = inflate_tables(root, version, copies=scenes // 2 - 1), (("baseline", base), ("ours", REPO))
             payload_kb = _payload_kb(root, version)
@@ -171,99 +87,6 @@ def bench_tables(tmp: Path, base: Path, scene_counts: list[int]) -> None:
                        "(whole tables)"), flush=True)
             shutil.rmtree(out)
         shutil.rmtree(root)
-
-
-def _trainval_tables(root: Path, version: str) -> tuple[dict[str, int], float]:
-    """Fill the tables to v1.0-trainval's counts; print the time it took and what the devkit's load alone costs."""
-    from dynamo_depth.synth.nuscenes_inflate import TRAINVAL_COUNTS, inflate_to_counts
-
-    start = time.perf_counter()
-    counts = inflate_to_counts(root, version, counts=TRAINVAL_COUNTS)
-    print(f"inflate_to_counts: {time.perf_counter() - start:.0f} s, {counts}", flush=True)
-    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--tables-child", str(root), version],
-                 code=REPO)
-    payloads = m["output"]
-    print(f"devkit table load + payloads (one child process): {m['output']}; "
-          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
-    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--tables-json-child", str(root), version],
-                 code=REPO)
-    print(f"json.load of the same tables + token dicts, no devkit (one child process): {m['output']}; "
-          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
-    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--tables-json-child", str(root), version,
-                  "two-channels"], code=REPO)
-    print(f"json.load table by table, keeping only CAM_FRONT / LIDAR_TOP sample_data and their ego_pose (one child "
-          f"process): {m['output']}; wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB",
-          flush=True)
-    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--tables-json-child", str(root), version,
-                  "two-channels-streamed"], code=REPO)
-    print(f"the same, sample_data and ego_pose parsed record by record (one child process): {m['output']}; "
-          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
-    return counts, json.loads(payloads)["real_scene_payload_kb"]
-
-
-def _stream_records(path: Path, chunk: int = 1 << 24) -> Iterator[dict]:
-    """The records of a JSON table (a list of objects) one by one, reading ``chunk`` characters at a time."""
-    decoder = json.JSONDecoder()
-    with open(path) as handle:
-        buffer = handle.read(chunk)
-        pos = buffer.index("[") + 1
-        while True:
-            while pos < len(buffer) and buffer[pos] in ", \n\r\t":
-                pos += 1
-            if pos < len(buffer) and buffer[pos] == "]":
-                return
-            try:
-                if pos >= len(buffer):
-                    raise json.JSONDecodeError("end of buffer", buffer, pos)
-                record, pos = decoder.raw_decode(buffer, pos)
-            except json.JSONDecodeError:
-                more = handle.read(chunk)
-                if not more:
-                    raise
-                buffer, pos = buffer[pos:] + more, 0
-                continue
-            yield record
-
-
-def tables_json_child(root: str, version: str, keep: str = "all") -> None:
-    """The floor of any path that holds the tables as dicts: ``json.load`` of every table and a token -> record dict;
-    ``keep="two-channels"``: only the sample_data of the two channels the builder reads, and their ego_pose;
-    ``"two-channels-streamed"``: the same, those two tables parsed record by record (never whole)."""
-    start = time.perf_counter()
-    tables: dict[str, Any] = {}
-    order = sorted((Path(root) / version).glob("*.json"),  # sensors, then sample_data, then ego_pose
-                   key=lambda p: (p.stem == "ego_pose", p.stem == "sample_data", p.stem))
-    for path in order:
-        streamed = keep == "two-channels-streamed" and path.stem in ("sample_data", "ego_pose")
-        records = _stream_records(path) if streamed else json.loads(path.read_text())
-        if keep.startswith("two-channels") and path.stem == "sample_data":
-            sensors = {t for t, r in tables["sensor"].items() if r["channel"] in ("CAM_FRONT", "LIDAR_TOP")}
-            calibrations = {t for t, r in tables["calibrated_sensor"].items() if r["sensor_token"] in sensors}
-            records = [r for r in records if r["calibrated_sensor_token"] in calibrations]
-        if keep.startswith("two-channels") and path.stem == "ego_pose":
-            poses = {r["ego_pose_token"] for r in tables["sample_data"].values()}
-            records = [r for r in records if r["token"] in poses]
-        tables[path.stem] = {r["token"]: r for r in records} if records and "token" in records[0] else records
-    print(f"{len(tables)} tables in {time.perf_counter() - start:.0f} s ({len(tables['sample_data'])} sample_data, "
-          f"{len(tables['ego_pose'])} ego_pose kept)")
-
-
-def tables_child(root: str, version: str) -> None:
-    """The devkit's load time, and the payload (pickled unit) of the first synthetic scene and of the largest."""
-    import pickle
-
-    from builders import nuscenes as nb
-
-    start = time.perf_counter()
-    nb.load_nuscenes(dataroot=root, version=version)
-    load_s = time.perf_counter() - start
-    options = {"split": "all", "version": version}
-    units = {u.name: u for u in nb.list_units(root, options)}
-    prepared = {name: nb.prepare_unit(root, units[name], options) for name in ("scene-0001", "scene-0002", "synth-0000")}
-    kb = {name: round(len(pickle.dumps(unit)) / 1024, 1) for name, unit in prepared.items()}
-    records = {k: len(v) for k, v in sorted(prepared["synth-0000"].params["tables"]["records"].items())}
-    print(json.dumps({"devkit_load_s": round(load_s, 1), "real_scene_payload_kb": max(kb["scene-0001"], kb["scene-0002"]),
-                      "synth_0000_payload_kb": kb["synth-0000"], "synth_0000_records": records}))
 
 
 def _payload_kb(root: Path, version: str) -> float:
@@ -336,60 +159,6 @@ def _unit_row(name: str, frames: int, m: dict[str, float], out: Path) -> None:
     print(_row(name, frames, f"{m['wall_s']:.1f}", f"{m['cpu_s']:.1f}", f"{1000 * m['cpu_s'] / frames:.0f}",
                f"{m['driver_mb']:.0f}", f"{size:.1f}"), flush=True)
     shutil.rmtree(out)
-
-
-# ------------------------------------------------------------------------------------ Waymo full size
-def waymo_write_child(out: str, frames: int) -> None:
-    """Write one full-size synthetic segment of ``frames`` frames under ``out`` (a child of ``bench_waymo_full``)."""
-    from dynamo_depth.synth.waymo import WaymoSynthOptions, write_waymo
-
-    write_waymo(out, sequences=1, frames=frames, seed=0, options=WaymoSynthOptions.full_size())
-
-
-def record_prefix(source: Path, target: Path, records: int) -> None:
-    """Copy the first ``records`` TFRecord records of ``source`` to ``target`` (headers read, bytes copied)."""
-    import struct
-
-    with open(source, "rb") as src, open(target, "wb") as dst:
-        for _ in range(records):
-            header = src.read(12)
-            (length,) = struct.unpack("<Q", header[:8])
-            dst.write(header + src.read(length + 4))
-
-
-def bench_waymo_full(tmp: Path, frame_counts: list[int]) -> None:
-    largest = max(frame_counts)
-    raw = tmp / f"waymo_full_{largest}"
-    m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--waymo-write-child", str(raw),
-                  str(largest)], code=REPO)
-    record = next((raw / "val").glob("*.tfrecord"))
-    print(f"writer: {largest} frames, {record.stat().st_size / MB:.0f} MB record "
-          f"({record.stat().st_size / MB / largest:.2f} MB / frame), wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s "
-          f"({1000 * m['cpu_s'] / largest:.0f} ms / frame), peak RSS {m['driver_mb']:.0f} MB", flush=True)
-    print(_row("frames", "record MB", "cameras", "wall s", "CPU s", "CPU ms / frame", "peak RSS MB", "output MB"))
-    print(_row(*["---"] * 8))
-    try:
-        for frames in sorted(frame_counts):
-            root = raw if frames == largest else tmp / f"waymo_full_{frames}"
-            if frames != largest:
-                (root / "val").mkdir(parents=True)
-                record_prefix(record, root / "val" / record.name, frames)
-            size = (root / "val" / record.name).stat().st_size / MB
-            for cameras in (["FRONT"], ["FRONT", "FRONT_LEFT", "FRONT_RIGHT", "SIDE_LEFT", "SIDE_RIGHT"]):
-                if len(cameras) > 1 and frames != largest:
-                    continue
-                out = tmp / f"waymo_full_out_{frames}"
-                m = measured([sys.executable, "-m", "builders.waymo", str(root), str(out), "--split", "val",
-                              "--cameras", *cameras, "--workers", "0", "--quiet"], code=REPO)
-                output = sum(p.stat().st_size for p in out.glob("*.tar")) / MB
-                print(_row(frames, f"{size:.0f}", len(cameras), f"{m['wall_s']:.1f}", f"{m['cpu_s']:.1f}",
-                           f"{1000 * m['cpu_s'] / frames / len(cameras):.0f}", f"{m['driver_mb']:.0f}",
-                           f"{output:.1f}"), flush=True)
-                shutil.rmtree(out)
-            if frames != largest:
-                shutil.rmtree(root)
-    finally:
-        shutil.rmtree(raw, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------- pack
