@@ -36,11 +36,12 @@ def _is_worker(pid: int) -> bool:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
-    return cmd.startswith("ray::") or "default_worker.py" in cmd
+    # Ray workers, and the spawned workers of a local process pool (multiprocessing's spawn_main)
+    return cmd.startswith("ray::") or "default_worker.py" in cmd or "spawn_main" in cmd
 
 
 class PeakRss(threading.Thread):
-    """Peak RSS (MB) of a process and of each Ray worker process among its descendants."""
+    """Peak RSS (MB) of a process and of each worker process (Ray's or a process pool's) among its descendants."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
