@@ -1,8 +1,8 @@
 """How the builders grow with their data (#27): per-unit cost, nuScenes table cost, packing; baseline = an older commit.
 
     PYTHONPATH=. .venv/bin/python bench/scale_builders.py [--baseline REV] [--only tables,units,pack]
-        [--scenes 2,600,6002] [--kitti-frames 100,400] [--nuscenes-frames 60,240] [--waymo-frames 10,20]
-        [--pack-mb 240] [--s3]
+        [--scenes 2,600,6002|trainval] [--kitti-frames 100,400] [--nuscenes-frames 60,240] [--waymo-frames 10,20]
+        [--pack-mb 240] [--s3] [--waymo-full-frames 50,100,200]
 
 Every build runs as its own process (``python -m builders.<name>``), and a thread of this script polls
 ``/proc`` every 0.1 s for the peak RSS (``VmHWM``) of that process (the driver) and of each of its Ray
@@ -12,11 +12,22 @@ changes) in the same run.
 
 - ``tables``: nuScenes tables inflated (records only, ``dynamo_depth.synth.nuscenes_inflate``) to
   ``--scenes`` scenes; the same 2 real scenes built each time (``--split-file`` of their frames, ``--workers 2``).
+  ``--scenes trainval``: instead, the tables are filled to v1.0-trainval's record counts with records-only
+  synthetic scenes of a realistic structure (``inflate_to_counts(counts=TRAINVAL_COUNTS)``: 850 scenes,
+  2,631,083 sample_data, 1,166,187 annotations), ours only (the baseline's per-worker table cost is linear
+  in the records and measured at the smaller sizes); a child process also times the devkit's table load
+  alone and the payload of a trainval-sized synthetic scene.
 - ``units``: one unit per build, in-process (``--workers 0``): a KITTI drive of ``--kitti-frames`` frames
   (the real drive 0009's 10 frames repeated through symlinks, 1242x375 PNG + ~120k-point scans), a
   synthetic nuScenes scene of ``--nuscenes-frames`` CAM_FRONT frames (1600x900 JPEG, LiDAR at 20 Hz) and
-  a synthetic Waymo segment of ``--waymo-frames`` frames (five 1920x1280 / 1920x886 camera JPEGs, TOP
-  64x2650 and four 200x600 range images per frame; the FRONT camera built).
+  a synthetic Waymo segment of ``--waymo-frames`` frames (the FRONT 1920x1280 JPEG only, TOP 64x2650 and
+  four 200x600 range images per frame; the FRONT camera built; all five images: ``waymo-full``).
+- ``waymo-full``: a full-size Waymo record (``WaymoSynthOptions.full_size()``: five camera JPEGs at 1920x1280
+  / 1920x886, TOP 64x2650 and four 200x600 range images) of the largest of ``--waymo-full-frames`` frames,
+  written once by a child process (its wall, CPU, peak RSS and bytes are reported); the smaller sizes are its
+  first N records (frames are independent of each other, so that is what ``write_waymo(frames=N)`` writes).
+  Each size is built in-process (``--workers 0``, FRONT), the largest also with all five cameras.
+  (Code: ``bench/scale_full.py``; the measuring helpers: ``bench/scale_measure.py``.)
 - ``pack``: the pack step alone over staged units of realistic sample size (~400 kB: three 640x192 JPEGs
   and 20k depth points), ``--pack-mb`` MB in 100-sample shards: baseline ``_pack`` (one process streams
   every sample) vs ours in-process and with 2 Ray tasks; locally and (``--s3``) on SeaweedFS.
@@ -27,102 +38,20 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from scale_full import bench_waymo_full, tables_child, tables_json_child, trainval_tables, waymo_write_child
+from scale_measure import MB, REPO, baseline_checkout, measured
+from scale_measure import row as _row
+
+TRAINVAL = -1  # --scenes trainval
 KITTI_FIXTURE = REPO.parent / "shared" / "fixtures" / "kitti_raw" / "2011_09_26"
 KITTI_DRIVE = "2011_09_26_drive_0009_sync"
-MB = 2**20
-
-
-# ------------------------------------------------------------------------------------------ measuring
-def _status_kb(pid: int, field: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _is_worker(pid: int) -> bool:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    return cmd.startswith("ray::") or "default_worker.py" in cmd
-
-
-class PeakRss(threading.Thread):
-    """Peak RSS (MB) of a process and of each Ray worker process among its descendants."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.driver_mb, self.workers_mb = pid, 0.0, {}
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.driver_mb = max(self.driver_mb, _status_kb(self.pid, "VmHWM") / 1024)
-            stack = _children(self.pid)
-            while stack:
-                pid = stack.pop()
-                stack += _children(pid)
-                if _is_worker(pid):
-                    self.workers_mb[pid] = max(self.workers_mb.get(pid, 0.0), _status_kb(pid, "VmHWM") / 1024)
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-
-
-def measured(command: list[str], *, code: Path, env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run ``command`` with ``PYTHONPATH=code``: wall s, CPU s, driver and largest worker peak RSS (MB)."""
-    full_env = {**os.environ, "PYTHONPATH": str(code), "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1",
-                **(env or {})}
-    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=code, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    poller = PeakRss(proc.pid)
-    poller.start()
-    output = proc.communicate()[0].decode(errors="replace")
-    wall = time.perf_counter() - start
-    poller.stop()
-    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{output[-3000:]}")
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    workers = sorted(poller.workers_mb.values())
-    return {"wall_s": wall, "cpu_s": cpu, "driver_mb": poller.driver_mb, "worker_mb": workers[-1] if workers else 0.0,
-            "workers": len(workers), "output": output.strip().splitlines()[-1] if output.strip() else ""}
-
-
-def baseline_checkout(rev: str, into: Path) -> Path:
-    archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True, capture_output=True).stdout
-    into.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
-def _row(*cells: object) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 # -------------------------------------------------------------------------------------- nuScenes tables
@@ -143,10 +72,13 @@ def bench_tables(tmp: Path, base: Path, scene_counts: list[int]) -> None:
         shutil.copytree(source / version, root / version)
         for folder in ("samples", "sweeps", "panoptic", "maps"):
             (root / folder).symlink_to(source / folder)
-        counts = inflate_tables(root, version, copies=scenes // 2 - 1)
+        if scenes == TRAINVAL:  # the payload from a child process: the devkit's tables are GBs at this size
+            (counts, payload_kb), codes = trainval_tables(root, version), (("ours", REPO),)
+        else:
+            counts, codes = inflate_tables(root, version, copies=scenes // 2 - 1), (("baseline", base), ("ours", REPO))
+            payload_kb = _payload_kb(root, version)
         table_mb = sum(p.stat().st_size for p in (root / version).glob("*.json")) / MB
-        payload_kb = _payload_kb(root, version)
-        for label, code in (("baseline", base), ("ours", REPO)):
+        for label, code in codes:
             out = tmp / f"nusc_out_{scenes}_{label}"
             m = measured([sys.executable, "-m", "builders.nuscenes", str(root), str(out), "--split", "all",
                           "--split-file", str(split_file), "--workers", "2", "--quiet"], code=code)
@@ -333,10 +265,20 @@ def main() -> None:
     parser.add_argument("--waymo-frames", default="10,20")
     parser.add_argument("--pack-mb", type=int, default=240)
     parser.add_argument("--s3", action="store_true")
+    parser.add_argument("--waymo-full-frames", default="50,100,200")
+    parser.add_argument("--tables-json-child", nargs="+", metavar="ROOT VERSION [KEEP]", help=argparse.SUPPRESS)
+    parser.add_argument("--tables-child", nargs=2, metavar=("ROOT", "VERSION"), help=argparse.SUPPRESS)
+    parser.add_argument("--waymo-write-child", nargs=2, metavar=("OUT", "FRAMES"), help=argparse.SUPPRESS)
     parser.add_argument("--pack-child", nargs=3, metavar=("VARIANT", "URL", "SAMPLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pack_child:
         return pack_child(args.pack_child[0], args.pack_child[1], int(args.pack_child[2]))
+    if args.tables_json_child:
+        return tables_json_child(*args.tables_json_child)
+    if args.tables_child:
+        return tables_child(*args.tables_child)
+    if args.waymo_write_child:
+        return waymo_write_child(args.waymo_write_child[0], int(args.waymo_write_child[1]))
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; uptime: "
@@ -344,10 +286,12 @@ def main() -> None:
         base = baseline_checkout(args.baseline, tmp / "baseline")
         stages = args.only.split(",")
         if "tables" in stages:
-            bench_tables(tmp, base, [int(n) for n in args.scenes.split(",")])
+            bench_tables(tmp, base, [TRAINVAL if n == "trainval" else int(n) for n in args.scenes.split(",")])
         if "units" in stages:
             bench_units(tmp, *([int(n) for n in text.split(",") if n] for text in
                                (args.kitti_frames, args.nuscenes_frames, args.waymo_frames)))
+        if "waymo-full" in stages:
+            bench_waymo_full(tmp, [int(n) for n in args.waymo_full_frames.split(",")])
         if "pack" in stages:
             bench_pack(tmp, base, args.pack_mb, args.s3)
         print(f"done; uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")

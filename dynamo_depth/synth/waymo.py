@@ -17,8 +17,11 @@ What a frame holds (real-data conventions, see ``dynamo_depth.formats.waymo``):
 - FRONT, SIDE_LEFT, SIDE_RIGHT, REAR: ``short_range_hw`` (default 200 x 600), rays from the vehicle at
   ``Frame.pose`` time, forward hemisphere only, max 20 m (TOP 75 m). Second returns are written as
   all -1 images (no second return). No camera projections are written.
-- FRONT ``CameraImage``: JPEG of the distorted render at t_k + IMAGE_DELAY_S, its pose = world_from_vehicle
-  at that time, ``velocity`` in the world frame; the other cameras carry calibrations only.
+- ``CameraImage`` of each camera in ``camera_images`` (default FRONT only; ``CAMERA_NAMES`` for all five, in
+  enum order): JPEG of that camera's distorted render at its calibrated size (FRONT, FRONT_LEFT, FRONT_RIGHT
+  1920x1280, SIDE_LEFT, SIDE_RIGHT 1920x886 at full ``image_hw``) at t_k + IMAGE_DELAY_S (the same instant for
+  every camera; real cameras trigger one after another as the TOP sweep passes), its pose =
+  world_from_vehicle at that time, ``velocity`` in the world frame; the other cameras carry calibrations only.
 - ``laser_labels``: one 3D box per world box at ``Frame.pose`` time, speed in the vehicle axes.
 
 Products are ``dynamo_depth.synth.fused`` FMA chains and the pose inverse is closed-form (no BLAS/LAPACK),
@@ -72,12 +75,26 @@ SHORT_INCLINATION_RANGE = (-math.pi / 2, math.pi / 6)
 
 @dataclass(frozen=True)
 class WaymoSynthOptions:
-    """Sizes of what is written. Defaults are small and fast; real sizes: top_width=2650."""
+    """Sizes of what is written. Defaults are small and fast; real sizes: ``WaymoSynthOptions.full_size()``.
+
+    ``camera_images``: the cameras whose images are written (any of ``CAMERA_NAMES``; written in enum order).
+    """
 
     top_width: int = 1000
     short_range_hw: tuple[int, int] = (200, 600)
     image_hw: tuple[int, int] = FULL_IMAGE_HW
     jpeg_quality: int = 90
+    camera_images: tuple[str, ...] = ("FRONT",)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.camera_images if name not in wf.CAMERA_NAMES]
+        if unknown or not self.camera_images:
+            raise ValueError(f"camera_images must be a non-empty subset of {wf.CAMERA_NAMES}, got {self.camera_images!r}")
+
+    @classmethod
+    def full_size(cls) -> WaymoSynthOptions:
+        """A real-size record: 5 camera images (1920x1280, sides 1920x886), TOP 64x2650, 4 x 200x600 range images."""
+        return cls(top_width=2650, short_range_hw=(200, 600), image_hw=FULL_IMAGE_HW, camera_images=wf.CAMERA_NAMES)
 
 
 def segment_name(*, seed: int, sequence: int) -> str:
@@ -246,13 +263,13 @@ def _short_range_image(world: World, name: str, t_s: float, hw: tuple[int, int])
     return image, np.where(image[..., 0] > 0, hits.surface.reshape(hw), -1)
 
 
-def _front_image(world: World, t_s: float, options: WaymoSynthOptions, frame_start_us: int):
-    """The FRONT ``CameraImage``: distorted render at ``t_s`` encoded as JPEG, with pose and timing."""
-    calib = camera_calibration("FRONT", options.image_hw)
+def _camera_image(world: World, camera: str, t_s: float, options: WaymoSynthOptions, frame_start_us: int):
+    """``camera``'s ``CameraImage``: distorted render at ``t_s`` (calibrated size) as JPEG, with pose and timing."""
+    calib = camera_calibration(camera, options.image_hw)
     world_from_vehicle = world.world_from_ego(t_s)
     world_from_camera = matmul_fused(world_from_vehicle, calib.vehicle_from_opencv_camera)
-    image, _ = world.render(K=calib.K, world_from_camera=world_from_camera, hw=options.image_hw, t_s=t_s,
-                            distortion=calib.distortion)
+    image, _ = world.render(K=calib.K, world_from_camera=world_from_camera, hw=(calib.height, calib.width),
+                            t_s=t_s, distortion=calib.distortion)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=options.jpeg_quality)
     rotation = world_from_vehicle[:3, :3]
@@ -260,7 +277,7 @@ def _front_image(world: World, t_s: float, options: WaymoSynthOptions, frame_sta
     spin = world.ego_yaw_rate * rotation[:, 2]
     pose_time = frame_start_us * 1e-6 + IMAGE_DELAY_S
     return waymo_pb2.CameraImage(
-        name=waymo_pb2.CameraName.FRONT, image=buffer.getvalue(), pose=_transform(world_from_vehicle),
+        name=waymo_pb2.CameraName.Name.Value(camera), image=buffer.getvalue(), pose=_transform(world_from_vehicle),
         velocity=waymo_pb2.Velocity(v_x=velocity[0], v_y=velocity[1], v_z=velocity[2],
                                     w_x=spin[0], w_y=spin[1], w_z=spin[2]),
         pose_timestamp=pose_time, shutter=0.005, camera_trigger_time=pose_time - 0.0125,
@@ -307,7 +324,8 @@ def make_frame(world: World, *, name: str, frame_index: int, options: WaymoSynth
     pose_s = start_s + SWEEP_S / 2
     frame = waymo_pb2.Frame(context=_context(name, options), timestamp_micros=start_us,
                             pose=_transform(world.world_from_ego(pose_s)))
-    frame.images.append(_front_image(world, start_s + IMAGE_DELAY_S, options, start_us))
+    for camera in (name for name in wf.CAMERA_NAMES if name in options.camera_images):
+        frame.images.append(_camera_image(world, camera, start_s + IMAGE_DELAY_S, options, start_us))
     surfaces = {}
     for laser in LASER_WRITE_ORDER:
         if laser == "TOP":
