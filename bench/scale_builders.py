@@ -240,13 +240,13 @@ def pack_child(variant: str, url: str, samples: int) -> None:
         runner = None
         if "Ray" in variant:
             from builders.ray_setup import ray_session
-            from builders.runner import _pack_runner_ray
+            from builders.runner import _pack_runner
 
             with ray_session(workers=2, address=None, quiet=True) as ensure:
                 start = time.perf_counter()
                 ensure()
                 started = time.perf_counter()
-                shards = packing._pack(spec, staged, url, runner=_pack_runner_ray(url, workers=2, ensure_ray=ensure),
+                shards = packing._pack(spec, staged, url, runner=_pack_runner(url, ensure=ensure),
                                        **kw)
                 print(f"{len(shards)} (ray.init {started - start:.1f} s + pack {time.perf_counter() - started:.1f} s)")
                 return
