@@ -279,7 +279,7 @@ def pack_child(variant: str, url: str, samples: int) -> None:
     """One pack step (a child process of ``bench_pack``): ``stage`` the units, or pack them with ``variant``."""
     from builders import packing
     from builders.runner import options_digest, run_unit
-    from dynamo_depth import storage
+    from dynamo_depth.shards import storage
 
     spec, per_unit = _pack_spec(), 20
     options = {"units": max(1, samples // per_unit), "per_unit": per_unit}
@@ -296,12 +296,12 @@ def pack_child(variant: str, url: str, samples: int) -> None:
                                                              packing.staging_name(u.name) + ".json"))) for u in units]
     kw = {"split": "train", "digest": options_digest(spec, options), "max_count": 100, "max_bytes": 2**40}
     if variant.startswith("baseline"):
-        from dynamo_depth.manifest import UnitRecord
+        from dynamo_depth.shards.manifest import UnitRecord
 
         shards = packing._pack(spec, [UnitRecord.from_json(s["unit"]) for s in sidecars], url, **kw)
     else:
-        from dynamo_depth.manifest import UnitRecord
-        from dynamo_depth.shards import SampleSpan
+        from dynamo_depth.shards.manifest import UnitRecord
+        from dynamo_depth.shards.writer import SampleSpan
 
         staged = [packing.StagedUnit(record=UnitRecord.from_json(s["unit"]),
                                      spans=tuple(SampleSpan.from_json(x) for x in s["spans"])) for s in sidecars]

@@ -14,7 +14,7 @@ file does not hide the ``train`` package.)
    small resolution, once per (``--amp`` mode, ``--layouts`` entry, ``--seeds`` entry) on the same shards,
    and compare the untrained and the trained network on the shards (augmentation off, fp32, the run's
    layout): the photometric loss of the disp_init objective and the depth AbsRel against the shards' LiDAR
-   with per-image median scaling (``dynamo_depth.depth_eval.evaluate_image``, KITTI protocol). With two
+   with per-image median scaling (``dynamo_depth.evaluation.depth.evaluate_image``, KITTI protocol). With two
    layouts, a second table gives the relative difference between them per (amp, seed), and the spread
    between seeds per layout. ``--grad-precision``: one batch's float32 gradients per layout against a
    float64 reference (``bench.grad_precision``).
@@ -47,11 +47,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import train.loop as loop  # noqa: E402
-from dynamo_depth import depth_eval as metrics  # noqa: E402
 from dynamo_depth.config import AMP_MODES, RunConfig, load_config  # noqa: E402
 from dynamo_depth.data import make_dataset  # noqa: E402
-from dynamo_depth.loss_inputs import LossSettings, SeededDraws  # noqa: E402
-from dynamo_depth.losses import compute_losses  # noqa: E402
+from dynamo_depth.evaluation import depth as metrics  # noqa: E402
+from dynamo_depth.objective.inputs import LossSettings, SeededDraws  # noqa: E402
+from dynamo_depth.objective.losses import compute_losses  # noqa: E402
 from train.loop import Runtime, prepare_batch, run_training  # noqa: E402
 from train.phases import phase_windows  # noqa: E402
 

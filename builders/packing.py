@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dynamo_depth import storage
-from dynamo_depth.manifest import UnitRecord
-from dynamo_depth.shards import BLOCK, SampleSpan, ShardRecord, shard_name, write_shard
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.manifest import UnitRecord
+from dynamo_depth.shards.writer import BLOCK, SampleSpan, ShardRecord, shard_name, write_shard
 
 if TYPE_CHECKING:
     from builders.runner import BuilderSpec

@@ -52,10 +52,10 @@ from builders.packing import (
     staging_name,
 )
 from builders.ray_setup import BIND_ENV, LOOPBACK, _ray_init, bind_address, ray_session, worker_env  # noqa: F401
-from dynamo_depth import storage
-from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest
-from dynamo_depth.schema import SCHEMA_VERSION, TripletSample, encode, is_edge_meta_json
-from dynamo_depth.shards import SampleSpan, ShardRecord, ShardWriter
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest
+from dynamo_depth.shards.schema import SCHEMA_VERSION, TripletSample, encode, is_edge_meta_json
+from dynamo_depth.shards.writer import SampleSpan, ShardRecord, ShardWriter
 
 DEFAULT_MAX_COUNT = 2000
 DEFAULT_MAX_BYTES = 256 * 2**20
@@ -350,7 +350,7 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
                         builder_version=spec.version, options=dict(options), shards=tuple(shards),
                         units=tuple(s.record for s in ready), failed=failed, schema_version=spec.schema_version)
     _remove_stale_shards(out_url, spec.dataset, split, {s.name for s in shards})
-    from dynamo_depth.data.index_store import save_indexed_manifest  # here: the loader package imports torch
+    from dynamo_depth.shards.index_store import save_indexed_manifest  # here: the loader package imports torch
 
     save_indexed_manifest(manifest, out_url)  # manifest.index, then manifest.json (the commit point)
     if not failed and not keep_staging:

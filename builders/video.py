@@ -4,16 +4,16 @@ SRC is a video file (mp4 / mov / mkv / avi), a folder of videos, or a folder of 
 sub-folder per sequence, frames in file-name order; a folder holding images itself is one sequence); one
 unit per video / sequence, through the shared runner (Ray-parallel, resumable, byte-reproducible, manifest,
 ``verify``). Nothing but the camera's intrinsics is needed: no LiDAR, no poses (samples carry neither,
-schema v2, ``dynamo_depth.schema``).
+schema v2, ``dynamo_depth.shards.schema``).
 
-The camera (``dynamo_depth.cameras``): a per-sequence file wins over ``--camera``: ``<video stem>.camera.yaml``
+The camera (``dynamo_depth.video.cameras``): a per-sequence file wins over ``--camera``: ``<video stem>.camera.yaml``
 or ``<video stem>.cameras.txt`` beside a video, ``camera.yaml`` or ``cameras.txt`` inside a sequence folder.
 No camera is an error with the hint to calibrate; nothing is guessed. Frames are undistorted to a pinhole,
-cropped and resized to ``--size`` (default 640x192) by the rule of ``dynamo_depth.rectify``; each sample's
+cropped and resized to ``--size`` (default 640x192) by the rule of ``dynamo_depth.video.rectify``; each sample's
 ``k.npy`` is the output pinhole, ``meta.json`` keeps the source camera (``original_K``, ``distortion``,
 ``extra.camera_model``, ``extra.view_K``, ``extra.box_xywh``).
 
-Frames (``dynamo_depth.video_io``): a video's frame times are its stream's timestamps; an image sequence's
+Frames (``dynamo_depth.video.frames``): a video's frame times are its stream's timestamps; an image sequence's
 frame i is at i / ``--sequence-fps`` (default 10). ``--fps F`` keeps the frames nearest to the targets
 t0 + k / F (``video_io.select_at_rate``: ties to the earlier frame, each frame once, variable frame rates
 included). ``--drop-static D`` (default 0: off) then drops a frame whose output image differs from the last
@@ -50,11 +50,18 @@ import numpy as np
 
 from builders.cli import cli_main
 from builders.runner import BuilderSpec, SkippedFrame, Unit
-from dynamo_depth.cameras import CALIBRATE_HINT, Camera, load_camera
 from dynamo_depth.data.collate import frame_time_scales
-from dynamo_depth.rectify import RESIZE_RULES, Rectifier, RectifyOptions
-from dynamo_depth.schema import SampleMeta, TripletSample, make_key, matrix_tuple
-from dynamo_depth.video_io import VIDEO_SUFFIXES, FrameRef, image_files, iter_image_sequence, iter_video, select_at_rate
+from dynamo_depth.shards.schema import SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.video.cameras import CALIBRATE_HINT, Camera, load_camera
+from dynamo_depth.video.frames import (
+    VIDEO_SUFFIXES,
+    FrameRef,
+    image_files,
+    iter_image_sequence,
+    iter_video,
+    select_at_rate,
+)
+from dynamo_depth.video.rectify import RESIZE_RULES, Rectifier, RectifyOptions
 
 VERSION = "1.0.0"
 JPEG_QUALITY = 90

@@ -53,7 +53,7 @@ from builders.runner import BuilderSpec, SkippedFrame, Unit
 from builders.waymo_view import camera_wedge, wedge_selector
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.geometry import compose, invert_se3
-from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.shards.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
 VERSION = "1.4.0"  # 1.4.0: schema v2 (k.npy); the motion mask itself is stored (motion_mask.npy.zst); 1.3.0: motion from the panoptic labels as the original (none without them); 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
 TRAIN_HW = (320, 480)  # (H, W) of the stored images

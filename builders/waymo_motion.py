@@ -36,7 +36,7 @@ import numpy as np
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.formats import waymo_labels as wl
 from dynamo_depth.formats import waymo_pb2
-from dynamo_depth.schema import MotionLabel
+from dynamo_depth.shards.schema import MotionLabel
 
 __all__ = ["MOVABLE_CLASSES", "MaskObject", "frame_motion", "frame_motion_and_mask", "mask_objects", "motion_at",
            "motion_mask"]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamo_depth.video_io import VIDEO_SUFFIXES
+from dynamo_depth.video.frames import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

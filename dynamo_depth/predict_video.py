@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth.video_io import FrameRef, VideoWriter, iter_video, nominal_rate
+from dynamo_depth.video.frames import FrameRef, VideoWriter, iter_video, nominal_rate
 
 OVERLAY_ALPHA = 0.6
 

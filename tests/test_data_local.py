@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from dynamo_depth import schema
 from dynamo_depth.data import (
     LoaderState,
     RetryPolicy,
@@ -29,8 +28,9 @@ from dynamo_depth.data import (
 from dynamo_depth.data.pipeline import augment_samples, batch_samples, decode_samples
 from dynamo_depth.data.plan import make_plan, shard_permutation, window_permutation, worker_positions
 from dynamo_depth.data.sources import RetryingReader, ShardEntry, ShardStore, load_index
-from dynamo_depth.manifest import Manifest, load_manifest, save_manifest
-from dynamo_depth.shards import ShardWriter
+from dynamo_depth.shards import schema
+from dynamo_depth.shards.manifest import Manifest, load_manifest, save_manifest
+from dynamo_depth.shards.writer import ShardWriter
 from tests.samples import make_sample
 
 N_SAMPLES, PER_SHARD, SIZE = 17, 4, 32  # 5 shards (4, 4, 4, 4, 1): nothing divides evenly

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamo_depth.config import RunConfig
-from dynamo_depth.loss_inputs import LossBatch, make_loss_batch
+from dynamo_depth.objective.inputs import LossBatch, make_loss_batch
 
 if TYPE_CHECKING:
     from train.loop import Runtime

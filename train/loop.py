@@ -24,9 +24,9 @@ import torch.distributed as dist
 from torch import nn
 
 from dynamo_depth.config import PHASE_NAMES, RunConfig, config_to_dict
-from dynamo_depth.loss_inputs import LossSettings, SeededDraws
-from dynamo_depth.losses import TERMS, LossWeights, compute_losses
 from dynamo_depth.models import DynamoDepthModel, ModelOutputs
+from dynamo_depth.objective.inputs import LossSettings, SeededDraws
+from dynamo_depth.objective.losses import TERMS, LossWeights, compute_losses
 from train.batches import StepBatch, batch_stream, prepare_batch
 from train.checkpoint import Checkpoint, capture_rng, commit_checkpoint, model_digest, restore_rng
 from train.phases import PhaseWindow, phase_windows, ramp_factor, total_steps

@@ -57,9 +57,9 @@ if __package__ in (None, ""):  # run as a script by torchrun: make the repositor
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from dynamo_depth import storage  # noqa: E402
 from dynamo_depth.config import RunConfig, config_differences, config_from_dict, dump_config, load_config  # noqa: E402
-from dynamo_depth.storage import StorageAuthError  # noqa: E402
+from dynamo_depth.shards import storage  # noqa: E402
+from dynamo_depth.shards.storage import StorageAuthError  # noqa: E402
 from train.checkpoint import (  # noqa: E402
     Checkpoint,
     CheckpointError,

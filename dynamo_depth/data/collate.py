@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynamo_depth.schema import MotionLabel
+from dynamo_depth.shards.schema import MotionLabel
 
 __all__ = ["collate_batch", "collate_geometry", "frame_time_scales", "scaled_intrinsics"]
 

@@ -1,6 +1,5 @@
 """Integrity of the shard bytes the loader reads: the index entry, the errors, the checks.
 
-* ``ShardEntry``: one shard of the index (size, sha256, keys, and per-sample spans / digests / edge flags).
 * ``ShardIntegrityError`` / ``SampleIntegrityError``: bytes that differ from the manifest.
 * ``sample_from_span``: one sample from its span bytes, checked (length, sha256, exactly its members).
 * ``_span_samples`` / ``_checked_samples``: check a shard streamed front to back (per sample with
@@ -12,11 +11,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Generator, Iterator
 from typing import TYPE_CHECKING
 
-from dynamo_depth import shards as shards_mod
+from dynamo_depth.shards import writer as shards_mod
+from dynamo_depth.shards.index import ShardEntry
 
 if TYPE_CHECKING:
     from dynamo_depth.data.reader import _HashingReader
@@ -37,22 +36,6 @@ class SampleIntegrityError(ShardIntegrityError):
                  offset: int | None = None) -> None:
         super().__init__(message)
         self.key, self.shard, self.offset = key, shard, offset
-
-
-@dataclass(frozen=True)
-class ShardEntry:
-    """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order,
-    each sample's byte span ``(offset, length)`` from the manifest (None for a scanned folder) and each
-    sample's span sha256 (None: a version-1 manifest or a scanned folder, no per-sample digests), and each
-    sample's edge flag (manifest ``"edge": true``, or ``meta.json`` of a scanned folder; None: no edge sample)."""
-
-    name: str
-    bytes: int
-    sha256: str | None
-    keys: Sequence[str]
-    spans: Sequence[tuple[int, int]] | None = None
-    digests: Sequence[str] | None = None
-    edges: Sequence[bool] | None = None
 
 
 def sample_from_span(entry: ShardEntry, ordinal: int, data: bytes | memoryview, *, base_url: str) -> dict[str, bytes]:

@@ -2,7 +2,7 @@
 
 * ``open_index(url)`` / ``load_index(url)``: the shards of a dataset from ``.../manifest.json`` or a
   shard folder (its ``manifest.json``, or, without one, a scan of its ``*.tar`` files), as a file-backed
-  ``SampleIndex`` (``dynamo_depth.data.index``, resolved by ``index_store``) / its ``ShardEntry`` views.
+  ``SampleIndex`` (``dynamo_depth.shards.index``, resolved by ``index_store``) / its ``ShardEntry`` views.
 * ``ShardStore.samples(entry, wanted=)``: stream one shard front to back, yielding ``(key, members)``.
   With per-sample digests (manifest version 2) each sample's span bytes are hashed and checked
   BEFORE the sample is parsed and yielded (``SampleIntegrityError`` naming key, shard and byte
@@ -13,7 +13,7 @@
 * Transient read errors (connection reset/refused,
   timeouts, HTTP 5xx) are retried with exponential backoff and the read resumes at its byte offset
   (HTTP Range). S3 goes through boto3 ``get_object`` (``AWS_ENDPOINT_URL[_S3]`` and the usual
-  credential variables); other fsspec URLs through ``dynamo_depth.storage``.
+  credential variables); other fsspec URLs through ``dynamo_depth.shards.storage``.
 * ``ShardCache`` (``dynamo_depth.data.cache``): optional local copies of the remote shards read here.
 
 This module holds the index (``load_index``) and ``ShardStore``; ``ShardEntry``, the integrity errors and
@@ -30,11 +30,7 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from dynamo_depth import shards as shards_mod
-from dynamo_depth import storage
-from dynamo_depth.data import index_store
 from dynamo_depth.data.cache import ShardCache
-from dynamo_depth.data.index import SampleIndex
 from dynamo_depth.data.integrity import (
     SampleIntegrityError,
     ShardEntry,
@@ -50,7 +46,10 @@ from dynamo_depth.data.reader import (
     _HashingReader,
     _s3_open_at,
 )
-from dynamo_depth.schema import is_edge_meta_json
+from dynamo_depth.shards import index_store, storage
+from dynamo_depth.shards import writer as shards_mod
+from dynamo_depth.shards.index import SampleIndex
+from dynamo_depth.shards.schema import is_edge_meta_json
 
 __all__ = ["RetryPolicy", "SampleIntegrityError", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index",
            "open_index", "sample_from_span"]
@@ -62,7 +61,7 @@ def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
     """(base URL of the shards, shard entries) for a manifest URL or a shard folder (local or remote).
 
     The entries' keys / spans / digests / edges are views of the file-backed ``SampleIndex`` of
-    ``open_index`` (``dynamo_depth.data.index_store``), not tuples."""
+    ``open_index`` (``dynamo_depth.shards.index_store``), not tuples."""
     base, index = open_index(url)
     return base, index.entries()
 

@@ -17,7 +17,7 @@ that sample's members. The writer also records the sha256 of those span bytes (m
 so a reader can check one sample before using it; spans loaded from a version-1 manifest have none. Key rule (WebDataset's): the key is the member name up to the first dot
 of its last path component; the rest is the member name. Member names are never used as paths.
 
-The streaming reader (``iter_shard``, ``read_sample``, ``span_sha256``...) is in ``dynamo_depth.tar_reader``;
+The streaming reader (``iter_shard``, ``read_sample``, ``span_sha256``...) is in ``dynamo_depth.shards.reader``;
 its public names are re-exported here.
 """
 
@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from dynamo_depth import storage
-from dynamo_depth.tar_reader import (
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.reader import (
     BLOCK,
     _padded,
     count_samples,

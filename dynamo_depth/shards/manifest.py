@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dynamo_depth import storage
-from dynamo_depth.schema import READABLE_VERSIONS, SCHEMA_VERSION
-from dynamo_depth.shards import ShardRecord
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.schema import READABLE_VERSIONS, SCHEMA_VERSION
+from dynamo_depth.shards.writer import ShardRecord
 
 __all__ = [
     "MANIFEST_NAME",
