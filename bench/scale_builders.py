@@ -260,7 +260,7 @@ def bench_pack(tmp: Path, base: Path, total_mb: int, s3: bool) -> None:
 def _pack_spec():
     import numpy as np
 
-    from builders.runner import BuilderSpec, Unit
+    from builders.spec import BuilderSpec, Unit
     from tests.samples import make_sample
 
     def units(raw, options):
@@ -301,7 +301,7 @@ def pack_child(variant: str, url: str, samples: int) -> None:
         shards = packing._pack(spec, [UnitRecord.from_json(s["unit"]) for s in sidecars], url, **kw)
     else:
         from dynamo_depth.shards.manifest import UnitRecord
-        from dynamo_depth.shards.writer import SampleSpan
+        from dynamo_depth.shards.records import SampleSpan
 
         staged = [packing.StagedUnit(record=UnitRecord.from_json(s["unit"]),
                                      spans=tuple(SampleSpan.from_json(x) for x in s["spans"])) for s in sidecars]

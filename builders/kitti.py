@@ -36,7 +36,7 @@ import numpy as np
 
 from builders.cli import cli_main
 from builders.images import read_image_bgr
-from builders.runner import BuilderSpec, SkippedFrame, Unit
+from builders.spec import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.formats import kitti as kf
 from dynamo_depth.geometry import compose, invert_se3, resize_intrinsics
 from dynamo_depth.shards.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple

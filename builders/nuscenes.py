@@ -57,7 +57,7 @@ from builders.cli import cli_main
 from builders.images import read_image_bgr as read_jpeg_bgr
 from builders.nuscenes_motion import devkit_global_points, motion_labels, record_pose
 from builders.nuscenes_tables import SceneTables, scene_payload
-from builders.runner import BuilderSpec, SkippedFrame, Unit
+from builders.spec import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.geometry import invert_se3, resize_intrinsics
 from dynamo_depth.shards.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 

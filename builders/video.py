@@ -25,7 +25,7 @@ consecutive kept frames make one sample (the first and last kept frames have no 
 A sample: key ``{sequence}_cam_{source frame index:06d}``; JPEG quality 90 frames; ``meta.json``
 ``frame_indices`` = source frame indices (decode order), ``timestamps_us`` = frame times (nearest
 microsecond), ``extra.gap_us`` = the gaps to the neighbours, ``extra.ts`` = the loader's time scales of
-them (gap in whole ms / 100, ``dynamo_depth.data.collate.frame_time_scales``).
+them (gap in whole ms / 100, ``dynamo_depth.shards.time_scales.frame_time_scales``).
 
 Reproducibility: the bytes depend on the pinned PyAV (FFmpeg's decoders are bit-exact), OpenCV and Pillow;
 the undistortion maps are element-wise float64 with ``math.atan`` and quantised to 1/32 pixel. Unlike the
@@ -49,9 +49,9 @@ from typing import Any
 import numpy as np
 
 from builders.cli import cli_main
-from builders.runner import BuilderSpec, SkippedFrame, Unit
-from dynamo_depth.data.collate import frame_time_scales
+from builders.spec import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.shards.schema import SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.shards.time_scales import frame_time_scales
 from dynamo_depth.video.cameras import CALIBRATE_HINT, Camera, load_camera
 from dynamo_depth.video.frames import (
     VIDEO_SUFFIXES,

@@ -49,7 +49,7 @@ import numpy as np
 
 from builders import waymo_motion
 from builders.cli import cli_main
-from builders.runner import BuilderSpec, SkippedFrame, Unit
+from builders.spec import BuilderSpec, SkippedFrame, Unit
 from builders.waymo_view import camera_wedge, wedge_selector
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.geometry import compose, invert_se3

@@ -15,8 +15,8 @@ import numpy as np
 
 from dynamo_depth.shards import storage
 from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import read_sample
 from dynamo_depth.shards.schema import TripletSample, decode
-from dynamo_depth.shards.writer import read_sample
 
 
 def find_sample(shards_url: str, key: str | None) -> TripletSample:

@@ -137,7 +137,7 @@ def iter_samples(data_url: str, *, max_samples: int | None = None) -> Iterator[A
 
 def _shard_streams(shards: EvalShards) -> Iterator[tuple[str, Iterator[tuple[str, dict[str, bytes]]]]]:
     """(URL, ``(key, members)`` stream) per shard: verified against its manifest entry when there is one."""
-    from dynamo_depth.shards.writer import iter_shard
+    from dynamo_depth.shards.reader import iter_shard
 
     if shards.entries is None:
         for url in shards.urls():

@@ -17,8 +17,8 @@ from builders import video
 from builders.runner import build
 from dynamo_depth.data.decode import decode_jpeg
 from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import iter_shard
 from dynamo_depth.shards.schema import TripletSample, decode
-from dynamo_depth.shards.writer import iter_shard
 from dynamo_depth.video.cameras import Camera
 from dynamo_depth.video.frames import select_at_rate
 from dynamo_depth.video.rectify import Rectifier, RectifyOptions

@@ -524,7 +524,7 @@ def test_cache_evict_removes_dead_or_stale_temporaries_and_counts_live_ones(tmp_
 
 def test_frame_time_scales_follow_the_original() -> None:
     """ts = gap in whole ms / 100 for nuScenes (no uint8 wrap above 255 ms), 1 for evenly spaced datasets."""
-    from dynamo_depth.data.collate import frame_time_scales
+    from dynamo_depth.shards.time_scales import frame_time_scales
 
     stamps = np.array([1_000_000, 1_050_000, 1_361_400], dtype=np.int64)  # 50 ms and 311.4 ms gaps
     assert frame_time_scales(stamps, dataset="nuscenes").tolist() == pytest.approx([0.5, 3.11])

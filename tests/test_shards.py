@@ -16,16 +16,10 @@ import pytest
 import webdataset
 
 from dynamo_depth.shards import storage
+from dynamo_depth.shards.reader import iter_shard, parse_sample_bytes, read_sample, sha256_of
+from dynamo_depth.shards.records import ShardRecord, shard_name
 from dynamo_depth.shards.schema import decode, encode
-from dynamo_depth.shards.writer import (
-    ShardRecord,
-    ShardWriter,
-    iter_shard,
-    parse_sample_bytes,
-    read_sample,
-    sha256_of,
-    shard_name,
-)
+from dynamo_depth.shards.writer import ShardWriter
 from tests.samples import make_sample
 
 REPO = Path(__file__).resolve().parents[1]

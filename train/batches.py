@@ -20,7 +20,7 @@ from dynamo_depth.config import RunConfig
 from dynamo_depth.objective.inputs import LossBatch, make_loss_batch
 
 if TYPE_CHECKING:
-    from train.loop import Runtime
+    from train.runtime import Runtime
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@
   credential variables); other fsspec URLs through ``dynamo_depth.shards.storage``.
 * ``ShardCache`` (``dynamo_depth.data.cache``): optional local copies of the remote shards read here.
 
-This module holds the index (``load_index``) and ``ShardStore``; ``ShardEntry``, the integrity errors and
-checks are in ``dynamo_depth.data.integrity``, the retrying / S3 / hashing streams in
-``dynamo_depth.data.reader``. The names other modules import from here are re-exported.
+This module holds the index (``load_index``) and ``ShardStore``; ``ShardEntry`` is in
+``dynamo_depth.shards.index``, the integrity errors in ``dynamo_depth.data.errors``, the checks in
+``dynamo_depth.data.integrity``, the retrying / S3 / hashing streams in ``dynamo_depth.data.reader``.
 """
 
 
@@ -31,14 +31,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from dynamo_depth.data.cache import ShardCache
-from dynamo_depth.data.integrity import (
-    SampleIntegrityError,
-    ShardEntry,
-    ShardIntegrityError,
-    _checked_samples,
-    _span_samples,
-    sample_from_span,
-)
+from dynamo_depth.data.errors import SampleIntegrityError, ShardIntegrityError
+from dynamo_depth.data.integrity import _checked_samples, _span_samples, sample_from_span
 from dynamo_depth.data.reader import (
     RetryingReader,
     RetryPolicy,
@@ -47,8 +41,9 @@ from dynamo_depth.data.reader import (
     _s3_open_at,
 )
 from dynamo_depth.shards import index_store, storage
-from dynamo_depth.shards import writer as shards_mod
-from dynamo_depth.shards.index import SampleIndex
+from dynamo_depth.shards.index import SampleIndex, ShardEntry
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.records import check_shard_name
 from dynamo_depth.shards.schema import is_edge_meta_json
 
 __all__ = ["RetryPolicy", "SampleIntegrityError", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index",
@@ -82,7 +77,7 @@ def _scan_folder(url: str) -> tuple[ShardEntry, ...]:
     for name in names:
         shard_url = storage.join(url, name)
         samples = [(key, is_edge_meta_json(members.get("meta.json", b"{}"), key=key))
-                   for key, members in shards_mod.iter_shard(shard_url)]
+                   for key, members in iter_shard(shard_url)]
         edges = tuple(edge for _, edge in samples)
         entries.append(ShardEntry(name, storage.size(shard_url), None, tuple(key for key, _ in samples),
                                   edges=edges if any(edges) else None))
@@ -103,7 +98,7 @@ class ShardStore:
 
     def open_at(self, entry: ShardEntry, offset: int, end: int | None = None) -> IO[bytes]:
         """A raw binary stream of shard ``entry`` from byte ``offset`` (to ``end`` on S3; no retries)."""
-        url = storage.join(self.base_url, shards_mod.check_shard_name(entry.name))
+        url = storage.join(self.base_url, check_shard_name(entry.name))
         if self.local:
             f = open(storage._local_path(url), "rb")  # noqa: SIM115 - returned to the caller
             f.seek(offset)

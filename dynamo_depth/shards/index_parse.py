@@ -22,7 +22,7 @@ import numpy as np
 from dynamo_depth.shards.index import HAS_DIGESTS, HAS_SHA256, HAS_SPANS, _blob, manifest_arrays
 from dynamo_depth.shards.manifest import Manifest, parse_manifest
 from dynamo_depth.shards.reader import BLOCK
-from dynamo_depth.shards.writer import check_shard_name
+from dynamo_depth.shards.records import check_shard_name
 
 __all__ = ["manifest_index_arrays"]
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamo_depth.shards import storage
+from dynamo_depth.shards.records import ShardRecord
 from dynamo_depth.shards.schema import READABLE_VERSIONS, SCHEMA_VERSION
-from dynamo_depth.shards.writer import ShardRecord
 
 __all__ = [
     "MANIFEST_NAME",

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from dynamo_depth.shards import storage
 from dynamo_depth.shards.manifest import Manifest, find_manifest, load_manifest
-from dynamo_depth.shards.writer import ShardRecord, count_samples, sha256_of, span_sha256
+from dynamo_depth.shards.reader import count_samples, sha256_of, span_sha256
+from dynamo_depth.shards.records import ShardRecord
 
 __all__ = ["Problem", "verify_shards", "main"]
 
