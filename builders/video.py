@@ -15,7 +15,7 @@ cropped and resized to ``--size`` (default 640x192) by the rule of ``dynamo_dept
 
 Frames (``dynamo_depth.video.frames``): a video's frame times are its stream's timestamps; an image sequence's
 frame i is at i / ``--sequence-fps`` (default 10). ``--fps F`` keeps the frames nearest to the targets
-t0 + k / F (``video_io.select_at_rate``: ties to the earlier frame, each frame once, variable frame rates
+t0 + k / F (``frames.select_at_rate``: ties to the earlier frame, each frame once, variable frame rates
 included). ``--drop-static D`` (default 0: off) then drops a frame whose output image differs from the last
 kept one by less than D grey levels: the mean absolute difference of the two frames in greyscale
 (``cv2.COLOR_RGB2GRAY``), both shrunk 4x with ``cv2.INTER_AREA``, in 0-255 levels; such frames are counted
