@@ -21,6 +21,7 @@ test: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache  # the layer rules in pyproject.toml [tool.importlinter]
 
 demo: venv
 	bash scripts/demo.sh

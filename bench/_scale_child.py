@@ -78,7 +78,7 @@ def worker(args: dict[str, Any]) -> dict[str, Any]:
 
 def write(args: dict[str, Any]) -> dict[str, Any]:
     """save_manifest of a loaded manifest (canonical JSON, atomic write)."""
-    from dynamo_depth.manifest import load_manifest, save_manifest
+    from dynamo_depth.shards.manifest import load_manifest, save_manifest
 
     manifest = load_manifest(args["url"])
     start = time.perf_counter()
@@ -87,7 +87,7 @@ def write(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def sidecar(args: dict[str, Any]) -> dict[str, Any]:
-    from dynamo_depth import index_cli
+    from dynamo_depth.shards import index_cli
 
     start = time.perf_counter()
     if index_cli.main([args["url"]]) != 0:
@@ -96,7 +96,7 @@ def sidecar(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def verify(args: dict[str, Any]) -> dict[str, Any]:
-    from dynamo_depth.verify import verify_shards
+    from dynamo_depth.shards.verify import verify_shards
 
     before = status()
     seconds = []

@@ -26,8 +26,8 @@ import torch
 import train.loop as loop
 from dynamo_depth.config import load_config
 from dynamo_depth.data import make_dataset
-from dynamo_depth.loss_inputs import LossBatch, SeededDraws
-from dynamo_depth.losses import compute_losses
+from dynamo_depth.objective.inputs import LossBatch, SeededDraws
+from dynamo_depth.objective.losses import compute_losses
 from train.batches import StepBatch, prepare_batch
 from train.loop import Runtime
 

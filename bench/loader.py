@@ -6,7 +6,7 @@ All runs read the same triplets in one process (num_workers=0, so the figure is 
 same flip/jitter draw per sample (``augment_params``), and deliver what training needs per sample:
 the three frames as float32 in [0, 1] and their jittered copies, K and inv K per scale, the depth
 points. Ours (and ``lean``) deliver the images at scale 0 only: the trainer makes the lower scales on
-its device (``dynamo_depth.losses``); the ``original`` path also builds the 3 lower scales of every
+its device (``dynamo_depth.objective.losses``); the ``original`` path also builds the 3 lower scales of every
 plain and jittered image on the CPU, as the original does, and that work is part of what it costs.
 
 Baselines, both reading a KITTI-style folder tree with one JPEG file per frame, each opened with PIL:
@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dynamo_depth import schema
 from dynamo_depth.data import augment_params, make_loader
-from dynamo_depth.manifest import Manifest, save_manifest
-from dynamo_depth.shards import ShardWriter
+from dynamo_depth.shards import schema
+from dynamo_depth.shards.manifest import Manifest, save_manifest
+from dynamo_depth.shards.writer import ShardWriter
 
 SEQUENCE, CAMERA = "2011_09_26_drive_0001_sync", "image_02"
 

@@ -55,8 +55,8 @@ ORIGINAL_SECONDS = {("resnet18", "fine_tune"): 4.00, ("resnet18", "disp_init"): 
 def one_step(model, optimizer, images, K, *, phase: str, scales, amp: str, original_work: bool) -> dict[str, float]:
     import torch
 
-    from dynamo_depth.loss_inputs import LossSettings, SeededDraws, make_loss_batch
-    from dynamo_depth.losses import compute_losses
+    from dynamo_depth.objective.inputs import LossSettings, SeededDraws, make_loss_batch
+    from dynamo_depth.objective.losses import compute_losses
 
     batch = make_loss_batch(color={-1: images[:, 0], 0: images[:, 1], 1: images[:, 2]}, K=K, scales=scales,
                             normalised=False)
@@ -74,7 +74,7 @@ def one_step(model, optimizer, images, K, *, phase: str, scales, amp: str, origi
     if original_work:
         result = compute_losses(batch, outputs, phase=phase, ramp_factor=1.0, settings=settings, draws=draws)
         if phase == "disp_init":  # the original's identity errors once per scale (that code computes them once)
-            from dynamo_depth.losses import _identity_errors
+            from dynamo_depth.objective.losses import _identity_errors
 
             with torch.no_grad():
                 unused.extend(_identity_errors(batch, settings) for _ in scales[1:])

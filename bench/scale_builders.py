@@ -192,7 +192,7 @@ def bench_pack(tmp: Path, base: Path, total_mb: int, s3: bool) -> None:
 def _pack_spec():
     import numpy as np
 
-    from builders.runner import BuilderSpec, Unit
+    from builders.spec import BuilderSpec, Unit
     from tests.samples import make_sample
 
     def units(raw, options):
@@ -211,7 +211,7 @@ def pack_child(variant: str, url: str, samples: int) -> None:
     """One pack step (a child process of ``bench_pack``): ``stage`` the units, or pack them with ``variant``."""
     from builders import packing
     from builders.runner import options_digest, run_unit
-    from dynamo_depth import storage
+    from dynamo_depth.shards import storage
 
     spec, per_unit = _pack_spec(), 20
     options = {"units": max(1, samples // per_unit), "per_unit": per_unit}
@@ -228,12 +228,12 @@ def pack_child(variant: str, url: str, samples: int) -> None:
                                                              packing.staging_name(u.name) + ".json"))) for u in units]
     kw = {"split": "train", "digest": options_digest(spec, options), "max_count": 100, "max_bytes": 2**40}
     if variant.startswith("baseline"):
-        from dynamo_depth.manifest import UnitRecord
+        from dynamo_depth.shards.manifest import UnitRecord
 
         shards = packing._pack(spec, [UnitRecord.from_json(s["unit"]) for s in sidecars], url, **kw)
     else:
-        from dynamo_depth.manifest import UnitRecord
-        from dynamo_depth.shards import SampleSpan
+        from dynamo_depth.shards.manifest import UnitRecord
+        from dynamo_depth.shards.records import SampleSpan
 
         staged = [packing.StagedUnit(record=UnitRecord.from_json(s["unit"]),
                                      spans=tuple(SampleSpan.from_json(x) for x in s["spans"])) for s in sidecars]

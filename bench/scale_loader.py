@@ -92,9 +92,9 @@ def _size_rows(n: int, *, root: Path, baseline: Path | None, a: argparse.Namespa
 
 
 def _verify_row(root: Path, samples: int) -> dict[str, Any]:
-    from dynamo_depth import schema
-    from dynamo_depth.manifest import Manifest, save_manifest
-    from dynamo_depth.shards import ShardWriter
+    from dynamo_depth.shards import schema
+    from dynamo_depth.shards.manifest import Manifest, save_manifest
+    from dynamo_depth.shards.writer import ShardWriter
     from tests.samples import make_sample
 
     folder = root / "verify"

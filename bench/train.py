@@ -14,7 +14,7 @@ file does not hide the ``train`` package.)
    small resolution, once per (``--amp`` mode, ``--layouts`` entry, ``--seeds`` entry) on the same shards,
    and compare the untrained and the trained network on the shards (augmentation off, fp32, the run's
    layout): the photometric loss of the disp_init objective and the depth AbsRel against the shards' LiDAR
-   with per-image median scaling (``dynamo_depth.depth_eval.evaluate_image``, KITTI protocol). With two
+   with per-image median scaling (``dynamo_depth.evaluation.depth.evaluate_image``, KITTI protocol). With two
    layouts, a second table gives the relative difference between them per (amp, seed), and the spread
    between seeds per layout. ``--grad-precision``: one batch's float32 gradients per layout against a
    float64 reference (``bench.grad_precision``).
@@ -47,11 +47,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import train.loop as loop  # noqa: E402
-from dynamo_depth import depth_eval as metrics  # noqa: E402
+from bench.quality_tables import QualityKey, layout_table, quality_table  # noqa: E402
 from dynamo_depth.config import AMP_MODES, RunConfig, load_config  # noqa: E402
 from dynamo_depth.data import make_dataset  # noqa: E402
-from dynamo_depth.loss_inputs import LossSettings, SeededDraws  # noqa: E402
-from dynamo_depth.losses import compute_losses  # noqa: E402
+from dynamo_depth.evaluation import depth as metrics  # noqa: E402
+from dynamo_depth.objective.inputs import LossSettings, SeededDraws  # noqa: E402
+from dynamo_depth.objective.losses import compute_losses  # noqa: E402
 from train.loop import Runtime, prepare_batch, run_training  # noqa: E402
 from train.phases import phase_windows  # noqa: E402
 
@@ -155,54 +156,6 @@ def quality_run(shards: Path, run_dir: Path, *, steps: int, height: int, width: 
     last = statistics.mean(r["photometric"] for r in recorder.rows[-10:])
     return {"before": before, "after": after, "train_photometric_first10": first, "train_photometric_last10": last,
             "seconds_per_step": statistics.mean(r["step_s"] for r in recorder.rows[1:])}
-
-
-QualityKey = tuple[str, str, str]
-"""(amp label, layout label, seed label) of one quality run."""
-
-
-def quality_table(results: dict[QualityKey, dict[str, Any]]) -> str:
-    """Markdown table, one row per run: s/step, eval photometric, training-batch photometric, AbsRel."""
-    lines = ["| train.amp | layout | seed | s/step | photometric loss (eval, all images), untrained -> trained "
-             "| training batches, first / last 10 steps | AbsRel (median scaled, LiDAR), untrained -> trained |",
-             "|---|---|---|---|---|---|---|"]
-    for (amp, layout, seed), q in results.items():
-        lines.append(f"| {amp} | {layout} | {seed} | {q['seconds_per_step']:.3f} | {q['before']['photometric']:.4f} "
-                     f"-> {q['after']['photometric']:.4f} | {q['train_photometric_first10']:.4f} -> "
-                     f"{q['train_photometric_last10']:.4f} | {q['before']['abs_rel']:.4f} -> "
-                     f"{q['after']['abs_rel']:.4f} |")
-    return "\n".join(lines)
-
-
-def _relative(value: float, base: float) -> str:
-    return f"{100 * (value - base) / base:+.2f}%"
-
-
-def layout_table(results: dict[QualityKey, dict[str, Any]]) -> str:
-    """Markdown: trained photometric / AbsRel of each layout against the first layout, same (amp, seed);
-    then, per (amp, layout), the later seeds against the first seed (the run-to-run spread to compare with)."""
-    amps = list(dict.fromkeys(k[0] for k in results))
-    layouts = list(dict.fromkeys(k[1] for k in results))
-    seeds = list(dict.fromkeys(k[2] for k in results))
-    lines = ["| train.amp | compared | photometric (eval, trained) | relative | AbsRel (trained) | relative |",
-             "|---|---|---|---|---|---|"]
-
-    def row(amp: str, label: str, mine: dict[str, Any], base: dict[str, Any]) -> str:
-        p, b = mine["after"], base["after"]
-        return (f"| {amp} | {label} | {p['photometric']:.4f} vs {b['photometric']:.4f} "
-                f"| {_relative(p['photometric'], b['photometric'])} | {p['abs_rel']:.4f} vs {b['abs_rel']:.4f} "
-                f"| {_relative(p['abs_rel'], b['abs_rel'])} |")
-
-    for amp in amps:
-        for seed in seeds:
-            for layout in layouts[1:]:
-                lines.append(row(amp, f"{layout} vs {layouts[0]}, seed {seed}", results[(amp, layout, seed)],
-                                 results[(amp, layouts[0], seed)]))
-        for layout in layouts:
-            for seed in seeds[1:]:
-                lines.append(row(amp, f"seed {seed} vs seed {seeds[0]}, {layout}", results[(amp, layout, seed)],
-                                 results[(amp, layout, seeds[0])]))
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- speed

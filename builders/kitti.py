@@ -16,7 +16,7 @@ A frame whose velodyne scan, OXTS packet or neighbour image is missing yields no
 
 Split-file builds (``--split-file``, e.g. ``splits/eigen_zhou/test_files.txt``) make a sample of EVERY
 listed frame: a first / last frame of the drive uses itself as its missing neighbour (the original reads
-frame -1 as frame 0), flagged in ``meta.json`` ``extra["edge"]`` (``dynamo_depth.schema.edge_neighbours``).
+frame -1 as frame 0), flagged in ``meta.json`` ``extra["edge"]`` (``dynamo_depth.shards.schema.edge_neighbours``).
 With ``--split test`` each sample also keeps the target's raw PNG file (``orig.png``), which
 ``eval.depth --checkpoint`` resizes bicubic for the network as the original does.
 """
@@ -36,10 +36,10 @@ import numpy as np
 
 from builders.cli import cli_main
 from builders.images import png_chunks_intact, read_image_bgr
-from builders.runner import BuilderSpec, SkippedFrame, Unit
+from builders.spec import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.formats import kitti as kf
 from dynamo_depth.geometry import compose, invert_se3, resize_intrinsics
-from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.shards.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
 VERSION = "1.2.0"  # 1.2.0: schema v2 (k.npy); 1.1.0: --split-file builds every listed frame (edge frames flagged), test split keeps orig.png; 1.0.1: element-wise transforms
 TRAIN_HW = (192, 640)

@@ -57,9 +57,9 @@ from builders.cli import cli_main
 from builders.images import read_image_bgr as read_jpeg_bgr
 from builders.nuscenes_motion import devkit_global_points, motion_labels, record_pose
 from builders.nuscenes_tables import SceneTables, scene_payload
-from builders.runner import BuilderSpec, SkippedFrame, Unit
+from builders.spec import BuilderSpec, SkippedFrame, Unit
 from dynamo_depth.geometry import invert_se3, resize_intrinsics
-from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.shards.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
 VERSION = "1.3.0"  # 1.3.0: schema v2 (k.npy); motion labels with the original's strict box test on the devkit's float32 global points, instances among the depth points; 1.2.0: motion from the nuScenes-panoptic labels as the original; 1.1.0: --split-file builds every listed frame (edge frames flagged in meta.json)
 TRAIN_HW = (288, 512)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from dynamo_depth.geometry import invert_se3, pose_from_translation_quaternion
-from dynamo_depth.schema import MotionLabel
+from dynamo_depth.shards.schema import MotionLabel
 
 __all__ = ["MOVABLE_PREFIXES", "devkit_global_points", "is_movable", "motion_labels", "panoptic_of", "points_in_box",
            "record_pose"]

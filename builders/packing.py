@@ -25,12 +25,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from dynamo_depth import storage
-from dynamo_depth.manifest import UnitRecord
-from dynamo_depth.shards import BLOCK, SampleSpan, ShardRecord, shard_name, write_shard
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.manifest import UnitRecord
+from dynamo_depth.shards.records import BLOCK, SampleSpan, ShardRecord, shard_name
+from dynamo_depth.shards.writer import write_shard
 
 if TYPE_CHECKING:
-    from builders.runner import BuilderSpec
+    from builders.spec import BuilderSpec
 
 STAGING = "_staging"
 PACK_STATE = "pack.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from builders.runner import BuilderSpec
+from builders.spec import BuilderSpec
 
 _BUILDERS: dict[str, str] = {
     "kitti": "builders.kitti",

@@ -31,14 +31,13 @@ step and the staging area in ``builders.packing``; their public names are re-exp
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from builders.local_pool import LocalPool, Task, pool_session
@@ -56,62 +55,20 @@ from builders.packing import (
     staging_name,
 )
 from builders.ray_setup import BIND_ENV, LOOPBACK, RayTasks, _ray_init, bind_address, ray_session, worker_env  # noqa: F401
-from dynamo_depth import storage
-from dynamo_depth.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest
-from dynamo_depth.schema import SCHEMA_VERSION, TripletSample, encode, is_edge_meta_json
-from dynamo_depth.shards import SampleSpan, ShardRecord, ShardWriter
+from builders.registry import get_builder
+from builders.spec import BuilderSpec, SkippedFrame, Unit
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.index_store import save_indexed_manifest
+from dynamo_depth.shards.manifest import FailedUnit, Manifest, UnitRecord, find_manifest, load_manifest
+from dynamo_depth.shards.records import SampleSpan, ShardRecord
+from dynamo_depth.shards.schema import encode, is_edge_meta_json
+from dynamo_depth.shards.writer import ShardWriter
 
 EXECUTORS = ("auto", "processes", "ray")
 Executor = LocalPool | RayTasks
 DEFAULT_MAX_COUNT = 2000
 DEFAULT_MAX_BYTES = 256 * 2**20
 FRAMES_PER_REPORT = 8
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One independent piece of a build (a Ray task). ``params`` must be JSON-able."""
-
-    name: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SkippedFrame:
-    """A frame that yields no sample (missing LiDAR, missing neighbour...), counted in the report."""
-
-    frame: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class BuilderSpec:
-    """What a dataset builder provides to the runner.
-
-    Attributes:
-        name: registry name (``kitti``...); dataset: ``SampleMeta.dataset``; version: bumped on any
-            change of the bytes a builder writes.
-        list_units: ``(raw_root, options) -> list[Unit]`` in any order (the runner sorts by name).
-        build_unit: ``(raw_root, unit, options) -> iterator of TripletSample | SkippedFrame``, in a
-            deterministic order. Raise ``ValueError`` naming the file and reason on bad input.
-        add_arguments: adds the builder's own CLI options; options_from_args turns them into a
-            JSON-able dict (everything that changes the output bytes).
-        prepare_unit: ``(raw_root, unit, options) -> Unit``, run in the driver right before the unit's
-            task is submitted: adds what the task needs to its params (nuScenes: the scene's own table
-            records, so that workers never load the whole tables). Default: the unit as listed.
-        schema_version: the sample schema version its samples carry (the manifest's ``schema_version``).
-    """
-
-    name: str
-    dataset: str
-    version: str
-    list_units: Callable[[str, Mapping[str, Any]], list[Unit]]
-    build_unit: Callable[[str, Unit, Mapping[str, Any]], Iterable[TripletSample | SkippedFrame]]
-    add_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
-    options_from_args: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
-    default_split: str = "train"
-    prepare_unit: Callable[[str, Unit, Mapping[str, Any]], Unit] = lambda raw_root, unit, options: unit
-    schema_version: int = SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -280,7 +237,6 @@ def _remote_unit(builder: str, raw_root: str, unit: Unit, options: dict[str, Any
     """A unit task in a worker (pool process or Ray); ``report(frames)`` tells the driver of progress."""
     import cv2
 
-    from builders.registry import get_builder
 
     # One task per CPU: OpenCV's pthreads pool ignores OMP_NUM_THREADS and would start one thread per core
     # in every worker.
@@ -372,7 +328,6 @@ def build(spec: BuilderSpec, raw_root: str, out_url: str, *, split: str, options
                         builder_version=spec.version, options=dict(options), shards=tuple(shards),
                         units=tuple(s.record for s in ready), failed=failed, schema_version=spec.schema_version)
     _remove_stale_shards(out_url, spec.dataset, split, {s.name for s in shards})
-    from dynamo_depth.data.index_store import save_indexed_manifest  # here: the loader package imports torch
 
     save_indexed_manifest(manifest, out_url)  # manifest.index, then manifest.json (the commit point)
     if not failed and not keep_staging:

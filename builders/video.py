@@ -4,18 +4,18 @@ SRC is a video file (mp4 / mov / mkv / avi), a folder of videos, or a folder of 
 sub-folder per sequence, frames in file-name order; a folder holding images itself is one sequence); one
 unit per video / sequence, through the shared runner (Ray-parallel, resumable, byte-reproducible, manifest,
 ``verify``). Nothing but the camera's intrinsics is needed: no LiDAR, no poses (samples carry neither,
-schema v2, ``dynamo_depth.schema``).
+schema v2, ``dynamo_depth.shards.schema``).
 
-The camera (``dynamo_depth.cameras``): a per-sequence file wins over ``--camera``: ``<video stem>.camera.yaml``
+The camera (``dynamo_depth.video.cameras``): a per-sequence file wins over ``--camera``: ``<video stem>.camera.yaml``
 or ``<video stem>.cameras.txt`` beside a video, ``camera.yaml`` or ``cameras.txt`` inside a sequence folder.
 No camera is an error with the hint to calibrate; nothing is guessed. Frames are undistorted to a pinhole,
-cropped and resized to ``--size`` (default 640x192) by the rule of ``dynamo_depth.rectify``; each sample's
+cropped and resized to ``--size`` (default 640x192) by the rule of ``dynamo_depth.video.rectify``; each sample's
 ``k.npy`` is the output pinhole, ``meta.json`` keeps the source camera (``original_K``, ``distortion``,
 ``extra.camera_model``, ``extra.view_K``, ``extra.box_xywh``).
 
-Frames (``dynamo_depth.video_io``): a video's frame times are its stream's timestamps; an image sequence's
+Frames (``dynamo_depth.video.frames``): a video's frame times are its stream's timestamps; an image sequence's
 frame i is at i / ``--sequence-fps`` (default 10). ``--fps F`` keeps the frames nearest to the targets
-t0 + k / F (``video_io.select_at_rate``: ties to the earlier frame, each frame once, variable frame rates
+t0 + k / F (``frames.select_at_rate``: ties to the earlier frame, each frame once, variable frame rates
 included). ``--drop-static D`` (default 0: off) then drops a frame whose output image differs from the last
 kept one by less than D grey levels: the mean absolute difference of the two frames in greyscale
 (``cv2.COLOR_RGB2GRAY``), both shrunk 4x with ``cv2.INTER_AREA``, in 0-255 levels; such frames are counted
@@ -25,7 +25,7 @@ consecutive kept frames make one sample (the first and last kept frames have no 
 A sample: key ``{sequence}_cam_{source frame index:06d}``; JPEG quality 90 frames; ``meta.json``
 ``frame_indices`` = source frame indices (decode order), ``timestamps_us`` = frame times (nearest
 microsecond), ``extra.gap_us`` = the gaps to the neighbours, ``extra.ts`` = the loader's time scales of
-them (gap in whole ms / 100, ``dynamo_depth.data.collate.frame_time_scales``).
+them (gap in whole ms / 100, ``dynamo_depth.shards.time_scales.frame_time_scales``).
 
 Reproducibility: the bytes depend on the pinned PyAV (FFmpeg's decoders are bit-exact), OpenCV and Pillow;
 the undistortion maps are element-wise float64 with ``math.atan`` and quantised to 1/32 pixel. Unlike the
@@ -49,12 +49,19 @@ from typing import Any
 import numpy as np
 
 from builders.cli import cli_main
-from builders.runner import BuilderSpec, SkippedFrame, Unit
-from dynamo_depth.cameras import CALIBRATE_HINT, Camera, load_camera
-from dynamo_depth.data.collate import frame_time_scales
-from dynamo_depth.rectify import RESIZE_RULES, Rectifier, RectifyOptions
-from dynamo_depth.schema import SampleMeta, TripletSample, make_key, matrix_tuple
-from dynamo_depth.video_io import VIDEO_SUFFIXES, FrameRef, image_files, iter_image_sequence, iter_video, select_at_rate
+from builders.spec import BuilderSpec, SkippedFrame, Unit
+from dynamo_depth.shards.schema import SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.shards.time_scales import frame_time_scales
+from dynamo_depth.video.cameras import CALIBRATE_HINT, Camera, load_camera
+from dynamo_depth.video.frames import (
+    VIDEO_SUFFIXES,
+    FrameRef,
+    image_files,
+    iter_image_sequence,
+    iter_video,
+    select_at_rate,
+)
+from dynamo_depth.video.rectify import RESIZE_RULES, Rectifier, RectifyOptions
 
 VERSION = "1.0.0"
 JPEG_QUALITY = 90

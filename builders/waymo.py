@@ -49,11 +49,12 @@ import numpy as np
 
 from builders import waymo_motion
 from builders.cli import cli_main
-from builders.runner import BuilderSpec, SkippedFrame, Unit
+from builders.spec import BuilderSpec, SkippedFrame, Unit
 from builders.waymo_view import camera_wedge, wedge_selector
 from dynamo_depth.formats import waymo as wf
+from dynamo_depth.formats import waymo_lidar
 from dynamo_depth.geometry import compose, invert_se3
-from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.shards.schema import EDGE_KEY, SampleMeta, TripletSample, make_key, matrix_tuple
 
 VERSION = "1.4.0"  # 1.4.0: schema v2 (k.npy); the motion mask itself is stored (motion_mask.npy.zst); 1.3.0: motion from the panoptic labels as the original (none without them); 1.2.0: --split-file builds every listed frame (edge frames flagged); 1.1.0: element-wise geometry
 TRAIN_HW = (320, 480)  # (H, W) of the stored images
@@ -223,7 +224,7 @@ def frame_depth_and_mask(frame, calib: wf.CameraCalibration, *, cull: bool = Tru
                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``frame_depth`` and the (H, W) uint8 motion mask (None without a panoptic label)."""
     wedge = camera_wedge(calib) if cull else None
-    per_laser = wf.lidar_points(frame, returns=(1,), select=wedge_selector(wedge) if wedge is not None else None)
+    per_laser = waymo_lidar.lidar_points(frame, returns=(1,), select=wedge_selector(wedge) if wedge is not None else None)
     points = np.concatenate([np.zeros((0, 3))] + [per_laser[name] for name in LASER_ORDER if name in per_laser])
     depth, index = project_to_camera(points, camera_from_vehicle=invert_se3(calib.vehicle_from_opencv_camera),
                                      K=calib.K, hw=(calib.height, calib.width))

@@ -35,8 +35,8 @@ import numpy as np
 
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.formats import waymo_labels as wl
-from dynamo_depth.formats import waymo_pb2
-from dynamo_depth.schema import MotionLabel
+from dynamo_depth.formats import waymo_lidar, waymo_pb2
+from dynamo_depth.shards.schema import MotionLabel
 
 __all__ = ["MOVABLE_CLASSES", "MaskObject", "frame_motion", "frame_motion_and_mask", "mask_objects", "motion_at",
            "motion_mask"]
@@ -70,7 +70,7 @@ class MaskObject:
 def _camera_points(frame, camera: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(points (M, 3) vehicle frame, rows (M,), cols (M,)): first-return points whose first projection is
     ``camera``, one per pixel (the last in laser order TOP, FRONT, SIDE_LEFT, SIDE_RIGHT, REAR, row-major)."""
-    points = wf.lidar_points(frame, returns=(1,))
+    points = waymo_lidar.lidar_points(frame, returns=(1,))
     projections = wl.camera_projections(frame, return_index=1)
     xyz = np.concatenate([np.zeros((0, 3))] + [points[n] for n in LASER_ORDER if n in points])
     cp = np.concatenate([np.zeros((0, 6), np.int32)] + [projections.get(n, np.zeros((len(points[n]), 6), np.int32))

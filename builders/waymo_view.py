@@ -33,6 +33,7 @@ from functools import lru_cache
 import numpy as np
 
 from dynamo_depth.formats import waymo as wf
+from dynamo_depth.formats import waymo_lidar
 
 __all__ = ["HorizontalWedge", "camera_wedge", "rolling_shutter_bound", "wedge_selector"]
 
@@ -77,7 +78,7 @@ def camera_wedge(calib: wf.CameraCalibration) -> HorizontalWedge | None:
     return HorizontalWedge(origin_xy=vehicle_from_camera[:2, 3].copy(), center=center, half_width=half)
 
 
-def rolling_shutter_bound(pixels: wf.LaserPixels) -> tuple[float, float]:
+def rolling_shutter_bound(pixels: waymo_lidar.LaserPixels) -> tuple[float, float]:
     """(alpha rad, T metres): bounds on the rotation angle and the translation between any pixel pose
     and the frame pose; (0, 0) for a laser without pixel poses.
 
@@ -87,7 +88,7 @@ def rolling_shutter_bound(pixels: wf.LaserPixels) -> tuple[float, float]:
     if pixels.pixel_pose is None or pixels.world_from_vehicle is None:
         return 0.0, 0.0
     pose = pixels.pixel_pose.reshape(-1, wf.POSE_CHANNELS)
-    roll, pitch, yaw = (float(a) for a in wf.euler_from_rotation(pixels.world_from_vehicle[:3, :3]))
+    roll, pitch, yaw = (float(a) for a in waymo_lidar.euler_from_rotation(pixels.world_from_vehicle[:3, :3]))
     turn = (np.abs(pose[:, 0] - np.float32(roll)) + np.abs(pose[:, 1] - np.float32(pitch))
             + np.abs(_wrap(pose[:, 2] - np.float32(yaw))))
     origin = pixels.world_from_vehicle[:3, 3]
@@ -109,12 +110,12 @@ def _directions(laser_key: bytes, inclinations: bytes, azimuths: bytes, center: 
     return tuple(cos_i * (axis[0] * cos_a + axis[1] * sin_a) + sin_i * axis[2] for axis in axes)  # type: ignore[return-value]
 
 
-def wedge_selector(wedge: HorizontalWedge) -> wf.PixelSelector:
+def wedge_selector(wedge: HorizontalWedge) -> waymo_lidar.PixelSelector:
     """A ``lidar_points`` selector keeping every pixel that may land in ``wedge`` (see the module docstring)."""
     cos_c, sin_c = math.cos(wedge.center), math.sin(wedge.center)
     cos_h, sin_h = math.cos(wedge.half_width), math.sin(wedge.half_width)
 
-    def select(pixels: wf.LaserPixels) -> np.ndarray:
+    def select(pixels: waymo_lidar.LaserPixels) -> np.ndarray:
         extrinsic = np.ascontiguousarray(pixels.calib.vehicle_from_laser, dtype=np.float64)
         dir_x, dir_y = _directions(extrinsic.tobytes(),
                                    np.ascontiguousarray(pixels.inclinations, dtype=np.float64).tobytes(),

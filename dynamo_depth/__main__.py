@@ -10,8 +10,8 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "verify": ("dynamo_depth.verify", "re-hash a shard set and compare it with a manifest"),
-    "index": ("dynamo_depth.index_cli", "write or check the manifest's sidecar index (the loader's fast start)"),
+    "verify": ("dynamo_depth.shards.verify", "re-hash a shard set and compare it with a manifest"),
+    "index": ("dynamo_depth.shards.index_cli", "write or check the manifest's sidecar index (the loader's fast start)"),
     "synth": ("dynamo_depth.synth.cli", "generate a small raw dataset (kitti, waymo, nuscenes)"),
     "show": ("dynamo_depth.show", "draw a sample: its three frames and LiDAR depth over the target"),
     "predict": ("dynamo_depth.predict", "depth (and motion) of your own images from a checkpoint"),

@@ -75,7 +75,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms in ``total`` (``dynamo_depth.losses``; the last four are also ramped).
+    """Weights of the loss terms in ``total`` (``dynamo_depth.objective.losses``; the last four are also ramped).
 
     Defined here, torch-free, so the config and the losses share one set of defaults.
     """

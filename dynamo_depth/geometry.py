@@ -1,7 +1,7 @@
 """Batched camera and pose geometry in numpy (float64, for builders, datasets and evaluation).
 
 The differentiable torch counterparts the training path uses (back-projection, projection to a
-``grid_sample`` grid, pose vectors) live in ``dynamo_depth.warping``, with the same conventions.
+``grid_sample`` grid, pose vectors) live in ``dynamo_depth.objective.warping``, with the same conventions.
 
 Conventions used throughout:
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dynamo_depth.video_io import VIDEO_SUFFIXES
+from dynamo_depth.pictures import colour_depth
+from dynamo_depth.video.frames import VIDEO_SUFFIXES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -69,16 +70,6 @@ def read_image(path: Path, *, height: int, width: int) -> tuple[np.ndarray, tupl
 def _batches(paths: list[Path], size: int) -> Iterator[list[Path]]:
     for start in range(0, len(paths), size):
         yield paths[start:start + size]
-
-
-def colour_depth(depth: np.ndarray) -> np.ndarray:
-    """(H, W) depth in metres -> (H, W, 3) uint8 picture of the inverse depth (magma colour map)."""
-    import matplotlib
-
-    inverse = 1.0 / np.maximum(depth, 1e-6)
-    low, high = np.percentile(inverse, 1), np.percentile(inverse, 99)
-    scaled = np.clip((inverse - low) / max(high - low, 1e-12), 0.0, 1.0)
-    return (matplotlib.colormaps["magma"](scaled)[..., :3] * 255.0 + 0.5).astype(np.uint8)
 
 
 def predict_depth(*, loaded, paths: list[Path], out: Path, batch_size: int, device: str, progress: bool) -> int:

@@ -3,7 +3,7 @@
 Every kept frame (``--every K``: frames 0, K, 2K, ... in decode order; ``--max-frames N``: the first N of
 those) is resized to the network's size with PIL's bicubic filter, as ``predict`` does for images, and its
 depth (``disp_to_depth`` of the sigmoid disparity, upsampled bilinear to the frame's size) is drawn with
-``predict.colour_depth`` (magma, near = bright, each frame's own 1-99 % range).
+``pictures.colour_depth`` (magma, near = bright, each frame's own 1-99 % range).
 
 Writes ``DIR/<name>_depth.mp4`` (H.264) at the video's frame rate divided by K (so the video lasts as long
 as the source's kept span), and with ``--motion`` ``DIR/<name>_motion.mp4``: each frame with its motion
@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth.video_io import FrameRef, VideoWriter, iter_video, nominal_rate
-
-OVERLAY_ALPHA = 0.6
+from dynamo_depth.pictures import colour_depth, motion_overlay
+from dynamo_depth.video.frames import FrameRef, VideoWriter, iter_video, nominal_rate
 
 
 def kept_frames(path: Path, *, every: int, max_frames: int | None) -> Iterator[FrameRef]:
@@ -50,7 +49,6 @@ def _depth_pictures(loaded: Any, frames: list[np.ndarray], device: str) -> list[
     import torch.nn.functional as F
 
     from dynamo_depth.models.depth import disp_to_depth
-    from dynamo_depth.predict import colour_depth
 
     x = torch.from_numpy(np.stack([_network_input(f, height=loaded.height, width=loaded.width) for f in frames]))
     with torch.no_grad():
@@ -61,16 +59,6 @@ def _depth_pictures(loaded: Any, frames: list[np.ndarray], device: str) -> list[
         _, depth = disp_to_depth(up, min_depth=loaded.min_depth, max_depth=loaded.max_depth)
         pictures.append(colour_depth(depth[0, 0].numpy()))
     return pictures
-
-
-def motion_overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 frame with its (h, w) motion probability laid over it in red (upsampled bilinear)."""
-    import cv2
-
-    m = cv2.resize(mask.astype(np.float32), (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-    m = np.clip(m, 0.0, 1.0)[..., None] * OVERLAY_ALPHA
-    red = np.array([255.0, 0.0, 0.0], dtype=np.float32)
-    return (rgb.astype(np.float32) * (1.0 - m) + red * m + 0.5).astype(np.uint8)
 
 
 def _motion_mask(loaded: Any, triplet: list[np.ndarray], device: str) -> np.ndarray:

@@ -13,10 +13,10 @@ import sys
 
 import numpy as np
 
-from dynamo_depth import storage
-from dynamo_depth.manifest import load_manifest
-from dynamo_depth.schema import TripletSample, decode
-from dynamo_depth.shards import read_sample
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import read_sample
+from dynamo_depth.shards.schema import TripletSample, decode
 
 
 def find_sample(shards_url: str, key: str | None) -> TripletSample:

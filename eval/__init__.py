@@ -1,7 +1,7 @@
 """Evaluation command lines: ``python -m eval.depth``, ``eval.motion_segmentation``, ``eval.odometry``.
 
 Shared helpers of the three CLIs live here: reading built shards in order, reading prediction
-files, writing the report. Metrics themselves are in ``dynamo_depth.metrics``.
+files, writing the report. Metrics themselves are in ``dynamo_depth.evaluation.metrics``.
 
 Data (``--data``): a manifest (any ``*.json``, e.g. ``manifests/kitti-synth.json`` or
 ``.../manifest.json``), a folder / object-store prefix, or one shard file ``*.tar``. With a manifest
@@ -12,7 +12,7 @@ and byte offset; at a shard's end (and with version 1 only there) an altered sha
 other ``*.tar`` files in the folder (stale shards, other splits) are ignored. A folder without a
 manifest still works (all ``*.tar``, sorted by name, unchecked) with a warning; a single ``*.tar``
 is checked against the ``manifest.json`` beside it when that lists it. Local paths and ``s3://``
-URLs both work (``dynamo_depth.storage``). Evaluation reads every sample once, sequentially (no
+URLs both work (``dynamo_depth.shards.storage``). Evaluation reads every sample once, sequentially (no
 shuffling, no rank split, no cache): it does not go through the training loader.
 
 Predictions (``--predictions FILE.npz``): an uncompressed or compressed ``.npz`` written with
@@ -47,7 +47,7 @@ class EvalShards:
     entries: tuple[Any, ...] | None
 
     def urls(self) -> list[str]:
-        from dynamo_depth import storage
+        from dynamo_depth.shards import storage
 
         return [storage.join(self.base_url, name) for name in self.names]
 
@@ -55,8 +55,8 @@ class EvalShards:
 def resolve_shards(data_url: str) -> EvalShards:
     """What ``--data`` names (see module doc). A manifest fixes the shards and their order; a folder
     without one gives all its ``*.tar`` in name order, unchecked, with a warning."""
-    from dynamo_depth import manifest as manifest_mod
-    from dynamo_depth import storage
+    from dynamo_depth.shards import manifest as manifest_mod
+    from dynamo_depth.shards import storage
 
     url = os.fspath(data_url).rstrip("/")
     if url.endswith(".json"):
@@ -74,8 +74,8 @@ def resolve_shards(data_url: str) -> EvalShards:
 
 
 def _from_manifest(data_url: str, manifest_url: str) -> EvalShards:
-    from dynamo_depth import storage
     from dynamo_depth.data.sources import load_index
+    from dynamo_depth.shards import storage
 
     if not storage.exists(manifest_url):
         raise ValueError(f"--data {data_url!r}: manifest {manifest_url!r} does not exist")
@@ -85,8 +85,8 @@ def _from_manifest(data_url: str, manifest_url: str) -> EvalShards:
 
 def _single_shard(url: str) -> EvalShards:
     """One ``*.tar``: checked against the ``manifest.json`` beside it when that lists it."""
-    from dynamo_depth import manifest as manifest_mod
-    from dynamo_depth import storage
+    from dynamo_depth.shards import manifest as manifest_mod
+    from dynamo_depth.shards import storage
 
     if not storage.exists(url):
         raise ValueError(f"--data {url!r}: shard does not exist")
@@ -117,7 +117,7 @@ def iter_samples(data_url: str, *, max_samples: int | None = None) -> Iterator[A
     reached (``ShardIntegrityError`` naming the shard). A shard cut short by ``max_samples`` is not
     hashed whole, but every sample yielded was checked (version 2).
     """
-    from dynamo_depth.schema import decode
+    from dynamo_depth.shards.schema import decode
 
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1, got {max_samples}")
@@ -137,7 +137,7 @@ def iter_samples(data_url: str, *, max_samples: int | None = None) -> Iterator[A
 
 def _shard_streams(shards: EvalShards) -> Iterator[tuple[str, Iterator[tuple[str, dict[str, bytes]]]]]:
     """(URL, ``(key, members)`` stream) per shard: verified against its manifest entry when there is one."""
-    from dynamo_depth.shards import iter_shard
+    from dynamo_depth.shards.reader import iter_shard
 
     if shards.entries is None:
         for url in shards.urls():

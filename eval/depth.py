@@ -8,7 +8,7 @@ Usage::
                          [--out DIR] [--max-samples N]
 
 By default the numbers are those of the original Dynamo-Depth ``eval/depth.py`` (the paper's), step by
-step as ``dynamo_depth.depth_eval`` documents: ``disp_to_depth(sigmoid, 0.1, 100)`` upsampled
+step as ``dynamo_depth.evaluation.depth`` documents: ``disp_to_depth(sigmoid, 0.1, 100)`` upsampled
 bilinearly to the original size then inverted; LiDAR gt in ``(1e-3, cap)`` m (cap 80 m + Garg crop for
 KITTI, 75 m for Waymo / nuScenes); the pixel of a point by truncation; per-image median scaling with the
 lower middle value; clamp; overall = mean over images; per motion class = point-count-weighted mean of
@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth import depth_eval as de
-from dynamo_depth import metrics as m
+from dynamo_depth.evaluation import depth as de
+from dynamo_depth.evaluation import metrics as m
 from eval import PredictionFile, fmt, iter_samples, rgb_from_jpeg, write_report
 from eval.figures import QualitativeRow, plot_error_by_distance, plot_qualitative
 

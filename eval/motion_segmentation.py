@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth import depth_eval as de
-from dynamo_depth import metrics as m
-from dynamo_depth import motion_metrics as mm
-from dynamo_depth.schema import edge_neighbours
+from dynamo_depth.evaluation import depth as de
+from dynamo_depth.evaluation import metrics as m
+from dynamo_depth.evaluation import motion as mm
+from dynamo_depth.shards.schema import edge_neighbours
 from eval import PredictionFile, fmt, iter_samples, write_report
 from eval.figures import plot_pr_curve
 

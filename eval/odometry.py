@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth import odometry_metrics as om
+from dynamo_depth.evaluation import odometry as om
 from dynamo_depth.geometry import compose, invert_se3
-from dynamo_depth.schema import edge_neighbours
+from dynamo_depth.shards.schema import edge_neighbours
 from eval import PredictionFile, fmt, iter_samples, write_report
 
 GT_CHOICES = ("original", "camera")

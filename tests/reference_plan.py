@@ -14,7 +14,7 @@ import numpy as np
 
 from dynamo_depth.data.plan import WantedSample, shard_permutation, window_permutation, worker_positions
 from dynamo_depth.data.sources import ShardEntry
-from dynamo_depth.manifest import Manifest
+from dynamo_depth.shards.manifest import Manifest
 
 
 def reference_entries(manifest: Manifest) -> tuple[ShardEntry, ...]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dynamo_depth.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
+from dynamo_depth.shards.schema import MotionLabel, SampleMeta, TripletSample, make_key, matrix_tuple
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 """``/work/shared`` (outside the repo): real fixtures and reference outputs; tests skip if absent."""

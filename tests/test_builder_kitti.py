@@ -17,9 +17,9 @@ import pytest
 from builders import kitti
 from builders.runner import build
 from dynamo_depth.formats import kitti as kf
-from dynamo_depth.manifest import load_manifest
-from dynamo_depth.schema import decode
-from dynamo_depth.shards import iter_shard
+from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.schema import decode
 from tests.samples import SHARED
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,9 +14,9 @@ from builders import kitti
 from builders.runner import build
 from dynamo_depth.formats.kitti import load_kitti_calib
 from dynamo_depth.geometry import invert_se3
-from dynamo_depth.manifest import load_manifest
-from dynamo_depth.schema import decode
-from dynamo_depth.shards import iter_shard
+from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.schema import decode
 from dynamo_depth.synth import kitti as synth_kitti
 from dynamo_depth.synth.world import camera_rays
 

@@ -26,10 +26,11 @@ from pyquaternion import Quaternion  # noqa: E402
 
 from builders import nuscenes as nb  # noqa: E402
 from builders.runner import Unit, build  # noqa: E402
-from dynamo_depth.manifest import load_manifest  # noqa: E402
-from dynamo_depth.schema import decode  # noqa: E402
-from dynamo_depth.shards import iter_shard  # noqa: E402
-from dynamo_depth.synth.nuscenes import GLOBAL_FROM_WORLD, write_nuscenes  # noqa: E402
+from dynamo_depth.shards.manifest import load_manifest  # noqa: E402
+from dynamo_depth.shards.reader import iter_shard  # noqa: E402
+from dynamo_depth.shards.schema import decode  # noqa: E402
+from dynamo_depth.synth.nuscenes import write_nuscenes  # noqa: E402
+from dynamo_depth.synth.nuscenes_rig import GLOBAL_FROM_WORLD  # noqa: E402
 from dynamo_depth.synth.world import make_world  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,13 +15,13 @@ import pytest
 
 from builders import video
 from builders.runner import build
-from dynamo_depth.cameras import Camera
 from dynamo_depth.data.decode import decode_jpeg
-from dynamo_depth.manifest import load_manifest
-from dynamo_depth.rectify import Rectifier, RectifyOptions
-from dynamo_depth.schema import TripletSample, decode
-from dynamo_depth.shards import iter_shard
-from dynamo_depth.video_io import select_at_rate
+from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.schema import TripletSample, decode
+from dynamo_depth.video.cameras import Camera
+from dynamo_depth.video.frames import select_at_rate
+from dynamo_depth.video.rectify import Rectifier, RectifyOptions
 from tests.samples import SHARED
 from tests.test_cameras import FISHEYE, distort_with_opencv, ideal_view, kitti_frame_and_K, psnr
 

@@ -20,9 +20,9 @@ from dynamo_depth.formats import waymo as wf
 from dynamo_depth.formats import waymo_labels as wl
 from dynamo_depth.formats.tfrecord import iter_records, write_records
 from dynamo_depth.geometry import invert_se3
-from dynamo_depth.manifest import load_manifest
-from dynamo_depth.schema import decode
-from dynamo_depth.shards import iter_shard
+from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.schema import decode
 from dynamo_depth.synth import waymo as sw
 from dynamo_depth.synth.world import make_world
 from tests.cpu_flags import cpu_flags

@@ -1,4 +1,4 @@
-"""Camera files (CAMERA.yaml, COLMAP cameras.txt) and undistortion to a pinhole (``dynamo_depth.rectify``)."""
+"""Camera files (CAMERA.yaml, COLMAP cameras.txt) and undistortion to a pinhole (``dynamo_depth.video.rectify``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from dynamo_depth.cameras import Camera, load_camera
-from dynamo_depth.rectify import Rectifier, RectifyOptions, crop_box
+from dynamo_depth.video.cameras import Camera, load_camera
+from dynamo_depth.video.rectify import Rectifier, RectifyOptions, crop_box
 from tests.samples import SHARED
 
 KITTI = SHARED / "fixtures" / "kitti_raw" / "2011_09_26"

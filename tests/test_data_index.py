@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from dynamo_depth.data import make_dataset, make_loader
-from dynamo_depth.data.index import SampleIndex, encode_index, index_arrays, open_index_file
 from dynamo_depth.data.plan import make_plan
 from dynamo_depth.data.sources import ShardEntry, load_index, open_index
-from dynamo_depth.manifest import canonical_json, load_manifest, parse_manifest
+from dynamo_depth.shards.index import SampleIndex, encode_index, index_arrays, open_index_file
+from dynamo_depth.shards.manifest import canonical_json, load_manifest, parse_manifest
 from tests import reference_plan
 from tests.synthetic_manifest import manifest_text, synthetic_key, write_manifest
 
@@ -143,8 +143,8 @@ def test_an_index_is_used_only_for_the_manifest_it_was_made_from(tmp_path: Path,
 
 
 def test_the_column_parse_gives_the_strict_parse_arrays_and_errors(tmp_path: Path) -> None:
-    from dynamo_depth.data.index import manifest_arrays
-    from dynamo_depth.data.index_parse import manifest_index_arrays
+    from dynamo_depth.shards.index import manifest_arrays
+    from dynamo_depth.shards.index_parse import manifest_index_arrays
 
     text = manifest_text(650, per_shard=200, edge_every=9)
     fast = manifest_index_arrays(text.encode(), "m.json")
@@ -176,8 +176,8 @@ def test_sidecar_index_is_written_beside_the_manifest_used_verified_and_ignored_
         tmp_path: Path, index_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from dataclasses import replace
 
-    from dynamo_depth import index_cli, verify
-    from dynamo_depth.manifest import save_manifest
+    from dynamo_depth.shards import index_cli, verify
+    from dynamo_depth.shards.manifest import save_manifest
     from tests.test_data_local import write_dataset
 
     folder = tmp_path / "shards"

@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from dynamo_depth import schema
 from dynamo_depth.data import (
     LoaderState,
     RetryPolicy,
@@ -29,8 +28,9 @@ from dynamo_depth.data import (
 from dynamo_depth.data.pipeline import augment_samples, batch_samples, decode_samples
 from dynamo_depth.data.plan import make_plan, shard_permutation, window_permutation, worker_positions
 from dynamo_depth.data.sources import RetryingReader, ShardEntry, ShardStore, load_index
-from dynamo_depth.manifest import Manifest, load_manifest, save_manifest
-from dynamo_depth.shards import ShardWriter
+from dynamo_depth.shards import schema
+from dynamo_depth.shards.manifest import Manifest, load_manifest, save_manifest
+from dynamo_depth.shards.writer import ShardWriter
 from tests.samples import make_sample
 
 N_SAMPLES, PER_SHARD, SIZE = 17, 4, 32  # 5 shards (4, 4, 4, 4, 1): nothing divides evenly
@@ -524,7 +524,7 @@ def test_cache_evict_removes_dead_or_stale_temporaries_and_counts_live_ones(tmp_
 
 def test_frame_time_scales_follow_the_original() -> None:
     """ts = gap in whole ms / 100 for nuScenes (no uint8 wrap above 255 ms), 1 for evenly spaced datasets."""
-    from dynamo_depth.data.collate import frame_time_scales
+    from dynamo_depth.shards.time_scales import frame_time_scales
 
     stamps = np.array([1_000_000, 1_050_000, 1_361_400], dtype=np.int64)  # 50 ms and 311.4 ms gaps
     assert frame_time_scales(stamps, dataset="nuscenes").tolist() == pytest.approx([0.5, 3.11])

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dynamo_depth.schema import SampleMeta, TripletSample, encode, make_key, matrix_tuple
+from dynamo_depth.shards.schema import SampleMeta, TripletSample, encode, make_key, matrix_tuple
 from eval import depth as eval_depth
 from eval import motion_segmentation as eval_motion
 from eval import odometry as eval_odometry
@@ -248,8 +248,8 @@ def test_depth_cli_reads_s3(shards, tmp_path, monkeypatch):
 
 def _write_built(folder, samples, *, manifest_name: str = "manifest.json") -> list:
     """``samples`` as ShardWriter shards of 3 (waymo-val-000000/1.tar) plus a manifest; returns the records."""
-    from dynamo_depth.manifest import Manifest, save_manifest
-    from dynamo_depth.shards import ShardWriter
+    from dynamo_depth.shards.manifest import Manifest, save_manifest
+    from dynamo_depth.shards.writer import ShardWriter
 
     with ShardWriter(str(folder), prefix="waymo-val", max_count=3) as writer:
         for sample in samples:
@@ -297,7 +297,7 @@ def test_manifest_folder_skips_stale_shards_and_json_path_works(tmp_path, capsys
 
 
 def test_manifest_order_is_reading_order(tmp_path):
-    from dynamo_depth.manifest import load_manifest, save_manifest
+    from dynamo_depth.shards.manifest import load_manifest, save_manifest
     from eval import iter_samples
 
     folder = tmp_path / "built"
@@ -375,10 +375,10 @@ def test_trainer_checkpoint_loads_from_a_run_folder_on_s3(s3_bucket, tmp_path):
 
     import torch
 
-    from dynamo_depth import storage
     from dynamo_depth.config import RunConfig, config_to_dict
     from dynamo_depth.models import DynamoDepthModel
     from dynamo_depth.models.loading import load_for_inference
+    from dynamo_depth.shards import storage
 
     torch.manual_seed(3)
     model = DynamoDepthModel()

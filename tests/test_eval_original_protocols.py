@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dynamo_depth.schema import EDGE_KEY, SampleMeta, TripletSample, encode, make_key, matrix_tuple
+from dynamo_depth.shards.schema import EDGE_KEY, SampleMeta, TripletSample, encode, make_key, matrix_tuple
 from eval import motion_segmentation as eval_motion
 from eval import odometry as eval_odometry
 from tests.test_eval_protocol import waymo_test  # noqa: F401  (module fixture: the PVPS frame built from a split file)
@@ -195,7 +195,7 @@ def test_waymo_real_frame_by_hand(waymo_test: Path, waymo_mask_reference: np.nda
 
 
 def test_motion_mask_member_round_trips_and_is_checked() -> None:
-    from dynamo_depth.schema import SampleError, decode
+    from dynamo_depth.shards.schema import SampleError, decode
 
     sample = _world_sample("seq-a", 3, 7)
     mask = (np.arange(8 * 12).reshape(8, 12) % 4).astype(np.uint8)
@@ -224,7 +224,7 @@ def test_waymo_real_frame_odometry_ground_truth_is_the_originals(waymo_test: Pat
     gt = np.stack([eval_odometry.gt_pose(target, 1, protocol), eval_odometry.gt_pose(target, 2, protocol)])
     np.testing.assert_allclose(gt[:, :3, :3], lines[1:, :3, :3], rtol=0, atol=1e-12)
     np.testing.assert_allclose(gt[:, :3, 3], lines[1:, :3, 3], rtol=0, atol=1e-8)  # |t| ~ 5e4 m
-    from dynamo_depth.odometry_metrics import local_gt_poses
+    from dynamo_depth.evaluation.odometry import local_gt_poses
 
     want = np.linalg.inv(np.linalg.inv(lines[1]) @ lines[2])
     np.testing.assert_allclose(local_gt_poses(gt), want[None], rtol=0, atol=1e-8)

@@ -21,9 +21,9 @@ import pytest
 
 from builders import kitti, waymo
 from builders.runner import build
-from dynamo_depth.manifest import load_manifest
-from dynamo_depth.schema import decode, edge_neighbours
-from dynamo_depth.shards import iter_shard
+from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.schema import decode, edge_neighbours
 from eval import depth as eval_depth
 from tests.samples import SHARED
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dynamo_depth.formats import kitti as fmt
+from dynamo_depth.formats import kitti_write
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 KITTI_DATE = SHARED / "fixtures" / "kitti_raw" / "2011_09_26"
@@ -42,7 +43,7 @@ def test_real_calibration_reads_and_rewrites_byte_identically(tmp_path: Path) ->
         for line in text.splitlines():
             key, _, rest = line.partition(":")
             values[key] = numbers[key] if key in numbers else rest.strip()
-        fmt.write_calib_file(tmp_path / source.name, values)
+        kitti_write.write_calib_file(tmp_path / source.name, values)
         assert (tmp_path / source.name).read_bytes() == source.read_bytes()
 
 
@@ -75,21 +76,21 @@ def test_real_oxts_velodyne_timestamps_are_plausible() -> None:
 
 def test_velodyne_round_trip_and_bad_size(tmp_path: Path) -> None:
     points = np.array([[1.5, -2.25, 0.125, 0.5], [100.0, 3.0, -1.7, 0.0]], dtype=np.float32)
-    fmt.write_velodyne(tmp_path / "a.bin", points)
+    kitti_write.write_velodyne(tmp_path / "a.bin", points)
     assert (tmp_path / "a.bin").stat().st_size == 32
     np.testing.assert_array_equal(fmt.read_velodyne(tmp_path / "a.bin"), points)
     (tmp_path / "bad.bin").write_bytes(b"\0" * 20)
     with pytest.raises(ValueError, match=r"bad\.bin.*multiple of 16"):
         fmt.read_velodyne(tmp_path / "bad.bin")
     with pytest.raises(ValueError, match="N, 4"):
-        fmt.write_velodyne(tmp_path / "c.bin", points[:, :3])
+        kitti_write.write_velodyne(tmp_path / "c.bin", points[:, :3])
 
 
 def test_oxts_round_trip_exact_and_errors(tmp_path: Path) -> None:
     values = {name: 0.1 * i + 1.0 / 3.0 for i, name in enumerate(fmt.OXTS_FIELDS)}
     values.update(navstat=4, numsats=9, posmode=4, velmode=4, orimode=0)
     packet = fmt.OxtsPacket(**values)
-    fmt.write_oxts(tmp_path / "p.txt", packet)
+    kitti_write.write_oxts(tmp_path / "p.txt", packet)
     assert fmt.read_oxts(tmp_path / "p.txt") == packet
     assert (tmp_path / "p.txt").read_text().endswith(" 4 9 4 4 0\n")
     (tmp_path / "short.txt").write_text("1 2 3\n")
@@ -118,7 +119,7 @@ def test_geodetic_inverse_round_trip_is_exact() -> None:
         roll, pitch, yaw = rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1), rng.uniform(-3.0, 3.0)
         poses[i, :3, :3] = fmt._rotation_rpy(roll, pitch, yaw)
         poses[i, :3, 3] = rng.uniform(-800.0, 800.0, size=3) * [1, 1, 0.02]
-    geodetic = fmt.world_from_imu_to_geodetic(poses)
+    geodetic = kitti_write.world_from_imu_to_geodetic(poses)
     assert geodetic[0, 0] == pytest.approx(49.0) and geodetic[0, 1] == pytest.approx(8.4)
     base = dict.fromkeys(fmt.OXTS_FIELDS, 0.0) | dict(navstat=4, numsats=8, posmode=4, velmode=4, orimode=0)
     names = ("lat", "lon", "alt", "roll", "pitch", "yaw")
@@ -133,10 +134,10 @@ def test_timestamps_round_trip_truncate_and_errors(tmp_path: Path) -> None:
     (tmp_path / "t.txt").write_text("2011-09-26 13:02:25.964389273\n2011-09-26 13:02:26.000000999\n")
     times = fmt.read_timestamps(tmp_path / "t.txt")
     np.testing.assert_array_equal(times, [_utc_us(2011, 9, 26, 13, 2, 25, 964389), _utc_us(2011, 9, 26, 13, 2, 26, 0)])
-    fmt.write_timestamps(tmp_path / "u.txt", times)
+    kitti_write.write_timestamps(tmp_path / "u.txt", times)
     assert (tmp_path / "u.txt").read_text() == "2011-09-26 13:02:25.964389000\n2011-09-26 13:02:26.000000000\n"
     np.testing.assert_array_equal(fmt.read_timestamps(tmp_path / "u.txt"), times)
-    fmt.write_timestamps(tmp_path / "gap.txt", [times[0], fmt.MISSING_TIMESTAMP_US, times[1]])
+    kitti_write.write_timestamps(tmp_path / "gap.txt", [times[0], fmt.MISSING_TIMESTAMP_US, times[1]])
     np.testing.assert_array_equal(fmt.read_timestamps(tmp_path / "gap.txt"), [times[0], -1, times[1]])
     (tmp_path / "bad.txt").write_text("2011-09-26 13:02:25.1\nyesterday\n")
     with pytest.raises(ValueError, match=r"bad\.txt: line 2"):
@@ -146,12 +147,12 @@ def test_timestamps_round_trip_truncate_and_errors(tmp_path: Path) -> None:
 def test_load_calib_names_missing_or_corrupt_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: calibration file is missing"):
         fmt.load_kitti_calib(tmp_path)
-    fmt.write_calib_file(tmp_path / "calib_cam_to_cam.txt", {"calib_time": "x", "R_rect_00": np.eye(3)})
-    fmt.write_calib_file(tmp_path / "calib_velo_to_cam.txt", {"R": np.eye(3), "T": (0.0, 0.0, 0.0)})
-    fmt.write_calib_file(tmp_path / "calib_imu_to_velo.txt", {"R": np.eye(3), "T": (1.0, 2.0)})
+    kitti_write.write_calib_file(tmp_path / "calib_cam_to_cam.txt", {"calib_time": "x", "R_rect_00": np.eye(3)})
+    kitti_write.write_calib_file(tmp_path / "calib_velo_to_cam.txt", {"R": np.eye(3), "T": (0.0, 0.0, 0.0)})
+    kitti_write.write_calib_file(tmp_path / "calib_imu_to_velo.txt", {"R": np.eye(3), "T": (1.0, 2.0)})
     with pytest.raises(ValueError, match=r"calib_imu_to_velo\.txt: key 'T' must hold 3"):
         fmt.load_kitti_calib(tmp_path)
-    fmt.write_calib_file(tmp_path / "calib_imu_to_velo.txt", {"R": np.eye(3), "T": (1.0, 2.0, 3.0)})
+    kitti_write.write_calib_file(tmp_path / "calib_imu_to_velo.txt", {"R": np.eye(3), "T": (1.0, 2.0, 3.0)})
     with pytest.raises(ValueError, match=r"calib_cam_to_cam\.txt: missing key 'P_rect_00'"):
         fmt.load_kitti_calib(tmp_path)
     (tmp_path / "calib_velo_to_cam.txt").write_text("no colon here\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynamo_depth.formats import tfrecord, waymo_pb2
+from dynamo_depth.formats import tfrecord, waymo_lidar, waymo_pb2
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.formats.tfrecord import (
     TFRecordError,
@@ -208,7 +208,7 @@ def test_hand_built_frame_points() -> None:
         laser.ri_return1.range_image_compressed = wf.encode_matrix(image)
         if pixel_pose is not None:
             laser.ri_return1.range_image_pose_compressed = wf.encode_matrix(pixel_pose)
-    points = wf.lidar_points(frame, returns=(1, 2))
+    points = waymo_lidar.lidar_points(frame, returns=(1, 2))
     assert list(points) == ["TOP", "FRONT"]
     c3, s3 = math.cos(0.3), math.sin(0.3)
     expected = np.array([[2 * c3 * math.cos(0.75 * math.pi), 2 * c3 * math.sin(0.75 * math.pi), 2 * s3],
@@ -229,10 +229,10 @@ def test_euler_matrix_and_columns() -> None:
         m[i, i], m[i, j], m[j, i], m[j, j] = c, -s, s, c
         return m
 
-    rotation = wf.rotation_from_euler(np.float64(roll), np.float64(pitch), np.float64(yaw))
+    rotation = waymo_lidar.rotation_from_euler(np.float64(roll), np.float64(pitch), np.float64(yaw))
     np.testing.assert_allclose(rotation, axis(2, yaw) @ axis(1, pitch) @ axis(0, roll), atol=1e-15)
-    np.testing.assert_allclose(wf.euler_from_rotation(rotation), [roll, pitch, yaw], atol=1e-12)
-    np.testing.assert_allclose(wf.column_azimuths(4, np.eye(4)), [0.75 * math.pi, 0.25 * math.pi,
+    np.testing.assert_allclose(waymo_lidar.euler_from_rotation(rotation), [roll, pitch, yaw], atol=1e-12)
+    np.testing.assert_allclose(waymo_lidar.column_azimuths(4, np.eye(4)), [0.75 * math.pi, 0.25 * math.pi,
                                                                   -0.25 * math.pi, -0.75 * math.pi])
     calib = wf.LaserCalibration(name="X", vehicle_from_laser=np.eye(4), beam_inclinations=None,
                                 inclination_min=-0.4, inclination_max=0.4)
@@ -257,7 +257,7 @@ def test_matrix_encoding_and_errors() -> None:
     with pytest.raises(wf.WaymoFormatError, match="rec 7: not a serialized waymo Frame"):
         wf.parse_frame(b"\xff\xff\xff", source="rec 7")
     with pytest.raises(ValueError, match="returns must be"):
-        wf.lidar_points(waymo_pb2.Frame(), returns=(3,))
+        waymo_lidar.lidar_points(waymo_pb2.Frame(), returns=(3,))
     assert zlib.decompress(wf.encode_matrix(array))[:1] == b"\x0a"
 
 
@@ -296,7 +296,7 @@ def test_real_pvps_frame_matches_original_assets() -> None:
     lasers = wf.laser_calibrations(frame)
     assert lasers["TOP"].beam_inclinations.shape == (64,) and np.all(np.diff(lasers["TOP"].beam_inclinations) > 0)
     assert lasers["FRONT"].beam_inclinations is None and lasers["FRONT"].inclination_min == -math.pi / 2
-    points = wf.lidar_points(frame)  # the PVPS record carries no range images
+    points = waymo_lidar.lidar_points(frame)  # the PVPS record carries no range images
     assert list(points) == list(wf.LASER_NAMES) and all(p.shape == (0, 3) for p in points.values())
     labels = wf.laser_labels(frame)
     assert len(labels) == 75 and labels[0].type == "TYPE_SIGN" and labels[0].id == "-uZgRjAOvgiK1-0dUx_4Sg"
@@ -309,7 +309,7 @@ def test_synthetic_lidar_matches_official_decoder(tmp_path: Path) -> None:
     assert len(frames) == 3
     for k, frame in enumerate(frames):
         for ret in (1, 2):
-            ours = wf.lidar_points(frame, returns=(ret,))
+            ours = waymo_lidar.lidar_points(frame, returns=(ret,))
             with np.load(REFERENCE / "oracle_points" / f"frame{k}_return{ret}.npz", allow_pickle=False) as oracle:
                 assert list(oracle.keys()) == list(ours) == list(wf.LASER_NAMES)
                 for name in oracle.keys():
@@ -318,7 +318,7 @@ def test_synthetic_lidar_matches_official_decoder(tmp_path: Path) -> None:
                     tolerance = 0.02 if name == "TOP" else 1e-4
                     if len(expected):
                         assert np.abs(ours[name] - expected).max() <= tolerance, (k, ret, name)
-    assert wf.lidar_points(frames[1], returns=(1, 2))["TOP"].shape == (104098 + 920, 3)
+    assert waymo_lidar.lidar_points(frames[1], returns=(1, 2))["TOP"].shape == (104098 + 920, 3)
 
 
 @needs_shared
@@ -339,7 +339,7 @@ def test_points_match_the_installed_official_decoder() -> None:
                                                                        ri_index=ret - 1)
             names = [wf.LASER_NAMES[c.name - 1] for c in sorted(official.context.laser_calibrations,
                                                                  key=lambda c: c.name)]
-            mine = wf.lidar_points(ours, returns=(ret,))
+            mine = waymo_lidar.lidar_points(ours, returns=(ret,))
             for name, expected in zip(names, theirs, strict=True):
                 assert mine[name].shape == expected.shape, (ret, name)
                 tolerance = 0.02 if name == "TOP" else 1e-3

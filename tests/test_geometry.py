@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dynamo_depth import geometry as g
-from dynamo_depth import warping
+from dynamo_depth.objective import warping
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ASSETS = SHARED / "reference" / "dynamo_depth_assets"
@@ -143,7 +143,7 @@ def test_rotation_from_rpy_order():
     assert g.rotation_from_rpy(np.zeros(5), 0.0, np.zeros(5)).shape == (5, 3, 3)
 
 
-# ------------------------------------------------- torch rotations / poses (dynamo_depth.warping, the training path)
+# ------------------------------------------------- torch rotations / poses (dynamo_depth.objective.warping, the training path)
 def test_torch_axis_angle_matches_numpy_and_has_finite_gradient_at_zero():
     rng = np.random.default_rng(3)
     v = np.concatenate([rng.normal(size=(6, 3)), np.zeros((1, 3)), [[1e-6, -2e-6, 0.0]]])

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from dynamo_depth.config import LossWeights
-from dynamo_depth.ground_plane import fit_hypotheses, ground_disp_diff, ground_loss, ransac_plane
-from dynamo_depth.loss_inputs import (
+from dynamo_depth.models.depth import depth_to_disp, disp_to_depth
+from dynamo_depth.models.outputs import ModelOutputs
+from dynamo_depth.objective.ground_plane import fit_hypotheses, ground_disp_diff, ground_loss, ransac_plane
+from dynamo_depth.objective.inputs import (
     LossBatch,
     LossSettings,
     ReplayedDraws,
@@ -18,7 +20,7 @@ from dynamo_depth.loss_inputs import (
     make_loss_batch,
     target_pyramid,
 )
-from dynamo_depth.losses import (
+from dynamo_depth.objective.losses import (
     PHASE_TERMS,
     RAMPED_TERMS,
     TERMS,
@@ -28,10 +30,8 @@ from dynamo_depth.losses import (
     photometric_error,
     ssim_loss,
 )
-from dynamo_depth.models.depth import depth_to_disp, disp_to_depth
-from dynamo_depth.models.outputs import ModelOutputs
-from dynamo_depth.view_synthesis import generate_warps
-from dynamo_depth.warping import pixel_grid, project_to_grid, warp_source_to_target
+from dynamo_depth.objective.view_synthesis import generate_warps
+from dynamo_depth.objective.warping import pixel_grid, project_to_grid, warp_source_to_target
 
 torch.set_num_threads(2)
 H, W, FOCAL, PLANE_Z, STEP = 32, 64, 100.0, 2.0, 0.06  # STEP m at PLANE_Z m moves FOCAL * STEP / PLANE_Z = 3 px

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_depth import storage
-from dynamo_depth.manifest import (
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.manifest import (
     FailedUnit,
     Manifest,
     UnitRecord,
@@ -23,9 +23,9 @@ from dynamo_depth.manifest import (
     load_manifest,
     save_manifest,
 )
-from dynamo_depth.schema import encode
-from dynamo_depth.shards import ShardWriter
-from dynamo_depth.verify import Problem, main, verify_shards
+from dynamo_depth.shards.schema import encode
+from dynamo_depth.shards.verify import Problem, main, verify_shards
+from dynamo_depth.shards.writer import ShardWriter
 from tests.samples import make_sample
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Hand-computed checks of dynamo_depth.metrics: depth metrics, protocol, pooling, PR/F1, ATE."""
+"""Hand-computed checks of dynamo_depth.evaluation.metrics: depth metrics, protocol, pooling, PR/F1, ATE."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynamo_depth import depth_eval as de
-from dynamo_depth import metrics as m
-from dynamo_depth import motion_metrics, odometry_metrics
+from dynamo_depth.evaluation import depth as de
+from dynamo_depth.evaluation import metrics as m
+from dynamo_depth.evaluation import motion as motion_metrics
+from dynamo_depth.evaluation import odometry as odometry_metrics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference"

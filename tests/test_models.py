@@ -8,8 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynamo_depth.loss_inputs import LossSettings, SeededDraws, make_loss_batch
-from dynamo_depth.losses import compute_losses
 from dynamo_depth.models import MODULE_NAMES, PHASES, DynamoDepthModel, phase_spec
 from dynamo_depth.models.depth import depth_to_disp, disp_to_depth
 from dynamo_depth.models.motion import MotionDecoder, decode_together, ego_motion
@@ -22,7 +20,9 @@ from dynamo_depth.models.resnet import (
     load_torchvision_state_dict,
     load_torchvision_weights,
 )
-from dynamo_depth.warping import relative_pose, transform_points
+from dynamo_depth.objective.inputs import LossSettings, SeededDraws, make_loss_batch
+from dynamo_depth.objective.losses import compute_losses
+from dynamo_depth.objective.warping import relative_pose, transform_points
 
 torch.set_num_threads(2)
 

@@ -18,7 +18,7 @@ pytest.importorskip("nuscenes", reason="nuscenes-devkit is needed by the nuScene
 
 from builders import nuscenes as nb  # noqa: E402
 from builders.runner import build, run_unit  # noqa: E402
-from dynamo_depth.shards import iter_shard  # noqa: E402
+from dynamo_depth.shards.reader import iter_shard  # noqa: E402
 from dynamo_depth.synth.nuscenes import write_nuscenes  # noqa: E402
 from dynamo_depth.synth.nuscenes_inflate import inflate_tables  # noqa: E402
 

@@ -16,9 +16,10 @@ import pytest
 
 from builders import packing
 from builders.runner import BuilderSpec, Unit, build
-from dynamo_depth import storage
-from dynamo_depth.schema import EDGE_KEY, is_edge_meta_json
-from dynamo_depth.shards import ShardWriter, iter_shard
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.schema import EDGE_KEY, is_edge_meta_json
+from dynamo_depth.shards.writer import ShardWriter
 from tests import s3server
 from tests.s3server import BUCKET, SeaweedS3
 from tests.samples import make_sample

@@ -24,12 +24,18 @@ import pytest
 import torch
 
 from dynamo_depth.config import LossWeights
-from dynamo_depth.ground_plane import ground_disp_diff, ground_loss, ground_points, ransac_plane, score_hypotheses
-from dynamo_depth.loss_inputs import LossBatch, LossSettings, ReplayedDraws, intrinsics_pyramid, target_pyramid
-from dynamo_depth.losses import ORIGINAL_TERM_NAMES, LossResult, compute_losses
 from dynamo_depth.models.depth import disp_to_depth
 from dynamo_depth.models.outputs import ModelOutputs
-from dynamo_depth.view_synthesis import resize
+from dynamo_depth.objective.ground_plane import (
+    ground_disp_diff,
+    ground_loss,
+    ground_points,
+    ransac_plane,
+    score_hypotheses,
+)
+from dynamo_depth.objective.inputs import LossBatch, LossSettings, ReplayedDraws, intrinsics_pyramid, target_pyramid
+from dynamo_depth.objective.losses import ORIGINAL_TERM_NAMES, LossResult, compute_losses
+from dynamo_depth.objective.view_synthesis import resize
 from tests.parity_fixture import ParityFixture, Stored, fixture_folders
 
 pytestmark = pytest.mark.shared

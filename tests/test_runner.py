@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from builders.runner import BuilderSpec, SkippedFrame, Unit, build
-from dynamo_depth.manifest import load_manifest
+from dynamo_depth.shards.manifest import load_manifest
 from tests.samples import make_sample
 
 BROKEN: set[str] = set()  # unit names that fail (the toy "raw data" is this set)
@@ -141,7 +141,7 @@ def test_prepare_unit_runs_in_the_driver_and_a_failure_fails_its_unit_only(tmp_p
 
 def _writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The base names of the files ``storage.write_bytes_atomic`` writes from now on, in order."""
-    from dynamo_depth import storage
+    from dynamo_depth.shards import storage
 
     names: list[str] = []
     real = storage.write_bytes_atomic
@@ -154,8 +154,8 @@ def test_a_build_writes_its_sidecar_index_then_the_manifest_and_a_rerun_writes_n
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
-    from dynamo_depth.data.index import _parse_header
-    from dynamo_depth.data.index_store import sidecar_bytes
+    from dynamo_depth.shards.index import _parse_header
+    from dynamo_depth.shards.index_store import sidecar_bytes
 
     writes = _writes(monkeypatch)
     out = tmp_path / "out"
@@ -182,8 +182,9 @@ def test_a_build_writes_its_sidecar_index_then_the_manifest_and_a_rerun_writes_n
 def test_loader_start_up_on_a_fresh_build_reads_the_sidecar_and_verify_and_index_check_pass(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from dynamo_depth import __main__ as cli
-    from dynamo_depth import manifest as manifest_mod
-    from dynamo_depth.data import index_store, make_dataset
+    from dynamo_depth.data import make_dataset
+    from dynamo_depth.shards import index_store
+    from dynamo_depth.shards import manifest as manifest_mod
 
     out = tmp_path / "out"
     _build(out, max_count=5)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from dynamo_depth.data import SampleIntegrityError, make_dataset
-from dynamo_depth.manifest import load_manifest, save_manifest
-from dynamo_depth.shards import SampleSpan, ShardRecord
-from dynamo_depth.verify import main as verify_main
+from dynamo_depth.shards.manifest import load_manifest, save_manifest
+from dynamo_depth.shards.records import SampleSpan, ShardRecord
+from dynamo_depth.shards.verify import main as verify_main
 from tests.test_data_local import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_verify_and_eval_name_the_sample(corrupted, capsys: pytest.CaptureFixtur
 
 def test_read_sample_checks_the_span_digest(corrupted) -> None:
     """``shards.read_sample`` (what ``show --key`` uses) checks a version-2 span before parsing it."""
-    from dynamo_depth.shards import read_sample
+    from dynamo_depth.shards.reader import read_sample
 
     folder, record, span = corrupted
     with pytest.raises(ValueError, match=f"{record.name}: sample {span.key!r} at byte offset {span.offset} .*sha256"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zstandard
 
-from dynamo_depth.schema import (
+from dynamo_depth.shards.schema import (
     ALL_MEMBERS,
     REQUIRED_MEMBERS,
     SampleError,
@@ -136,7 +136,7 @@ def test_constructor_rejects_bad_pose_and_key() -> None:
 def test_non_finite_arrays_and_malformed_meta_matrices_are_rejected() -> None:
     import dataclasses
 
-    from dynamo_depth.schema import SampleError, SampleMeta, decode, encode
+    from dynamo_depth.shards.schema import SampleError, SampleMeta, decode, encode
 
     sample = make_sample(0)
     bad_K = sample.K.copy()
@@ -162,7 +162,7 @@ def test_non_finite_arrays_and_malformed_meta_matrices_are_rejected() -> None:
 def test_original_png_member_and_edge_flag_round_trip() -> None:
     import dataclasses
 
-    from dynamo_depth.schema import edge_neighbours
+    from dynamo_depth.shards.schema import edge_neighbours
 
     sample = make_sample(3, n_points=5, with_motion=False)
     png = b"\x89PNG\r\n\x1a\n" + b"rest-of-file"
@@ -228,7 +228,7 @@ def test_v1_shard_read_through_webdataset_decodes(tmp_path) -> None:
     """webdataset.WebDataset hands a v1 shard's ``K.npy`` over as ``k.npy``; decode reads it as K."""
     import webdataset as wds
 
-    from dynamo_depth.shards import ShardWriter
+    from dynamo_depth.shards.writer import ShardWriter
 
     old = _v1(make_sample(7))
     with ShardWriter(str(tmp_path), prefix="x", max_count=10, max_bytes=2**30) as writer:
@@ -242,8 +242,8 @@ def test_v1_shard_read_through_webdataset_decodes(tmp_path) -> None:
 def test_a_v1_shard_set_trains_through_the_loader_next_to_v2(tmp_path) -> None:
     """Shards written before schema v2 (K.npy, manifest schema_version 1) load and batch as before."""
     from dynamo_depth.data import make_loader
-    from dynamo_depth.manifest import Manifest, save_manifest
-    from dynamo_depth.shards import ShardWriter
+    from dynamo_depth.shards.manifest import Manifest, save_manifest
+    from dynamo_depth.shards.writer import ShardWriter
 
     for version in (1, 2):
         samples = [make_sample(i) for i in range(4)]

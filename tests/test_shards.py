@@ -15,17 +15,11 @@ from pathlib import Path
 import pytest
 import webdataset
 
-from dynamo_depth import storage
-from dynamo_depth.schema import decode, encode
-from dynamo_depth.shards import (
-    ShardRecord,
-    ShardWriter,
-    iter_shard,
-    parse_sample_bytes,
-    read_sample,
-    sha256_of,
-    shard_name,
-)
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.reader import iter_shard, parse_sample_bytes, read_sample, sha256_of
+from dynamo_depth.shards.records import ShardRecord, shard_name
+from dynamo_depth.shards.schema import decode, encode
+from dynamo_depth.shards.writer import ShardWriter
 from tests.samples import make_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +30,8 @@ ENCODED = [(s.key, encode(s)) for s in SAMPLES]
 # Writes the same 9 samples as ENCODED, 3 per shard, sleeping argv[2] s after each sample.
 WRITER_SCRIPT = """
 import sys, time
-from dynamo_depth.schema import encode
-from dynamo_depth.shards import ShardWriter
+from dynamo_depth.shards.schema import encode
+from dynamo_depth.shards.writer import ShardWriter
 from tests.samples import make_sample
 out, delay = sys.argv[1], float(sys.argv[2])
 def on_shard(record):

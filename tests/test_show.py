@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dynamo_depth.manifest import Manifest, save_manifest
-from dynamo_depth.schema import encode
-from dynamo_depth.shards import ShardWriter
+from dynamo_depth.shards.manifest import Manifest, save_manifest
+from dynamo_depth.shards.schema import encode
+from dynamo_depth.shards.writer import ShardWriter
 from dynamo_depth.show import main
 from tests.samples import make_sample
 

@@ -1,11 +1,11 @@
-"""The shared-target SSIM with its hand-written backward (dynamo_depth.ssim) against autograd of the formula."""
+"""The shared-target SSIM with its hand-written backward (dynamo_depth.objective.ssim) against autograd of the formula."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from dynamo_depth.ssim import box_mean3, ssim_loss, ssim_loss_reference, ssim_target
+from dynamo_depth.objective.ssim import box_mean3, ssim_loss, ssim_loss_reference, ssim_target
 
 
 def _images(seed: int, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

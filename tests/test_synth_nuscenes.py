@@ -15,7 +15,8 @@ from nuscenes.nuscenes import NuScenes  # noqa: E402
 from nuscenes.utils.data_classes import LidarPointCloud  # noqa: E402
 from pyquaternion import Quaternion  # noqa: E402
 
-from dynamo_depth.synth.nuscenes import GLOBAL_FROM_WORLD, write_nuscenes  # noqa: E402
+from dynamo_depth.synth.nuscenes import write_nuscenes  # noqa: E402
+from dynamo_depth.synth.nuscenes_rig import GLOBAL_FROM_WORLD  # noqa: E402
 from dynamo_depth.synth.world import make_world  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

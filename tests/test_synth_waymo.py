@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from dynamo_depth.formats import waymo as wf
+from dynamo_depth.formats import waymo_lidar
 from dynamo_depth.formats.tfrecord import iter_records
 from dynamo_depth.synth import waymo as sw
 from dynamo_depth.synth.world import World, make_world
@@ -48,7 +49,7 @@ def _world_points_and_times(frame) -> tuple[np.ndarray, np.ndarray]:
     start = _world_time(frame.timestamp_micros)
     images = wf.range_images(frame, returns=(1,))
     points, times = [], []
-    for name, vehicle_points in wf.lidar_points(frame).items():
+    for name, vehicle_points in waymo_lidar.lidar_points(frame).items():
         if name == "TOP":
             _, cols = np.nonzero(images[name].returns[1][..., 0] > 0)
             times.append(sw.top_column_times_s(start, images[name].returns[1].shape[1])[cols])
@@ -79,7 +80,7 @@ def test_points_lie_on_world_surfaces(small_segments: list[Path]) -> None:
         start = _world_time(frame.timestamp_micros)
         world_from_vehicle = wf.frame_pose(frame)
         np.testing.assert_allclose(world_from_vehicle, world.world_from_ego(start + 0.05), atol=1e-12)
-        points = wf.lidar_points(frame)
+        points = waymo_lidar.lidar_points(frame)
         images = wf.range_images(frame, returns=(1,))
         for name, vehicle_points in points.items():
             assert len(vehicle_points) > 500, name

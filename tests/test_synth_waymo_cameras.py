@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from builders import waymo as wb
-from builders.runner import SkippedFrame, Unit
+from builders.spec import SkippedFrame, Unit
 from dynamo_depth.formats import waymo as wf
 from dynamo_depth.formats.tfrecord import iter_records
 from dynamo_depth.synth import waymo as sw

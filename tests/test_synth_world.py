@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dynamo_depth.synth import boxes as boxes_module
 from dynamo_depth.synth import world as world_module
 from dynamo_depth.synth.world import (
     Box,
@@ -192,7 +193,7 @@ def test_ray_cones_never_drop_a_ray_inside_a_bounding_sphere() -> None:
     rays /= np.linalg.norm(rays, axis=1)[:, None]
     rays = rays[np.argsort(np.arctan2(rays[:, 1], rays[:, 0]))]  # neighbouring rays: cones of varied width
     columns = (rays[:, 0].copy(), rays[:, 1].copy(), rays[:, 2].copy())
-    cones = world_module._RayCones.of(columns, chunk=256)
+    cones = boxes_module._RayCones.of(columns, chunk=256)
     assert cones.axes.shape == (79, 3) and np.all(cones.half_angle > 0)
     for _ in range(40):
         centre = rng.uniform(-30.0, 30.0, size=3)

@@ -11,9 +11,9 @@ import pytest
 from builders import kitti, nuscenes, waymo
 from builders.cli import make_parser
 from builders.runner import build
-from dynamo_depth.manifest import load_manifest
-from dynamo_depth.schema import decode, edge_neighbours
-from dynamo_depth.shards import iter_shard
+from dynamo_depth.shards.manifest import load_manifest
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.schema import decode, edge_neighbours
 from dynamo_depth.synth import kitti as synth_kitti
 from dynamo_depth.synth import waymo as synth_waymo
 from dynamo_depth.synth.nuscenes import write_nuscenes

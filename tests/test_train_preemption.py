@@ -5,7 +5,7 @@
 * ``torchrun --max-restarts 1`` with one rank SIGKILLed mid-epoch: the agent restarts both workers with the
   same arguments, ``--resume auto`` continues from the last checkpoint, the job ends by itself (exit 0) with
   the parameters of an uninterrupted run. The static rendezvous (``--master_addr``) keeps one agent store for
-  both attempts: ``train.main.restart_store`` gives the second attempt its own key prefix (without it the
+  both attempts: ``train.process_group.restart_store`` gives the second attempt its own key prefix (without it the
   restarted workers hang in ``init_process_group``).
 
 8 synthetic KITTI samples at 64x64, batch 2 per rank (2 steps a data epoch), epochs of 4 steps, 5 steps.

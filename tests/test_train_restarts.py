@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamo_depth import storage
+from dynamo_depth.shards import storage
 from tests import s3server
 from tests.test_train import _run, shards  # noqa: F401 - shards is a fixture
 from train.checkpoint import load_checkpoint, model_digest

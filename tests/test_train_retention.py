@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_depth import storage
+from dynamo_depth.shards import storage
 from tests import s3server
 from tests.test_train import _run, shards  # noqa: F401 - shards is a fixture
 from tests.test_train_restarts import one_thread  # noqa: F401 - a fixture

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamo_depth import storage
 from dynamo_depth.config import config_to_dict, load_config
+from dynamo_depth.shards import storage
 from tests import s3server
 from tests.test_train import DEMO, REPO, TINY, shards  # noqa: F401 - shards is a fixture
 from train import main as train_main
@@ -156,7 +156,7 @@ def test_unwrap_worker_error_rebuilds_the_original() -> None:
     from torch._utils import ExceptionWrapper
 
     from dynamo_depth.data.sources import ShardIntegrityError
-    from dynamo_depth.schema import SampleError
+    from dynamo_depth.shards.schema import SampleError
 
     def wrapped(exc: BaseException) -> BaseException:
         try:

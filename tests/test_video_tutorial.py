@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynamo_depth.predict_video import motion_overlay
+from dynamo_depth.pictures import motion_overlay
 from tests.test_builder_video import KITTI, kitti_camera_yaml, kitti_frames, write_video
 
 REPO = Path(__file__).resolve().parents[1]

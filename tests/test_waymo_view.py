@@ -12,6 +12,7 @@ import pytest
 from builders import waymo
 from builders.waymo_view import camera_wedge, rolling_shutter_bound, wedge_selector
 from dynamo_depth.formats import waymo as wf
+from dynamo_depth.formats import waymo_lidar
 from dynamo_depth.formats.tfrecord import iter_records
 from dynamo_depth.geometry import invert_se3
 from dynamo_depth.synth import waymo as sw
@@ -23,7 +24,7 @@ REFERENCE_RECORD = SHARED / "reference" / "waymo_synthetic_lidar" / "synthetic_l
 def _camera(*, yaw: float = 0.0, pitch: float = 0.0, xyz=(1.5, 0.0, 2.0), width: int = 1920, height: int = 1280,
             f: float = 960.0) -> wf.CameraCalibration:
     """A pinhole camera (Waymo axes: x forward) at ``xyz`` turned by ``yaw`` then pitched by ``pitch``."""
-    rotation = wf.rotation_from_euler(np.float64(0.0), np.float64(pitch), np.float64(yaw))
+    rotation = waymo_lidar.rotation_from_euler(np.float64(0.0), np.float64(pitch), np.float64(yaw))
     vehicle_from_camera = np.eye(4)
     vehicle_from_camera[:3, :3], vehicle_from_camera[:3, 3] = rotation, xyz
     return wf.CameraCalibration(name="FRONT", width=width, height=height, f_u=f, f_v=f, c_u=width / 2, c_v=height / 2,
@@ -48,19 +49,19 @@ def test_camera_wedge_hand_computed() -> None:
 
 def test_rolling_shutter_bound_hand_computed() -> None:
     world_from_vehicle = np.eye(4)
-    world_from_vehicle[:3, :3] = wf.rotation_from_euler(np.float64(0.01), np.float64(-0.02), np.float64(3.1))
+    world_from_vehicle[:3, :3] = waymo_lidar.rotation_from_euler(np.float64(0.01), np.float64(-0.02), np.float64(3.1))
     world_from_vehicle[:3, 3] = [100.0, -50.0, 3.0]
     pose = np.zeros((2, 3, 6), dtype=np.float32)
     pose[...] = [0.01, -0.02, 3.1, 100.0, -50.0, 3.0]
     pose[1, 2] = [0.01, -0.02, -3.1, 103.0, -46.0, 3.0]  # yaw across +-pi: 2 pi - 6.2 rad; moved (3, 4, 0) m
     laser = wf.LaserCalibration(name="TOP", vehicle_from_laser=np.eye(4), beam_inclinations=None,
                                 inclination_min=-0.3, inclination_max=0.05)
-    pixels = wf.LaserPixels(calib=laser, ranges=np.ones((2, 3), np.float32), inclinations=np.zeros(2),
+    pixels = waymo_lidar.LaserPixels(calib=laser, ranges=np.ones((2, 3), np.float32), inclinations=np.zeros(2),
                             azimuths=np.zeros(3), pixel_pose=pose, world_from_vehicle=world_from_vehicle)
     turn, shift = rolling_shutter_bound(pixels)
     assert turn == pytest.approx(2 * math.pi - 6.2, abs=2e-5)
     assert shift == pytest.approx(5.0, abs=1e-3)
-    assert rolling_shutter_bound(wf.LaserPixels(calib=laser, ranges=pixels.ranges, inclinations=np.zeros(2),
+    assert rolling_shutter_bound(waymo_lidar.LaserPixels(calib=laser, ranges=pixels.ranges, inclinations=np.zeros(2),
                                                 azimuths=np.zeros(3), pixel_pose=None, world_from_vehicle=None)) == (0, 0)
 
 
@@ -80,7 +81,7 @@ def test_cull_never_drops_a_visible_point(seed: int, turn: float, shift: float, 
     calib = _camera(yaw=rng.uniform(-np.pi, np.pi), pitch=rng.uniform(-0.3, 0.3), xyz=rng.uniform(-2, 2, 3))
     wedge = camera_wedge(calib)
     extrinsic = np.eye(4)
-    extrinsic[:3, :3] = wf.rotation_from_euler(*(np.float64(a) for a in rng.uniform([-0.5, -0.5, -np.pi],
+    extrinsic[:3, :3] = waymo_lidar.rotation_from_euler(*(np.float64(a) for a in rng.uniform([-0.5, -0.5, -np.pi],
                                                                                      [0.5, 0.5, np.pi])))
     extrinsic[:3, 3] = rng.uniform(-2, 2, 3)
     laser = wf.LaserCalibration(name="TOP", vehicle_from_laser=extrinsic, beam_inclinations=None,
@@ -89,23 +90,23 @@ def test_cull_never_drops_a_visible_point(seed: int, turn: float, shift: float, 
     ranges = rng.uniform(0.2, 80.0, (height, width)).astype(np.float32)
     ranges[rng.random((height, width)) < 0.05] = 0.0
     world_from_vehicle = np.eye(4)
-    world_from_vehicle[:3, :3] = wf.rotation_from_euler(np.float64(0.02), np.float64(0.01), np.float64(1.0))
+    world_from_vehicle[:3, :3] = waymo_lidar.rotation_from_euler(np.float64(0.02), np.float64(0.01), np.float64(1.0))
     world_from_vehicle[:3, 3] = [500.0, 200.0, 10.0]
     pose = np.empty((height, width, 6), dtype=np.float32)
     pose[..., :3] = [0.02, 0.01, 1.0] + rng.uniform(-1, 1, (height, width, 3)) * [turn / 4, turn / 4, turn]
     pose[..., 3:] = [500.0, 200.0, 10.0] + rng.uniform(-shift, shift, (height, width, 3))
     image = np.zeros((height, width, 4), dtype=np.float32)
     image[..., 0] = ranges
-    every = wf._laser_points(image, laser, pose, world_from_vehicle)
+    every = waymo_lidar._laser_points(image, laser, pose, world_from_vehicle)
     visible = _visible(every, calib)
     rows, cols = np.nonzero(ranges > 0)
-    selected = wedge_selector(wedge)(wf.LaserPixels(
+    selected = wedge_selector(wedge)(waymo_lidar.LaserPixels(
         calib=laser, ranges=ranges, inclinations=laser.row_inclinations(height),
-        azimuths=wf.column_azimuths(width, extrinsic), pixel_pose=pose, world_from_vehicle=world_from_vehicle))
+        azimuths=waymo_lidar.column_azimuths(width, extrinsic), pixel_pose=pose, world_from_vehicle=world_from_vehicle))
     assert len(visible) > 100
     assert selected[rows[visible], cols[visible]].all()
     assert selected.mean() <= most_kept  # a ~90-degree wedge of a 360-degree laser, widened by the bounds
-    culled = wf._laser_points(image, laser, pose, world_from_vehicle, select=wedge_selector(wedge))
+    culled = waymo_lidar._laser_points(image, laser, pose, world_from_vehicle, select=wedge_selector(wedge))
     np.testing.assert_array_equal(culled, every[selected[rows, cols]])  # same bits for the points it keeps
 
 
@@ -137,7 +138,7 @@ def test_cull_keeps_border_points_of_a_not_quite_orthonormal_camera(scale: float
             while abs(outside - inside) > 1e-12:
                 middle = 0.5 * (inside + outside)
                 inside, outside = (middle, outside) if len(_visible(point(inclination, middle), calib)) else (inside, middle)
-            pixel = wf.LaserPixels(calib=laser, ranges=np.full((1, 1), r, np.float32), inclinations=np.array([inclination]),
+            pixel = waymo_lidar.LaserPixels(calib=laser, ranges=np.full((1, 1), r, np.float32), inclinations=np.array([inclination]),
                                    azimuths=np.array([inside]), pixel_pose=None, world_from_vehicle=None)
             kept += bool(select(pixel)[0, 0])
     assert kept == 14

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from dynamo_depth.config import RunConfig
-from dynamo_depth.loss_inputs import LossBatch, make_loss_batch
+from dynamo_depth.objective.inputs import LossBatch, make_loss_batch
 
 if TYPE_CHECKING:
-    from train.loop import Runtime
+    from train.runtime import Runtime
 
 
 @dataclass(frozen=True)

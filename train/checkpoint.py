@@ -17,7 +17,7 @@ config         the resolved ``RunConfig`` as a nested dict (``dynamo_depth.confi
 =============  ==============================================================================
 
 Layout in ``run_dir`` (a local folder or any fsspec URL such as ``s3://bucket/run``; see
-``dynamo_depth.storage``)::
+``dynamo_depth.shards.storage``)::
 
     checkpoints/step-000010.pt   one file per checkpoint (the newest ``train.keep_checkpoints`` are kept)
     checkpoints/last.json        the pointer: {"format": POINTER_FORMAT, "checkpoint": "step-000010.pt", "step": 10}
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dynamo_depth import storage
+from dynamo_depth.shards import storage
 
 CHECKPOINT_FORMAT = "dynamo-depth-checkpoint"
 CHECKPOINT_VERSION = 2

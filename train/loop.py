@@ -24,12 +24,13 @@ import torch.distributed as dist
 from torch import nn
 
 from dynamo_depth.config import PHASE_NAMES, RunConfig, config_to_dict
-from dynamo_depth.loss_inputs import LossSettings, SeededDraws
-from dynamo_depth.losses import TERMS, LossWeights, compute_losses
 from dynamo_depth.models import DynamoDepthModel, ModelOutputs
+from dynamo_depth.objective.inputs import LossSettings, SeededDraws
+from dynamo_depth.objective.losses import TERMS, LossWeights, compute_losses
 from train.batches import StepBatch, batch_stream, prepare_batch
 from train.checkpoint import Checkpoint, capture_rng, commit_checkpoint, model_digest, restore_rng
 from train.phases import PhaseWindow, phase_windows, ramp_factor, total_steps
+from train.runtime import Runtime
 
 FIND_UNUSED_PARAMETERS = {name: False for name in PHASE_NAMES}
 """Per phase: whether DDP must look for trainable parameters without a gradient (none do here)."""
@@ -37,24 +38,6 @@ FIND_UNUSED_PARAMETERS = {name: False for name in PHASE_NAMES}
 
 class NonFiniteLossError(RuntimeError):
     """The loss or the gradient norm became NaN/inf; training stops before the optimiser step."""
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where this process runs: its rank among ``world_size`` processes and its device."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
 
 @dataclass(frozen=True)

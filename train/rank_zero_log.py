@@ -8,8 +8,8 @@ import shutil
 import tempfile
 from typing import Any
 
-from dynamo_depth import storage
 from dynamo_depth.config import RunConfig
+from dynamo_depth.shards import storage
 
 
 class RankZeroLogger:

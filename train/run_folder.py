@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import torch.distributed as dist
 
-from dynamo_depth import storage
+from dynamo_depth.shards import storage
 from train.checkpoint import latest_checkpoint
 
 RESUME_MODES = ("auto", "required")

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from train.loop import Runtime
+    from train.runtime import Runtime
 
 EXIT_STOPPED = 75
 """Stopped by SIGTERM / SIGINT after writing the checkpoint of the step reached (``EX_TEMPFAIL``: rerun)."""

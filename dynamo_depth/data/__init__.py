@@ -29,7 +29,7 @@ at the byte offset. With ``cache_dir`` (remote data) owners keep verified copies
 ``cache_bytes``) and the other workers range-read from a copy once it exists. Nothing read is ever
 unpickled.
 
-Index (``dynamo_depth.data.index``): the manifest's samples as a few numpy arrays in one file, read
+Index (``dynamo_depth.shards.index``): the manifest's samples as a few numpy arrays in one file, read
 row by row where per sample (the manifest's sidecar ``manifest.index``, else a node-local cache keyed by the manifest's
 sha256, written by the first process of the node that parses the manifest). The dataset pickled into each
 DataLoader worker holds the index file's path and the plan's parameters only (a few KB whatever the

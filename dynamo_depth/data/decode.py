@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from dynamo_depth import schema
 from dynamo_depth.data.augment import augment_params, flip_geometry, jitter_frames_into
 from dynamo_depth.data.collate import collate_geometry
+from dynamo_depth.shards import schema
 
 __all__ = ["decode_batch", "decode_frames", "decode_jpeg", "decode_sample", "frames_into_float"]
 

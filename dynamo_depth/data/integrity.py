@@ -1,58 +1,23 @@
-"""Integrity of the shard bytes the loader reads: the index entry, the errors, the checks.
+"""Integrity of the shard bytes the loader reads: the checks (the errors are in ``dynamo_depth.data.errors``).
 
-* ``ShardEntry``: one shard of the index (size, sha256, keys, and per-sample spans / digests / edge flags).
-* ``ShardIntegrityError`` / ``SampleIntegrityError``: bytes that differ from the manifest.
 * ``sample_from_span``: one sample from its span bytes, checked (length, sha256, exactly its members).
 * ``_span_samples`` / ``_checked_samples``: check a shard streamed front to back (per sample with
   per-sample digests; else the whole shard at its end).
 
-``dynamo_depth.data.sources`` re-exports ``ShardEntry``, the two errors and ``sample_from_span``.
+``dynamo_depth.data.sources`` uses them with ``ShardEntry`` (``dynamo_depth.shards.index``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Generator, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Generator, Iterator
 
-from dynamo_depth import shards as shards_mod
-
-if TYPE_CHECKING:
-    from dynamo_depth.data.reader import _HashingReader
+from dynamo_depth.data.errors import SampleIntegrityError, ShardIntegrityError
+from dynamo_depth.data.reader import _HashingReader
+from dynamo_depth.shards import reader as shards_mod
+from dynamo_depth.shards.index import ShardEntry
 
 _LOG = logging.getLogger("dynamo_depth.data.sources")  # the loader's logger, as before the split into modules
-
-
-class ShardIntegrityError(ValueError):
-    """A shard's bytes differ from its manifest entry (size, sha256 or sample keys)."""
-
-
-class SampleIntegrityError(ShardIntegrityError):
-    """One sample's span bytes differ from the manifest (sha256, length, or not exactly that sample's tar
-    members). ``key``, ``shard`` (file name) and ``offset`` (byte offset of the span) name it; the message
-    holds all three (a DataLoader worker's error reaches the caller rebuilt from its message alone)."""
-
-    def __init__(self, message: str, *, key: str | None = None, shard: str | None = None,
-                 offset: int | None = None) -> None:
-        super().__init__(message)
-        self.key, self.shard, self.offset = key, shard, offset
-
-
-@dataclass(frozen=True)
-class ShardEntry:
-    """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order,
-    each sample's byte span ``(offset, length)`` from the manifest (None for a scanned folder) and each
-    sample's span sha256 (None: a version-1 manifest or a scanned folder, no per-sample digests), and each
-    sample's edge flag (manifest ``"edge": true``, or ``meta.json`` of a scanned folder; None: no edge sample)."""
-
-    name: str
-    bytes: int
-    sha256: str | None
-    keys: Sequence[str]
-    spans: Sequence[tuple[int, int]] | None = None
-    digests: Sequence[str] | None = None
-    edges: Sequence[bool] | None = None
 
 
 def sample_from_span(entry: ShardEntry, ordinal: int, data: bytes | memoryview, *, base_url: str) -> dict[str, bytes]:

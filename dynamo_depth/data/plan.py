@@ -35,8 +35,8 @@ from functools import cached_property
 
 import numpy as np
 
-from dynamo_depth.data.index import SampleIndex
 from dynamo_depth.data.sources import ShardEntry
+from dynamo_depth.shards.index import SampleIndex
 
 __all__ = ["EpochPlan", "WantedSample", "make_plan", "shard_permutation", "window_permutation", "worker_positions"]
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
-from dynamo_depth.data.integrity import ShardIntegrityError
+from dynamo_depth.data.errors import ShardIntegrityError
 
 _CHUNK = 1 << 20
 

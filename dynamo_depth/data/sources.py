@@ -2,7 +2,7 @@
 
 * ``open_index(url)`` / ``load_index(url)``: the shards of a dataset from ``.../manifest.json`` or a
   shard folder (its ``manifest.json``, or, without one, a scan of its ``*.tar`` files), as a file-backed
-  ``SampleIndex`` (``dynamo_depth.data.index``, resolved by ``index_store``) / its ``ShardEntry`` views.
+  ``SampleIndex`` (``dynamo_depth.shards.index``, resolved by ``index_store``) / its ``ShardEntry`` views.
 * ``ShardStore.samples(entry, wanted=)``: stream one shard front to back, yielding ``(key, members)``.
   With per-sample digests (manifest version 2) each sample's span bytes are hashed and checked
   BEFORE the sample is parsed and yielded (``SampleIntegrityError`` naming key, shard and byte
@@ -13,12 +13,12 @@
 * Transient read errors (connection reset/refused,
   timeouts, HTTP 5xx) are retried with exponential backoff and the read resumes at its byte offset
   (HTTP Range). S3 goes through boto3 ``get_object`` (``AWS_ENDPOINT_URL[_S3]`` and the usual
-  credential variables); other fsspec URLs through ``dynamo_depth.storage``.
+  credential variables); other fsspec URLs through ``dynamo_depth.shards.storage``.
 * ``ShardCache`` (``dynamo_depth.data.cache``): optional local copies of the remote shards read here.
 
-This module holds the index (``load_index``) and ``ShardStore``; ``ShardEntry``, the integrity errors and
-checks are in ``dynamo_depth.data.integrity``, the retrying / S3 / hashing streams in
-``dynamo_depth.data.reader``. The names other modules import from here are re-exported.
+This module holds the index (``load_index``) and ``ShardStore``; ``ShardEntry`` is in
+``dynamo_depth.shards.index``, the integrity errors in ``dynamo_depth.data.errors``, the checks in
+``dynamo_depth.data.integrity``, the retrying / S3 / hashing streams in ``dynamo_depth.data.reader``.
 """
 
 
@@ -30,19 +30,9 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from dynamo_depth import shards as shards_mod
-from dynamo_depth import storage
-from dynamo_depth.data import index_store
 from dynamo_depth.data.cache import ShardCache
-from dynamo_depth.data.index import SampleIndex
-from dynamo_depth.data.integrity import (
-    SampleIntegrityError,
-    ShardEntry,
-    ShardIntegrityError,
-    _checked_samples,
-    _span_samples,
-    sample_from_span,
-)
+from dynamo_depth.data.errors import SampleIntegrityError, ShardIntegrityError
+from dynamo_depth.data.integrity import _checked_samples, _span_samples, sample_from_span
 from dynamo_depth.data.reader import (
     RetryingReader,
     RetryPolicy,
@@ -50,7 +40,11 @@ from dynamo_depth.data.reader import (
     _HashingReader,
     _s3_open_at,
 )
-from dynamo_depth.schema import is_edge_meta_json
+from dynamo_depth.shards import index_store, storage
+from dynamo_depth.shards.index import SampleIndex, ShardEntry
+from dynamo_depth.shards.reader import iter_shard
+from dynamo_depth.shards.records import check_shard_name
+from dynamo_depth.shards.schema import is_edge_meta_json
 
 __all__ = ["RetryPolicy", "SampleIntegrityError", "ShardEntry", "ShardIntegrityError", "ShardStore", "load_index",
            "open_index", "sample_from_span"]
@@ -62,7 +56,7 @@ def load_index(url: str) -> tuple[str, tuple[ShardEntry, ...]]:
     """(base URL of the shards, shard entries) for a manifest URL or a shard folder (local or remote).
 
     The entries' keys / spans / digests / edges are views of the file-backed ``SampleIndex`` of
-    ``open_index`` (``dynamo_depth.data.index_store``), not tuples."""
+    ``open_index`` (``dynamo_depth.shards.index_store``), not tuples."""
     base, index = open_index(url)
     return base, index.entries()
 
@@ -83,7 +77,7 @@ def _scan_folder(url: str) -> tuple[ShardEntry, ...]:
     for name in names:
         shard_url = storage.join(url, name)
         samples = [(key, is_edge_meta_json(members.get("meta.json", b"{}"), key=key))
-                   for key, members in shards_mod.iter_shard(shard_url)]
+                   for key, members in iter_shard(shard_url)]
         edges = tuple(edge for _, edge in samples)
         entries.append(ShardEntry(name, storage.size(shard_url), None, tuple(key for key, _ in samples),
                                   edges=edges if any(edges) else None))
@@ -104,7 +98,7 @@ class ShardStore:
 
     def open_at(self, entry: ShardEntry, offset: int, end: int | None = None) -> IO[bytes]:
         """A raw binary stream of shard ``entry`` from byte ``offset`` (to ``end`` on S3; no retries)."""
-        url = storage.join(self.base_url, shards_mod.check_shard_name(entry.name))
+        url = storage.join(self.base_url, check_shard_name(entry.name))
         if self.local:
             f = open(storage._local_path(url), "rb")  # noqa: SIM115 - returned to the caller
             f.seek(offset)

@@ -65,7 +65,7 @@ POINTER = "last.json"
 
 def resolve_trainer_checkpoint(url: str) -> str:
     """A run folder, ``.../last.json`` or checkpoint file (local or URL) -> the checkpoint file it means."""
-    from dynamo_depth import storage
+    from dynamo_depth.shards import storage
 
     candidates = [url] if url.endswith(POINTER) else [storage.join(storage.join(url, "checkpoints"), POINTER),
                                                        storage.join(url, POINTER)]
@@ -83,7 +83,7 @@ def load_for_inference(path: str | os.PathLike[str], *, need_motion: bool = Fals
                        depth_network: str | None = None) -> LoadedModel:
     """The model of a trainer checkpoint (file, run folder, pointer; local or URL) or an original folder,
     in eval mode on the CPU."""
-    from dynamo_depth import storage
+    from dynamo_depth.shards import storage
 
     url = resolve_trainer_checkpoint(os.fspath(path))
     if not storage.is_local(url):

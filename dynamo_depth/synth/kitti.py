@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from dynamo_depth.formats import kitti as fmt
+from dynamo_depth.formats import kitti_write
 from dynamo_depth.synth.fused import matmul_fused, matvec_fused
 from dynamo_depth.synth.world import World, hdl64_directions, make_world, rotate
 
@@ -101,9 +102,9 @@ def imu_to_velo_values() -> dict[str, object]:
 def write_calibration(date_dir: Path) -> fmt.KittiCalib:
     """Write the three calibration files of a date folder and return them as read back."""
     date_dir.mkdir(parents=True, exist_ok=True)
-    fmt.write_calib_file(date_dir / "calib_cam_to_cam.txt", cam_to_cam_values())
-    fmt.write_calib_file(date_dir / "calib_velo_to_cam.txt", velo_to_cam_values())
-    fmt.write_calib_file(date_dir / "calib_imu_to_velo.txt", imu_to_velo_values())
+    kitti_write.write_calib_file(date_dir / "calib_cam_to_cam.txt", cam_to_cam_values())
+    kitti_write.write_calib_file(date_dir / "calib_velo_to_cam.txt", velo_to_cam_values())
+    kitti_write.write_calib_file(date_dir / "calib_imu_to_velo.txt", imu_to_velo_values())
     return fmt.load_kitti_calib(date_dir)
 
 
@@ -128,7 +129,7 @@ def world_from_imu(world: World, t_s: float) -> np.ndarray:
 def oxts_packets(world: World, frames: int) -> list[fmt.OxtsPacket]:
     """OXTS packets of frames 0..frames-1: poses via Mercator, velocities/rates of the circular arc."""
     poses = np.stack([world_from_imu(world, frame_time_s(i)) for i in range(frames)])
-    geodetic = fmt.world_from_imu_to_geodetic(poses)
+    geodetic = kitti_write.world_from_imu_to_geodetic(poses)
     speed, yaw_rate = world.ego_speed, world.ego_yaw_rate
     packets = []
     for lat, lon, alt, roll, pitch, yaw in geodetic:
@@ -178,18 +179,18 @@ def write_drive(drive_dir: Path, *, world: World, calib: fmt.KittiCalib, frames:
     folders = {name: drive_dir / name for name in ("image_02", "image_03", "velodyne_points", "oxts")}
     for folder in folders.values():
         (folder / "data").mkdir(parents=True, exist_ok=True)
-        fmt.write_timestamps(folder / "timestamps.txt", times_us)
-    fmt.write_timestamps(folders["velodyne_points"] / "timestamps_start.txt", [t - 50_000 for t in times_us])
-    fmt.write_timestamps(folders["velodyne_points"] / "timestamps_end.txt", [t + 50_000 for t in times_us])
-    (folders["oxts"] / "dataformat.txt").write_text(fmt.OXTS_DATAFORMAT, encoding="ascii")
+        kitti_write.write_timestamps(folder / "timestamps.txt", times_us)
+    kitti_write.write_timestamps(folders["velodyne_points"] / "timestamps_start.txt", [t - 50_000 for t in times_us])
+    kitti_write.write_timestamps(folders["velodyne_points"] / "timestamps_end.txt", [t + 50_000 for t in times_us])
+    (folders["oxts"] / "dataformat.txt").write_text(kitti_write.OXTS_DATAFORMAT, encoding="ascii")
     for frame, packet in enumerate(oxts_packets(world, frames)):
-        fmt.write_oxts(folders["oxts"] / "data" / f"{frame:010d}.txt", packet)
+        kitti_write.write_oxts(folders["oxts"] / "data" / f"{frame:010d}.txt", packet)
     for frame in range(frames):
         t_s = frame_time_s(frame)
         for camera in ("image_02", "image_03"):
             image, _ = render_camera(world, calib, camera, t_s)
             _write_png(folders[camera] / "data" / f"{frame:010d}.png", image)
-        fmt.write_velodyne(folders["velodyne_points"] / "data" / f"{frame:010d}.bin", velodyne_scan(world, calib, t_s))
+        kitti_write.write_velodyne(folders["velodyne_points"] / "data" / f"{frame:010d}.bin", velodyne_scan(world, calib, t_s))
     return 7 + 4 * frames
 
 

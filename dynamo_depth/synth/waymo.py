@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from dynamo_depth.formats import waymo as wf
-from dynamo_depth.formats import waymo_pb2
+from dynamo_depth.formats import waymo_lidar, waymo_pb2
 from dynamo_depth.formats.tfrecord import write_records
 from dynamo_depth.geometry import invert_se3
 from dynamo_depth.synth.fused import matmul_fused, matvec_fused, norm_sequential, rotate_fused
@@ -124,7 +124,7 @@ def top_beam_inclinations() -> np.ndarray:
 
 def _pose(angles: tuple[float, float, float], translation: tuple[float, float, float]) -> np.ndarray:
     out = np.eye(4)
-    out[:3, :3] = wf.rotation_from_euler(*(np.float64(a) for a in angles))
+    out[:3, :3] = waymo_lidar.rotation_from_euler(*(np.float64(a) for a in angles))
     out[:3, 3] = translation
     return out
 
@@ -177,7 +177,7 @@ def _context(name: str, options: WaymoSynthOptions):
 def _laser_directions(calib: wf.LaserCalibration, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) unit ray directions in the vehicle frame and (W,) laser-frame column azimuths."""
     inclination = calib.row_inclinations(hw[0])[:, None]
-    azimuth = wf.column_azimuths(hw[1], calib.vehicle_from_laser)[None, :]
+    azimuth = waymo_lidar.column_azimuths(hw[1], calib.vehicle_from_laser)[None, :]
     laser = np.stack(np.broadcast_arrays(np.cos(azimuth) * np.cos(inclination),
                                          np.sin(azimuth) * np.cos(inclination), np.sin(inclination)), axis=-1)
     return rotate_fused(calib.vehicle_from_laser[:3, :3], laser), azimuth[0]
@@ -217,10 +217,10 @@ def _top_rays(world: World, start_s: float, width: int) -> tuple[np.ndarray, np.
     rays = np.empty((64, width, 3))
     for column, t_s in enumerate(top_column_times_s(start_s, width)):
         world_from_vehicle = world.world_from_ego(float(t_s))
-        stored = np.concatenate([wf.euler_from_rotation(world_from_vehicle[:3, :3]),
+        stored = np.concatenate([waymo_lidar.euler_from_rotation(world_from_vehicle[:3, :3]),
                                  world_from_vehicle[:3, 3]]).astype(np.float32)
         pose[:, column] = stored
-        rotation = wf.rotation_from_euler(*stored[:3].astype(np.float64))
+        rotation = waymo_lidar.rotation_from_euler(*stored[:3].astype(np.float64))
         origins[:, column] = matvec_fused(rotation, calib.vehicle_from_laser[:3, 3]) + stored[3:].astype(np.float64)
         rays[:, column] = rotate_fused(rotation, directions[:, column])
     return origins, rays, pose

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth.cameras import Camera
 from dynamo_depth.geometry import resize_intrinsics
+from dynamo_depth.video.cameras import Camera
 
 RESIZE_RULES = ("crop", "stretch")
 DEFAULT_OUT_HW = (192, 640)

@@ -1,7 +1,7 @@
 """Depth metrics, median scaling, Garg crop and the per-dataset caps of the paper's protocol.
 
 The per-image evaluation (prediction -> depth, LiDAR point -> pixel, scaling, per-class aggregation)
-of the original Dynamo-Depth ``eval/depth.py`` is in ``dynamo_depth.depth_eval``. Motion segmentation
+of the original Dynamo-Depth ``eval/depth.py`` is in ``dynamo_depth.evaluation.depth``. Motion segmentation
 PR/F1 is in ``motion_metrics``, snippet ATE in ``odometry_metrics``.
 
 * a LiDAR point is valid when ``min_depth < z < max_depth`` (strict at the cap, as the original) and,

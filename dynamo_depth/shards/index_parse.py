@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth.data.index import HAS_DIGESTS, HAS_SHA256, HAS_SPANS, _blob, manifest_arrays
-from dynamo_depth.manifest import Manifest, parse_manifest
-from dynamo_depth.shards import check_shard_name
-from dynamo_depth.tar_reader import BLOCK
+from dynamo_depth.shards.index import HAS_DIGESTS, HAS_SHA256, HAS_SPANS, _blob, manifest_arrays
+from dynamo_depth.shards.manifest import Manifest, parse_manifest
+from dynamo_depth.shards.reader import BLOCK
+from dynamo_depth.shards.records import check_shard_name
 
 __all__ = ["manifest_index_arrays"]
 

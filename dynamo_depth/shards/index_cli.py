@@ -1,12 +1,12 @@
 """``python -m dynamo_depth index SHARDS [--check]``: write (or check) the manifest's sidecar index.
 
 The sidecar (``manifest.index`` beside ``manifest.json``; ``X.index`` beside ``X.json``) is the
-loader's compact sample index (``dynamo_depth.data.index``) derived from the manifest: deterministic
+loader's compact sample index (``dynamo_depth.shards.index``) derived from the manifest: deterministic
 bytes, its header naming the manifest's sha256, so a stale sidecar is never used. Every build writes
 it (right before ``manifest.json``); this command is for manifests written otherwise (older builds,
 edited manifests) and for ``--check``. With it, every
 process opens the index instead of parsing the manifest (~0.1 s instead of ~2 s at 400k samples); without
-it the loader parses once per node and caches the same bytes (``dynamo_depth.data.index_store``).
+it the loader parses once per node and caches the same bytes (``dynamo_depth.shards.index_store``).
 ``verify`` ignores the sidecar for shard checks and reports one that claims the manifest but differs.
 Exit status: 0 written / up to date, 1 ``--check`` found it missing, stale or different, 2 bad input.
 """
@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dynamo_depth import storage
-from dynamo_depth.data.index_store import sidecar_bytes, sidecar_url
-from dynamo_depth.manifest import find_manifest
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.index_store import sidecar_bytes, sidecar_url
+from dynamo_depth.shards.manifest import find_manifest
 
 __all__ = ["main"]
 

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dynamo_depth.loss_inputs import LossDraws, LossSettings
 from dynamo_depth.models.depth import depth_to_disp, disp_to_depth
-from dynamo_depth.warping import backproject, pixel_grid
+from dynamo_depth.objective.inputs import LossDraws, LossSettings
+from dynamo_depth.objective.warping import backproject, pixel_grid
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ integer coordinates, matching the pinhole K of the stored images. As the origina
 coordinate 2 u / (W - 1) - 1 (the same pixel centre as (2u + 1) / W - 1 with align_corners=False),
 and projection divides by z + 1e-7 (no clamp: points behind the camera project mirrored, as there).
 
-The per-phase warps of the training losses (``generate_warps``) live in ``dynamo_depth.view_synthesis``.
+The per-phase warps of the training losses (``generate_warps``) live in ``dynamo_depth.objective.view_synthesis``.
 """
 
 from __future__ import annotations

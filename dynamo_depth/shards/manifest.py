@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dynamo_depth import storage
-from dynamo_depth.schema import READABLE_VERSIONS, SCHEMA_VERSION
-from dynamo_depth.shards import ShardRecord
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.records import ShardRecord
+from dynamo_depth.shards.schema import READABLE_VERSIONS, SCHEMA_VERSION
 
 __all__ = [
     "MANIFEST_NAME",

@@ -21,9 +21,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-from dynamo_depth import storage
-from dynamo_depth.manifest import Manifest, find_manifest, load_manifest
-from dynamo_depth.shards import ShardRecord, count_samples, sha256_of, span_sha256
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.manifest import Manifest, find_manifest, load_manifest
+from dynamo_depth.shards.reader import count_samples, sha256_of, span_sha256
+from dynamo_depth.shards.records import ShardRecord
 
 __all__ = ["Problem", "verify_shards", "main"]
 
@@ -156,8 +157,8 @@ def _check_sidecar(manifest_url: str) -> list[Problem]:
     """An ``index`` problem when the sidecar names this manifest but is not the index derived from it."""
     import hashlib
 
-    from dynamo_depth.data.index import _parse_header
-    from dynamo_depth.data.index_store import sidecar_bytes, sidecar_url
+    from dynamo_depth.shards.index import _parse_header
+    from dynamo_depth.shards.index_store import sidecar_bytes, sidecar_url
 
     side = sidecar_url(manifest_url)
     if not storage.exists(side):

@@ -1,11 +1,10 @@
-"""Reading the shards that ``dynamo_depth.shards`` writes: tar streams, sample spans, digests.
+"""Reading the shards that ``dynamo_depth.shards.writer`` writes: tar streams, sample spans, digests.
 
 * ``iter_shard``: stream ``(key, {member: bytes})`` from one tar, every read checked; ``count_samples``.
 * ``parse_sample_bytes`` / ``read_sample``: one sample from its span bytes (a ranged read), checked
   against the span's sha256 when it has one (manifest version 2).
 * ``span_sha256`` (the per-sample digest), ``sha256_of`` (a whole file's size and sha256).
-* ``BLOCK``, ``split_member_name``: the tar block size and WebDataset's key / member rule, shared with
-  the writer. Everything here is re-exported by ``dynamo_depth.shards``.
+* ``split_member_name``: WebDataset's key / member rule, shared with the writer.
 """
 
 from __future__ import annotations
@@ -16,19 +15,16 @@ import os
 import re
 import tarfile
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
-from dynamo_depth import storage
-
-if TYPE_CHECKING:
-    from dynamo_depth.shards import SampleSpan
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.records import BLOCK, SampleSpan
 
 __all__ = [
-    "BLOCK", "count_samples", "iter_shard", "parse_sample_bytes", "read_sample", "sha256_of", "span_sha256",
+    "count_samples", "iter_shard", "parse_sample_bytes", "read_sample", "sha256_of", "span_sha256",
     "split_member_name",
 ]
 
-BLOCK = 512
 _MEMBER_RE = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
 
 

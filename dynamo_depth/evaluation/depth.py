@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth.metrics import (
+from dynamo_depth.evaluation.metrics import (
     DATASET_PROTOCOL,
     GARG_CROP_FRACTIONS,
     METRIC_NAMES,

@@ -30,19 +30,19 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from dynamo_depth import manifest as manifest_mod
-from dynamo_depth import storage
-from dynamo_depth.data.index import (
+from dynamo_depth.shards import manifest as manifest_mod
+from dynamo_depth.shards import storage
+from dynamo_depth.shards.index import (
     FORMAT,
     SampleIndex,
+    ShardEntry,
     encode_index,
     index_arrays,
     manifest_arrays,
     open_index_file,
     write_index_file,
 )
-from dynamo_depth.data.index_parse import manifest_index_arrays
-from dynamo_depth.data.integrity import ShardEntry
+from dynamo_depth.shards.index_parse import manifest_index_arrays
 
 __all__ = ["CACHE_FILES", "index_dir", "open_index", "save_indexed_manifest", "sidecar_url", "sidecar_bytes"]
 

@@ -35,11 +35,26 @@ from typing import Any
 
 import numpy as np
 
-from dynamo_depth.data.integrity import ShardEntry
-from dynamo_depth.manifest import Manifest
+from dynamo_depth.shards.manifest import Manifest
 
-__all__ = ["ARRAYS", "FORMAT", "MAGIC", "IndexColumn", "SampleIndex", "encode_index", "index_arrays",
+__all__ = ["ARRAYS", "FORMAT", "MAGIC", "IndexColumn", "SampleIndex", "ShardEntry", "encode_index", "index_arrays",
            "FileArray", "manifest_arrays", "open_index_file", "write_index_file"]
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard as the loader sees it: file name, size in bytes, sha256 hex (None: unchecked), keys in order,
+    each sample's byte span ``(offset, length)`` from the manifest (None for a scanned folder) and each
+    sample's span sha256 (None: a version-1 manifest or a scanned folder, no per-sample digests), and each
+    sample's edge flag (manifest ``"edge": true``, or ``meta.json`` of a scanned folder; None: no edge sample)."""
+
+    name: str
+    bytes: int
+    sha256: str | None
+    keys: Sequence[str]
+    spans: Sequence[tuple[int, int]] | None = None
+    digests: Sequence[str] | None = None
+    edges: Sequence[bool] | None = None
+
 
 FORMAT = 1
 MAGIC = b"DDIDX\x00\x00\x01"

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dynamo_depth.loss_inputs import SOURCE_FRAMES, LossBatch, LossSettings
 from dynamo_depth.models.depth import disp_to_depth
 from dynamo_depth.models.outputs import ModelOutputs
-from dynamo_depth.warping import backproject, project_to_grid, sample_image
+from dynamo_depth.objective.inputs import SOURCE_FRAMES, LossBatch, LossSettings
+from dynamo_depth.objective.warping import backproject, project_to_grid, sample_image
 
 WARP_MODELS: dict[str, str] = {"disp_init": "rigid", "motion_init": "flow", "mask_init": "masked", "fine_tune": "masked"}
 

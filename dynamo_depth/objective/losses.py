@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from dynamo_depth.config import LossWeights
-from dynamo_depth.ground_plane import GroundFit, ground_disp_diff, ground_loss, ransac_plane
-from dynamo_depth.loss_inputs import SOURCE_FRAMES, LossBatch, LossDraws, LossSettings
 from dynamo_depth.models.outputs import ModelOutputs
-from dynamo_depth.ssim import SSIMTarget, ssim_loss, ssim_target
-from dynamo_depth.view_synthesis import FrameWarp, ScaleWarp, Warps, resize, scale_warp, warp_model
+from dynamo_depth.objective.ground_plane import GroundFit, ground_disp_diff, ground_loss, ransac_plane
+from dynamo_depth.objective.inputs import SOURCE_FRAMES, LossBatch, LossDraws, LossSettings
+from dynamo_depth.objective.ssim import SSIMTarget, ssim_loss, ssim_target
+from dynamo_depth.objective.view_synthesis import FrameWarp, ScaleWarp, Warps, resize, scale_warp, warp_model
 
 __all__ = [
     "ORIGINAL_TERM_NAMES", "PHASE_TERMS", "RAMPED_TERMS", "TERMS", "LossResult", "LossSettings", "LossWeights",
@@ -84,7 +84,7 @@ def photometric_error(pred: torch.Tensor, target: torch.Tensor | SSIMTarget, *, 
                       ) -> torch.Tensor:
     """(B, 1, H, W) = ssim_weight * mean_c ssim_loss + (1 - ssim_weight) * mean_c |target - pred|.
 
-    ``target`` may be an ``SSIMTarget`` (``dynamo_depth.ssim``): its statistics are computed once per batch.
+    ``target`` may be an ``SSIMTarget`` (``dynamo_depth.objective.ssim``): its statistics are computed once per batch.
     """
     image = target.image if isinstance(target, SSIMTarget) else target
     l1 = (image - pred).abs().mean(1, keepdim=True)
