@@ -234,3 +234,22 @@ def test_storage_helpers_local(tmp_path: Path) -> None:
     assert storage.join("s3://bucket/a/", "b.tar") == "s3://bucket/a/b.tar"
     assert storage.dirname("s3://bucket/a/manifest.json") == "s3://bucket/a"
     assert storage.basename("s3://bucket/a/b.tar") == "b.tar" and not storage.is_local("s3://bucket/a")
+
+
+def test_ustar_headers_equal_tarfiles_for_any_name_and_size() -> None:
+    """The writer's own header builder gives tarfile's ustar bytes (names up to 100 bytes, any size)."""
+    import random
+
+    from dynamo_depth.shards.writer import _tarfile_header, _ustar_header
+
+    rng, alphabet, compared = random.Random(0), "abcXYZ019_-é中", 0
+    for _ in range(2000):
+        key = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60)))
+        member = "".join(rng.choice(alphabet + ".") for _ in range(rng.randint(1, 45)))
+        size = rng.choice([0, 1, 511, 512, 513, rng.randint(0, 10**6), rng.randint(0, 8**11 - 1)])
+        header = _ustar_header(f"{key}.{member}", size)
+        if header is not None:
+            assert header == _tarfile_header(key, member, size), (key, member, size)
+            compared += 1
+    assert compared > 1000
+    assert _ustar_header("x" * 101, 1) is None and _ustar_header("x", 8**11) is None  # tarfile's cases

@@ -167,12 +167,15 @@ def read_velodyne(path: str | Path) -> np.ndarray:
     """(N, 4) float32 [x, y, z, reflectance] in the velodyne frame (metres) from a ``.bin`` file."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        size = path.stat().st_size
+        if size % 16:
+            raise KittiFormatError(path, f"size {size} bytes is not a multiple of 16 (4 float32 per point)")
+        points = np.fromfile(path, dtype="<f4")  # read straight into the array (no bytes object, no copy)
     except OSError as error:
         raise KittiFormatError(path, f"cannot read velodyne scan ({error})") from error
-    if len(raw) % 16:
-        raise KittiFormatError(path, f"size {len(raw)} bytes is not a multiple of 16 (4 float32 per point)")
-    return np.frombuffer(raw, dtype="<f4").reshape(-1, 4).astype(np.float32)
+    if points.size * 4 != size:
+        raise KittiFormatError(path, f"read {points.size * 4} of its {size} bytes (it changed while read)")
+    return points.reshape(-1, 4).astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------------------- oxts

@@ -159,7 +159,12 @@ class SampleMeta:
         return cls(**kw)
 
 
+_PLAIN_NUMBERS = (float, int)
+
+
 def _listify(obj: Any) -> Any:
+    if type(obj) in (tuple, list) and all(type(v) in _PLAIN_NUMBERS for v in obj):
+        return list(obj)  # the common case (matrix rows, indices): nothing inside to convert
     if isinstance(obj, Mapping):
         return {str(k): _listify(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -269,8 +274,12 @@ def validate(sample: TripletSample) -> None:
                           "optional)")
     if meta.dataset not in DATASETS:
         raise SampleError(key, "meta.json", f"dataset {meta.dataset!r}; allowed: {DATASETS}")
-    if sample.poses is not None and not np.allclose(sample.poses[:, 3], [0.0, 0.0, 0.0, 1.0]):
+    if sample.poses is not None and not (np.abs(sample.poses[:, 3] - _POSE_LAST_ROW) <= _POSE_ROW_TOLERANCE).all():
         raise SampleError(key, "poses.npy", "last row of each pose must be [0, 0, 0, 1]")
+
+
+_POSE_LAST_ROW = np.array([0.0, 0.0, 0.0, 1.0])
+_POSE_ROW_TOLERANCE = 1e-8 + 1e-5 * _POSE_LAST_ROW  # np.allclose's default rtol / atol, without its overhead
 
 
 def _check_array(key: str, member: str, arr: Any, dtype: type, shape: tuple[int | None, ...]) -> None:

@@ -53,17 +53,48 @@ def _member_blocks(key: str, members: Mapping[str, bytes]) -> list[bytes]:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ValueError(f"sample {key!r}, member {member!r}: expected bytes, got {type(data).__name__}")
         data = bytes(data)
-        info = tarfile.TarInfo(f"{key}.{member}")
-        info.size, info.mtime, info.mode = len(data), 0, 0o444
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.type = tarfile.REGTYPE
-        try:
-            header = info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
-        except ValueError as exc:
-            raise ValueError(f"sample {key!r}, member {member!r}: cannot write a ustar header: {exc}") from None
+        header = _ustar_header(f"{key}.{member}", len(data))
+        if header is None:  # a long name: the ustar prefix / name split is tarfile's
+            header = _tarfile_header(key, member, len(data))
         blocks.append(header + data + bytes(_padded(len(data)) - len(data)))
     return blocks
+
+
+_USTAR_NAME_BYTES = 100
+_USTAR_FIXED = (b"0000444\0" + b"0000000\0" * 2, b"00000000000\0" + b" " * 8 + b"0" + bytes(100) + b"ustar\x0000"
+                + bytes(32 + 32 + 8 + 8 + 155 + 12))
+
+
+def _ustar_header(name: str, size: int) -> bytes | None:
+    """The 512-byte POSIX ustar header of a regular file ``name`` of ``size`` bytes, as tarfile writes it.
+
+    Mode 0o444, uid / gid 0, mtime 0, empty uname / gname, no device fields: name (NUL-padded), octal
+    fields zero-padded and NUL-terminated, the checksum (byte sum with its own field as spaces) as six
+    octal digits, NUL and a space. ``None`` when the name needs the ustar prefix field (over 100 bytes)
+    or the size does not fit 11 octal digits (8 GiB): ``_tarfile_header`` writes those.
+    """
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # tarfile names the error
+    if len(encoded) > _USTAR_NAME_BYTES or size >= 8**11:
+        return None
+    header = bytearray(encoded + bytes(_USTAR_NAME_BYTES - len(encoded)) + _USTAR_FIXED[0]
+                       + b"%011o\0" % size + _USTAR_FIXED[1])
+    header[148:155] = b"%06o\0" % sum(header)  # the checksum field: 8 spaces while summed, byte 155 stays a space
+    return bytes(header)
+
+
+def _tarfile_header(key: str, member: str, size: int) -> bytes:
+    info = tarfile.TarInfo(f"{key}.{member}")
+    info.size, info.mtime, info.mode = size, 0, 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    try:
+        return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+    except ValueError as exc:
+        raise ValueError(f"sample {key!r}, member {member!r}: cannot write a ustar header: {exc}") from None
 
 
 class _OpenShard:
