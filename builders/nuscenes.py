@@ -1,6 +1,6 @@
 """nuScenes -> schema v2 triplet shards: ``python -m builders.nuscenes DATAROOT OUT [--split S] [--workers N]``.
 
-One unit (Ray task) per scene. The tables are read with nuscenes-devkit in the driver only, once
+One unit (a worker task) per scene. The tables are read with nuscenes-devkit in the driver only, once
 (``_NUSCENES`` caches the ``NuScenes`` object by (dataroot, version)); each scene task gets its own
 scene's records as a small payload (``builders.nuscenes_tables``: a few MB per 20 s scene, whatever the
 size of the tables) and never loads the tables itself. What a sample holds,

@@ -8,7 +8,7 @@
   one ``ShardWriter``).
 * ``pack_shard``: write one planned shard from byte ranges of the staged tars (each sample's sha256 is
   checked against its sidecar), atomically (``.tmp``, rename / upload). Shards are independent: the
-  runner packs them in parallel Ray tasks, each reading from and writing to storage (local or S3) itself,
+  runner packs them in parallel tasks (process pool or Ray), each reading from and writing to storage (local or S3) itself,
   so the output never passes through the driver.
 * ``_pack``: plan, skip the shards already committed in ``_staging/pack.json`` (a killed pack continues
   where it stopped), pack the others with the given task runner, record each committed shard.

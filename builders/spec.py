@@ -1,5 +1,5 @@
 """What a dataset builder gives the runner: ``BuilderSpec`` (its units, how to build one, its options),
-``Unit`` (one independent piece of a build, a Ray task) and ``SkippedFrame`` (a frame without a sample).
+``Unit`` (one independent piece of a build, one worker task) and ``SkippedFrame`` (a frame without a sample).
 
 The dataset modules (``builders.kitti`` ...) define a ``SPEC``; ``builders.registry`` finds it by name and
 ``builders.runner`` runs it.
