@@ -156,7 +156,7 @@ def ray_build(raw: Path, out: Path, options: dict, workers: int, pack: PackTimer
         if len(set(pids)) != workers:
             print(f"  note: warm-up reached {len(set(pids))} worker processes, not {workers}")
         build_s, _ = timed(build, kitti.SPEC, str(raw), str(out), split="train", options=options,
-                           workers=workers, show_progress=False)
+                           workers=workers, executor="ray", show_progress=False)
     finally:
         ray.shutdown()
     return {"init": init_s, "warm": warm_s, "build": build_s, "pack": pack.seconds}

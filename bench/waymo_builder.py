@@ -90,10 +90,10 @@ def report(label: str, frames: int, seconds: float, cores: int, cpu_seconds: flo
     print(line)
 
 
-def timed_build(raw: Path, out: Path, *, workers: int) -> tuple[float, float]:
+def timed_build(raw: Path, out: Path, *, workers: int, executor: str = "auto") -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of one build."""
     start, cpu = time.perf_counter(), time.process_time()
-    result = build(waymo.SPEC, str(raw), str(out), split="train", options=OPTIONS, workers=workers,
+    result = build(waymo.SPEC, str(raw), str(out), split="train", options=OPTIONS, workers=workers, executor=executor,
                    show_progress=False)
     if not result.ok:
         raise SystemExit(f"build failed: {[f.error for f in result.manifest.failed]}")
@@ -126,7 +126,7 @@ def ray_build(raw: Path, out: Path, *, workers: int) -> tuple[float, float, floa
         warm_s = time.perf_counter() - start
         if len(set(pids)) != workers:
             print(f"  note: warm-up reached {len(set(pids))} worker processes, not {workers}")
-        build_s, _ = timed_build(raw, out, workers=workers)
+        build_s, _ = timed_build(raw, out, workers=workers, executor="ray")
     finally:
         ray.shutdown()
     return init_s, warm_s, build_s
