@@ -179,7 +179,7 @@ def bench_pack(tmp: Path, base: Path, total_mb: int, s3: bool) -> None:
             samples = (total_mb if label == "local" else max(total_mb // 2, 1)) * MB // (400 * 1024)
             stage = measured([sys.executable, __file__, "--pack-child", "stage", url, str(samples)], code=REPO, env=env)
             for variant, code in (("baseline (one process)", base), ("ours, in-process", REPO),
-                                  ("ours, 2 Ray tasks", REPO)):
+                                  ("ours, 2 pool processes", REPO), ("ours, 2 Ray tasks", REPO)):
                 m = measured([sys.executable, str(REPO / "bench" / "scale_builders.py"), "--pack-child", variant,
                               url, str(samples)], code=code, env=env)
                 print(_row(label, stage["output"], m["output"], variant, f"{m['wall_s']:.1f}", f"{m['cpu_s']:.1f}",
@@ -192,7 +192,10 @@ def bench_pack(tmp: Path, base: Path, total_mb: int, s3: bool) -> None:
 def _pack_spec():
     import numpy as np
 
-    from builders.spec import BuilderSpec, Unit
+    try:
+        from builders.spec import BuilderSpec, Unit
+    except ImportError:  # the baseline checkout (before #28): the same classes in the runner
+        from builders.runner import BuilderSpec, Unit
     from tests.samples import make_sample
 
     def units(raw, options):
@@ -211,7 +214,11 @@ def pack_child(variant: str, url: str, samples: int) -> None:
     """One pack step (a child process of ``bench_pack``): ``stage`` the units, or pack them with ``variant``."""
     from builders import packing
     from builders.runner import options_digest, run_unit
-    from dynamo_depth.shards import storage
+
+    try:
+        from dynamo_depth.shards import storage
+    except ImportError:  # the baseline checkout (before #28's layout)
+        from dynamo_depth import storage
 
     spec, per_unit = _pack_spec(), 20
     options = {"units": max(1, samples // per_unit), "per_unit": per_unit}
@@ -227,8 +234,8 @@ def pack_child(variant: str, url: str, samples: int) -> None:
     sidecars = [json.loads(storage.read_bytes(storage.join(storage.join(url, packing.STAGING),
                                                              packing.staging_name(u.name) + ".json"))) for u in units]
     kw = {"split": "train", "digest": options_digest(spec, options), "max_count": 100, "max_bytes": 2**40}
-    if variant.startswith("baseline"):
-        from dynamo_depth.shards.manifest import UnitRecord
+    if variant.startswith("baseline"):  # runs on the baseline checkout (before #28's layout)
+        from dynamo_depth.manifest import UnitRecord
 
         shards = packing._pack(spec, [UnitRecord.from_json(s["unit"]) for s in sidecars], url, **kw)
     else:
@@ -238,6 +245,15 @@ def pack_child(variant: str, url: str, samples: int) -> None:
         staged = [packing.StagedUnit(record=UnitRecord.from_json(s["unit"]),
                                      spans=tuple(SampleSpan.from_json(x) for x in s["spans"])) for s in sidecars]
         runner = None
+        if "pool" in variant:
+            from builders.local_pool import pool_session
+            from builders.runner import _pack_runner
+
+            with pool_session(workers=2) as ensure:
+                start = time.perf_counter()
+                shards = packing._pack(spec, staged, url, runner=_pack_runner(url, ensure=ensure), **kw)
+                print(f"{len(shards)} (pack {time.perf_counter() - start:.1f} s, pool start-up included)")
+                return
         if "Ray" in variant:
             from builders.ray_setup import ray_session
             from builders.runner import _pack_runner
