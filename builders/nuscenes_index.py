@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEVKIT_TABLES", "NuScenesIndex", "iter_json_records", "load_index"]
+__all__ = ["DEVKIT_TABLES", "KeySharer", "NuScenesIndex", "iter_json_records", "load_index"]
 
 DEVKIT_TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log",
                  "scene", "sample", "sample_data", "sample_annotation", "map")
@@ -47,9 +47,9 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 
 def iter_json_records(path: Path, *, chunk_chars: int | None = None) -> Iterator[dict]:
     """The objects of a JSON list file, one at a time, read ``chunk_chars`` (default ``CHUNK_CHARS``) characters
-    at a time, the keys of all records shared per distinct key (what one ``json.load`` of the file gives);
-    ValueError naming the file if it is not a list of objects."""
-    decoder, keys = json.JSONDecoder(), {}
+    at a time; ValueError naming the file if it is not a list of objects. Each record has its own key objects:
+    pass the records kept to one ``KeySharer`` per file to share them as one ``json.load`` of the file does."""
+    decoder = json.JSONDecoder()
     chunk_chars = chunk_chars or CHUNK_CHARS
     with open(path, encoding="utf-8") as stream:
         text, pos = stream.read(chunk_chars), 0
@@ -81,7 +81,7 @@ def iter_json_records(path: Path, *, chunk_chars: int | None = None) -> Iterator
                     if not more:
                         raise ValueError(f"{path}: not a JSON list of records ({exc.msg})") from None
                     text, pos = text[pos:] + more, 0
-            yield _shared_keys(record, keys)
+            yield record
             pos = end
             following = next_char()
             if following == "]":
@@ -91,12 +91,20 @@ def iter_json_records(path: Path, *, chunk_chars: int | None = None) -> Iterator
             pos += 1
 
 
-def _shared_keys(value: Any, keys: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        return {keys.setdefault(k, k): _shared_keys(v, keys) for k, v in value.items()}
-    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-        return [_shared_keys(v, keys) for v in value]
-    return value
+class KeySharer:
+    """Rebuilds records with one key object per distinct key (``json.load`` shares a file's keys: ``pickle``
+    writes a shared key once, so the payload's bytes depend on it). Key order and values are kept."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, str] = {}
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            keys = self._keys
+            return {keys.setdefault(k, k): self(v) if isinstance(v, (dict, list)) else v for k, v in value.items()}
+        if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+            return [self(v) for v in value]
+        return value
 
 
 def _load_list(path: Path) -> list[dict]:
@@ -179,11 +187,13 @@ class NuScenesIndex:
 
     def _read_sample_data(self) -> None:
         kept: dict[str, dict] = {}
+        share = KeySharer()
         for record in iter_json_records(self._path("sample_data")):
             calibration = self._ref("calibrated_sensor", record["calibrated_sensor_token"], "sample_data")
             sensor = self._ref("sensor", calibration["sensor_token"], "calibrated_sensor")
             channel = sensor["channel"]
             if channel in self.channels:
+                record = share(record)
                 record["sensor_modality"] = sensor["modality"]
                 record["channel"] = channel
                 kept[record["token"]] = record
@@ -193,7 +203,8 @@ class NuScenesIndex:
 
     def _read_ego_pose(self) -> None:
         wanted = {r["ego_pose_token"] for r in self._tables["sample_data"].values()}
-        self._tables["ego_pose"] = {r["token"]: r for r in iter_json_records(self._path("ego_pose"))
+        share = KeySharer()
+        self._tables["ego_pose"] = {r["token"]: share(r) for r in iter_json_records(self._path("ego_pose"))
                                     if r["token"] in wanted}
         missing = wanted - self._tables["ego_pose"].keys()
         if missing:
@@ -202,7 +213,8 @@ class NuScenesIndex:
 
     def _read_annotations(self) -> None:
         annotations: dict[str, dict] = {}
-        for record in iter_json_records(self._path("sample_annotation")):
+        share = KeySharer()
+        for record in map(share, iter_json_records(self._path("sample_annotation"))):
             instance = self._ref("instance", record["instance_token"], "sample_annotation")
             record["category_name"] = self._ref("category", instance["category_token"], "instance")["name"]
             annotations[record["token"]] = record
