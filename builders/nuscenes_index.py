@@ -46,49 +46,69 @@ _SPACE = re.compile(r"[ \t\n\r]*")
 
 
 def iter_json_records(path: Path, *, chunk_chars: int | None = None) -> Iterator[dict]:
-    """The objects of a JSON list file, one at a time, read ``chunk_chars`` (default ``CHUNK_CHARS``) characters
-    at a time; ValueError naming the file if it is not a list of objects. Each record has its own key objects:
-    pass the records kept to one ``KeySharer`` per file to share them as one ``json.load`` of the file does."""
-    decoder = json.JSONDecoder()
-    chunk_chars = chunk_chars or CHUNK_CHARS
+    """The objects of a JSON list file, in order, read ``chunk_chars`` (default ``CHUNK_CHARS``) characters at
+    a time; ValueError naming the file if it is not a list of objects. Records of one chunk are decoded by one
+    ``json.loads`` where the chunk's complete records parse as a list, else one by one (``raw_decode``). Key
+    objects are shared within a chunk only: pass the records kept to one ``KeySharer`` per file to share them
+    as one ``json.load`` of the file does."""
+    decoder, size = json.JSONDecoder(), chunk_chars or CHUNK_CHARS
     with open(path, encoding="utf-8") as stream:
-        text, pos = stream.read(chunk_chars), 0
-
-        def next_char() -> str:  # the next non-space character ('' at the end of the file)
-            nonlocal text, pos
-            while True:
-                pos = _SPACE.match(text, pos).end()
-                if pos < len(text):
-                    return text[pos]
-                text, pos = stream.read(chunk_chars), 0
-                if not text:
-                    return ""
-
-        if next_char() != "[":
+        pending = stream.read(size)
+        head = _SPACE.match(pending).end()
+        if not pending.startswith("[", head):
             raise ValueError(f"{path}: not a JSON list of records")
-        pos += 1
-        if next_char() == "]":
-            return
+        pending, state, eof = pending[head + 1:], "first", False
         while True:
-            if next_char() != "{":
+            pos = _SPACE.match(pending).end()
+            if pos == len(pending):
+                if eof:
+                    raise ValueError(f"{path}: not a JSON list of records (the file ends before the list does)")
+                pending = stream.read(size)
+                eof = not pending
+                continue
+            char = pending[pos]
+            if state == "separator" or (state == "first" and char == "]"):
+                if char == "]":
+                    return
+                if char != ",":
+                    raise ValueError(f"{path}: not a JSON list of records (expected ',' or ']' after a record)")
+                pending, state = pending[pos + 1:], "record"
+                continue
+            if char != "{":
                 raise ValueError(f"{path}: not a JSON list of records (a list item is not an object)")
-            while True:
-                try:
-                    record, end = decoder.raw_decode(text, pos)
-                    break
-                except json.JSONDecodeError as exc:  # the record runs past the chunk, or is broken
-                    more = stream.read(chunk_chars)
-                    if not more:
-                        raise ValueError(f"{path}: not a JSON list of records ({exc.msg})") from None
-                    text, pos = text[pos:] + more, 0
-            yield record
-            pos = end
-            following = next_char()
-            if following == "]":
-                return
-            if following != ",":
-                raise ValueError(f"{path}: not a JSON list of records (expected ',' or ']' after a record)")
-            pos += 1
+            records, used = _complete_records(pending[pos:], decoder)
+            if not records:
+                more = "" if eof else stream.read(size)
+                if not more:
+                    raise ValueError(f"{path}: not a JSON list of records (a record is broken or unterminated)")
+                pending, eof = pending[pos:] + more, False
+                continue
+            for record in records:
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}: not a JSON list of records (a list item is not an object)")
+            yield from records
+            pending, state = pending[pos + used:], "separator"
+
+
+def _complete_records(text: str, decoder: json.JSONDecoder) -> tuple[list, int]:
+    """The complete records at the start of ``text`` (a record starts it) and the end of the last one."""
+    cut = text.rfind("}") + 1
+    if cut:  # a cut inside a string or an inner object cannot parse: success means complete records
+        try:
+            return json.loads(f"[{text[:cut]}]"), cut
+        except json.JSONDecodeError:
+            pass
+    records, pos, end = [], 0, 0
+    while True:
+        try:
+            record, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return records, end  # the end of the last complete record (0: none)
+        records.append(record)
+        rest = _SPACE.match(text, end).end()
+        if not text.startswith(",", rest):
+            return records, end
+        pos = _SPACE.match(text, rest + 1).end()
 
 
 class KeySharer:

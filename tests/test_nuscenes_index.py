@@ -74,6 +74,16 @@ def test_tiny_chunks_give_the_same_records_and_payloads(dataroot: Path, monkeypa
     path.write_text(json.dumps(records, indent=2))  # whitespace between and inside records
     for chunk in (1, 7, 100):
         assert list(ni.iter_json_records(path, chunk_chars=chunk)) == records
+    tricky = [{"token": f"t}}{i}", "inner": {"a": [1, {"b": "}, {"}], "c": "]"}, "n": i * 0.1} for i in range(5)]
+    path.write_text(json.dumps(tricky, indent=1))  # '}' inside strings and inner objects: the one-by-one path
+    for chunk in range(1, 120):  # every cut: inside strings, inner objects, between records
+        assert list(ni.iter_json_records(path, chunk_chars=chunk)) == tricky
+    for broken in ("", "{}", "[{}", "[{},]", "[{} {}]", "[1]", '[{"a": }]'):
+        path.write_text(broken)
+        with pytest.raises(ValueError, match="spaced.json: not a JSON list of records"):
+            list(ni.iter_json_records(path, chunk_chars=3))
+    path.write_text(" [ ] ")
+    assert list(ni.iter_json_records(path, chunk_chars=2)) == []
     monkeypatch.setattr(ni, "CHUNK_CHARS", 101)
     assert _assert_same_payloads(dataroot) == 2
 
