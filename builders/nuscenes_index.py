@@ -1,9 +1,8 @@
 """The nuScenes build driver's table reader: the records scene payloads need, without the devkit's full tables.
 
 ``load_index(dataroot=..., version=..., channels=(...))`` reads the JSON tables of ``DATAROOT/VERSION`` table
-by table and streams the big ones (``sample_data``, ``ego_pose``, ``sample_annotation``) record by record
-(``json.JSONDecoder.raw_decode`` over ~16 M-character chunks), so a table's records are never all held at
-once before the filter. It keeps:
+by table and streams the big ones (``sample_data``, ``ego_pose``, ``sample_annotation``) ~16 M characters at
+a time (``iter_json_records``), so a table's records are never all held at once before the filter. It keeps:
 
 - every ``scene``, ``sample``, ``calibrated_sensor``, ``instance``, ``sample_annotation`` record and the small
   fixed tables (``category``, ``attribute``, ``visibility``, ``sensor``) and the label tables
@@ -24,7 +23,9 @@ channel's sample_data), as the devkit does for an unknown token.
 The devkit's load checks are kept as ``ValueError`` naming the file: a missing table file, a table that
 is not a JSON list of objects, a reference to a missing record, a category without ``index`` where label
 tables exist, and a label table whose record count differs from its label files. Not read: ``log`` and
-``map`` (checked to exist only; the build reads neither). Torch-free; no devkit import.
+``map`` (checked to exist only; the build reads neither, so neither are the map images the devkit opens).
+Measured at v1.0-trainval's record counts: 3.3 GB and 35-41 s against the devkit's 8.0 GB and 46 s
+(``bench/RESULTS.md``). Torch-free; no devkit import.
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def _sample_data(nusc: Any, samples: Mapping[str, dict], first: Mapping[str, Any
 
 
 def _label_records(nusc: Any, sweeps: Iterable[str]) -> dict[str, list[dict]]:
-    """The panoptic / lidarseg records of ``sweeps`` (a label record's token is its sweep's token)."""
+    """The panoptic / lidarseg records of ``sweeps`` (a label record's token is its sweep's token); both tables
+    where a version has both (before, ``sweeps`` was a generator spent on lidarseg, and panoptic got none)."""
     sweeps = list(sweeps)
     out: dict[str, list[dict]] = {}
     for table in LABEL_TABLES:
