@@ -15,8 +15,9 @@ changes) in the same run.
   ``--scenes trainval``: instead, the tables are filled to v1.0-trainval's record counts with records-only
   synthetic scenes of a realistic structure (``inflate_to_counts(counts=TRAINVAL_COUNTS)``: 850 scenes,
   2,631,083 sample_data, 1,166,187 annotations), ours only (the baseline's per-worker table cost is linear
-  in the records and measured at the smaller sizes); a child process also times the devkit's table load
-  alone and the payload of a trainval-sized synthetic scene.
+  in the records and measured at the smaller sizes); two child processes also time the driver's table load
+  with the devkit's ``NuScenes`` and with ``builders.nuscenes_index`` (the default) on the same tables, each
+  followed by every scene's payload (their sha256 must be equal), and the payload of a trainval-sized scene.
 - ``units``: one unit per build, in-process (``--workers 0``): a KITTI drive of ``--kitti-frames`` frames
   (the real drive 0009's 10 frames repeated through symlinks, 1242x375 PNG + ~120k-point scans), a
   synthetic nuScenes scene of ``--nuscenes-frames`` CAM_FRONT frames (1600x900 JPEG, LiDAR at 20 Hz) and
@@ -283,7 +284,7 @@ def main() -> None:
     parser.add_argument("--s3", action="store_true")
     parser.add_argument("--waymo-full-frames", default="50,100,200")
     parser.add_argument("--tables-json-child", nargs="+", metavar="ROOT VERSION [KEEP]", help=argparse.SUPPRESS)
-    parser.add_argument("--tables-child", nargs=2, metavar=("ROOT", "VERSION"), help=argparse.SUPPRESS)
+    parser.add_argument("--tables-child", nargs="+", metavar="ROOT VERSION [READER]", help=argparse.SUPPRESS)
     parser.add_argument("--waymo-write-child", nargs=2, metavar=("OUT", "FRAMES"), help=argparse.SUPPRESS)
     parser.add_argument("--pack-child", nargs=3, metavar=("VARIANT", "URL", "SAMPLES"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -24,24 +24,15 @@ def trainval_tables(root: Path, version: str) -> tuple[dict[str, int], float]:
     start = time.perf_counter()
     counts = inflate_to_counts(root, version, counts=TRAINVAL_COUNTS)
     print(f"inflate_to_counts: {time.perf_counter() - start:.0f} s, {counts}", flush=True)
-    m = measured([sys.executable, str(CHILD), "--tables-child", str(root), version],
-                 code=REPO)
-    payloads = m["output"]
-    print(f"devkit table load + payloads (one child process): {m['output']}; "
-          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
-    m = measured([sys.executable, str(CHILD), "--tables-json-child", str(root), version],
-                 code=REPO)
-    print(f"json.load of the same tables + token dicts, no devkit (one child process): {m['output']}; "
-          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
-    m = measured([sys.executable, str(CHILD), "--tables-json-child", str(root), version,
-                  "two-channels"], code=REPO)
-    print(f"json.load table by table, keeping only CAM_FRONT / LIDAR_TOP sample_data and their ego_pose (one child "
-          f"process): {m['output']}; wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB",
-          flush=True)
-    m = measured([sys.executable, str(CHILD), "--tables-json-child", str(root), version,
-                  "two-channels-streamed"], code=REPO)
-    print(f"the same, sample_data and ego_pose parsed record by record (one child process): {m['output']}; "
-          f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
+    outputs = {}
+    for reader, what in (("devkit", "the devkit's NuScenes(...)"), ("index", "builders.nuscenes_index (the default)")):
+        m = measured([sys.executable, str(CHILD), "--tables-child", str(root), version, reader], code=REPO)
+        outputs[reader] = json.loads(m["output"].strip().splitlines()[-1])
+        print(f"driver tables with {what} + every scene's payload (one child process): {m['output'].strip()}; "
+              f"wall {m['wall_s']:.0f} s, CPU {m['cpu_s']:.0f} s, peak RSS {m['driver_mb']:.0f} MB", flush=True)
+    same = outputs["devkit"]["payloads_sha256"] == outputs["index"]["payloads_sha256"]
+    print(f"every scene's pickled payload identical on both paths: {same}", flush=True)
+    payloads = json.dumps(outputs["index"])
     return counts, json.loads(payloads)["real_scene_payload_kb"]
 
 
@@ -92,22 +83,31 @@ def tables_json_child(root: str, version: str, keep: str = "all") -> None:
           f"{len(tables['ego_pose'])} ego_pose kept)")
 
 
-def tables_child(root: str, version: str) -> None:
-    """The devkit's load time, and the payload (pickled unit) of the first synthetic scene and of the largest."""
+def tables_child(root: str, version: str, reader: str = "devkit") -> None:
+    """The driver's table load (``reader``: ``devkit``, the devkit's ``NuScenes``, or ``index``, the default
+    ``builders.nuscenes_index``), then every scene's payload: the sha256 of all of them pickled, in unit order,
+    and the pickled unit size of the first synthetic scene and of the real ones."""
+    import hashlib
     import pickle
 
     from builders import nuscenes as nb
+    from builders.nuscenes_tables import scene_payload
 
+    if reader not in ("devkit", "index"):
+        raise ValueError(f"reader {reader!r}: allowed devkit, index")
     start = time.perf_counter()
-    nb.load_nuscenes(dataroot=root, version=version)
+    tables = (nb.load_nuscenes if reader == "devkit" else nb.load_tables)(dataroot=root, version=version)
     load_s = time.perf_counter() - start
-    options = {"split": "all", "version": version}
-    units = {u.name: u for u in nb.list_units(root, options)}
-    prepared = {name: nb.prepare_unit(root, units[name], options) for name in ("scene-0001", "scene-0002", "synth-0000")}
-    kb = {name: round(len(pickle.dumps(unit)) / 1024, 1) for name, unit in prepared.items()}
-    records = {k: len(v) for k, v in sorted(prepared["synth-0000"].params["tables"]["records"].items())}
-    print(json.dumps({"devkit_load_s": round(load_s, 1), "real_scene_payload_kb": max(kb["scene-0001"], kb["scene-0002"]),
-                      "synth_0000_payload_kb": kb["synth-0000"], "synth_0000_records": records}))
+    digest, kb = hashlib.sha256(), {}
+    for scene in sorted(tables.scene, key=lambda s: s["name"]):
+        payload = scene_payload(tables, scene["token"], channels=(nb.CAMERA, nb.LIDAR))
+        data = pickle.dumps(payload)
+        digest.update(data)
+        if scene["name"] in ("scene-0001", "scene-0002", "synth-0000"):
+            kb[scene["name"]] = round(len(data) / 1024, 1)
+    print(json.dumps({"reader": reader, "load_s": round(load_s, 1), "all_s": round(time.perf_counter() - start, 1),
+                      "payloads_sha256": digest.hexdigest(), "real_scene_payload_kb": max(kb["scene-0001"],
+                      kb["scene-0002"]), "synth_0000_payload_kb": kb.get("synth-0000")}))
 
 
 def waymo_write_child(out: str, frames: int) -> None:

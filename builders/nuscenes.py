@@ -1,7 +1,8 @@
 """nuScenes -> schema v2 triplet shards: ``python -m builders.nuscenes DATAROOT OUT [--split S] [--workers N]``.
 
-One unit (a worker task) per scene. The tables are read with nuscenes-devkit in the driver only, once
-(``_NUSCENES`` caches the ``NuScenes`` object by (dataroot, version)); each scene task gets its own
+One unit (a worker task) per scene. The tables are read in the driver only, once (``load_tables``:
+``builders.nuscenes_index`` streams the big tables and keeps the CAM_FRONT / LIDAR_TOP records and what the
+payloads need, no devkit; ``_NUSCENES`` caches it by (dataroot, version)); each scene task gets its own
 scene's records as a small payload (``builders.nuscenes_tables``: a few MB per 20 s scene, whatever the
 size of the tables) and never loads the tables itself. What a sample holds,
 matching the original Dynamo-Depth preprocessing (``prepare_data/nuScenes.py``):
@@ -55,6 +56,7 @@ import numpy as np
 
 from builders.cli import cli_main
 from builders.images import read_image_bgr as read_jpeg_bgr
+from builders.nuscenes_index import NuScenesIndex, load_index
 from builders.nuscenes_motion import devkit_global_points, motion_labels, record_pose
 from builders.nuscenes_tables import SceneTables, scene_payload
 from builders.spec import BuilderSpec, SkippedFrame, Unit
@@ -72,7 +74,7 @@ BORDER_PX = 1.0
 NOMINAL_PERIOD_US = 1_000_000 / 12
 LARGE_GAP_US = 3 * NOMINAL_PERIOD_US
 MINI_SPLITS = {"train": "mini_train", "val": "mini_val"}
-_NUSCENES: dict[tuple[str, str], Any] = {}
+_NUSCENES: dict[tuple[str, str], NuScenesIndex] = {}
 
 
 # -------------------------------------------------------------------------------------- tables
@@ -95,15 +97,23 @@ def resolve_version(dataroot: str, version: str | None) -> str:
 
 
 def load_nuscenes(*, dataroot: str, version: str) -> Any:
-    """The devkit ``NuScenes`` of (dataroot, version), loaded once per process."""
+    """The devkit ``NuScenes`` of (dataroot, version) (not cached; the build reads ``load_tables``: this is the
+    reference its payloads are tested against, ``tests/test_nuscenes_index.py``)."""
+    from nuscenes.nuscenes import NuScenes
+
+    root = os.path.abspath(dataroot)
+    try:
+        return NuScenes(version=version, dataroot=root, verbose=False)
+    except (AssertionError, FileNotFoundError, KeyError, ValueError) as exc:
+        raise ValueError(f"{root}/{version}: cannot load the nuScenes tables ({exc})") from None
+
+
+def load_tables(*, dataroot: str, version: str) -> NuScenesIndex:
+    """The driver's tables of (dataroot, version), read once per process (``builders.nuscenes_index``: the
+    CAM_FRONT / LIDAR_TOP sample_data and what the payloads need, no devkit); ValueError naming a bad file."""
     key = (os.path.abspath(dataroot), version)
     if key not in _NUSCENES:
-        from nuscenes.nuscenes import NuScenes
-
-        try:
-            _NUSCENES[key] = NuScenes(version=version, dataroot=key[0], verbose=False)
-        except (AssertionError, FileNotFoundError, KeyError, ValueError) as exc:
-            raise ValueError(f"{key[0]}/{version}: cannot load the nuScenes tables ({exc})") from None
+        _NUSCENES[key] = load_index(dataroot=key[0], version=version, channels=(CAMERA, LIDAR))
     return _NUSCENES[key]
 
 
@@ -126,7 +136,7 @@ def split_scene_names(*, scene_names: Sequence[str], split: str, version: str) -
 
 
 def list_units(raw_root: str, options: Mapping[str, Any]) -> list[Unit]:
-    nusc = load_nuscenes(dataroot=raw_root, version=options["version"])
+    nusc = load_tables(dataroot=raw_root, version=options["version"])
     tokens = {scene["name"]: scene["token"] for scene in nusc.scene}
     if options.get("split_file"):
         listed = split_file_frames(options["split_file"])
@@ -313,7 +323,7 @@ def _image(nusc: Any, camera: Mapping[str, Any]) -> bytes:
 
 def prepare_unit(raw_root: str, unit: Unit, options: Mapping[str, Any]) -> Unit:
     """The unit with its scene's own table records (``params["tables"]``), made in the driver."""
-    nusc = load_nuscenes(dataroot=raw_root, version=options["version"])
+    nusc = load_tables(dataroot=raw_root, version=options["version"])
     payload = scene_payload(nusc, unit.params["scene_token"], channels=(CAMERA, LIDAR))
     return Unit(name=unit.name, params={**unit.params, "tables": payload})
 

@@ -1,6 +1,7 @@
 """One nuScenes scene's own table records: what the driver hands a scene task instead of the full tables.
 
-The driver loads the devkit tables once (``builders.nuscenes.load_nuscenes``); right before a scene's task
+The driver reads the tables once (``builders.nuscenes.load_tables``: ``builders.nuscenes_index``, which keeps
+the built channels' records only; the devkit ``NuScenes`` gives the same payloads); right before a scene's task
 is submitted, ``scene_payload`` copies out the records that scene's build reads, and the task rebuilds a
 ``SceneTables`` from them. ``SceneTables`` answers the part of the devkit ``NuScenes`` interface the scene
 build uses (``get(table, token)``, ``dataroot``, ``panoptic``, ``lidarseg_idx2name_mapping``), so the
@@ -99,20 +100,29 @@ def _sample_data(nusc: Any, samples: Mapping[str, dict], first: Mapping[str, Any
 
 
 def _label_records(nusc: Any, sweeps: Iterable[str]) -> dict[str, list[dict]]:
-    """The panoptic / lidarseg records of ``sweeps`` (a label record's token is its sweep's token)."""
+    """The panoptic / lidarseg records of ``sweeps`` (a label record's token is its sweep's token); both tables
+    where a version has both (before, ``sweeps`` was a generator spent on lidarseg, and panoptic got none)."""
+    sweeps = list(sweeps)
     out: dict[str, list[dict]] = {}
     for table in LABEL_TABLES:
         if table not in getattr(nusc, "table_names", ()):
             continue
-        index = nusc._token2ind[table]
-        out[table] = [getattr(nusc, table)[index[token]] for token in sweeps if token in index]
+        out[table] = [record for record in (_record_or_none(nusc, table, token) for token in sweeps) if record]
     return out
+
+
+def _record_or_none(nusc: Any, table: str, token: str) -> dict | None:
+    try:
+        return nusc.get(table, token)
+    except KeyError:
+        return None
 
 
 def scene_payload(nusc: Any, scene_token: str, *, channels: Sequence[str]) -> dict[str, Any]:
     """The JSON-able records one scene's build reads (``SceneTables.from_payload`` rebuilds them).
 
-    ``nusc`` is the devkit ``NuScenes`` (or a ``SceneTables``); ``channels`` the sample_data channels the
+    ``nusc`` is the devkit ``NuScenes``, a ``builders.nuscenes_index.NuScenesIndex`` (the same payload, pickle
+    byte for byte) or a ``SceneTables``; ``channels`` the sample_data channels the
     build reads (``CAM_FRONT``, ``LIDAR_TOP``).
     """
     scene = nusc.get("scene", scene_token)
